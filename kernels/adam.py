@@ -1,0 +1,194 @@
+"""The fused Adam/AdamW step: one Triton launch per (device, dtype) bucket, whatever the number of tensors.
+
+The launch walks a *segment table* kept in device memory. A segment is a run of parameter elements that share
+one param group and one step counter: either a whole param group living in the optimizer's flat buffers (the
+common case), or a single tensor reached through its own address (grads replaced by autograd, DDP bucket views,
+shards). Program `pid` finds its segment through `block_segment[pid]` and handles `BLOCK` elements of it.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+# Columns of the segment table (int64, shape [num_segments, SEGMENT_FIELDS]).
+PARAM_ADDR, GRAD_ADDR, STATE_OFFSET, NUMEL, FIRST_BLOCK, GROUP, STEP_INDEX = range(7)
+SEGMENT_FIELDS = 7
+
+# Columns of the hyperparameter table (float64, shape [num_groups, HYPER_FIELDS]). float64 because 1 - beta2 in
+# float32 is off by 1.3e-5 relative for beta2 = 0.999; torch also keeps betas as Python doubles.
+LR, BETA1, BETA2, EPS, WEIGHT_DECAY, MAXIMIZE, AMSGRAD, DECOUPLED = range(8)
+HYPER_FIELDS = 8
+
+# ALIGNED launches promise: every address a multiple of ALIGN_BYTES, every numel and state offset a multiple of
+# ALIGN_ELEMENTS. Without the promise, addresses read from memory have unknown alignment and Triton emits 32-bit
+# loads; with it, 128-bit ones (ld.global.v4, checked in the PTX for sm_90).
+ALIGN_BYTES = 16
+ALIGN_ELEMENTS = 8
+
+_TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+@triton.jit
+def _round_to_bfloat16(x):
+    """float32 -> bfloat16, round to nearest even, NaN kept NaN. Done through the bit pattern because the
+    interpreter's `.to(tl.bfloat16)` truncates; the same code is exact on GPU."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = tl.where(x != x, 0x7FC0, rounded)
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _power(base, exponent):
+    """base ** exponent for an int32 exponent >= 0, by repeated squaring in base's dtype (float64 here)."""
+    result = base * 0.0 + 1.0
+    while exponent > 0:
+        if exponent % 2 == 1:
+            result = result * base
+        base = base * base
+        exponent = exponent // 2
+    return result
+
+
+@triton.jit
+def _adam_step_kernel(
+    segments_ptr,  # int64 [num_segments, SEGMENT_FIELDS]: see the column constants above
+    block_segment_ptr,  # int32 [num_blocks]: the segment each program works on
+    hyper_ptr,  # float64 [num_groups, HYPER_FIELDS]: lr, betas, eps, weight decay, switches, per param group
+    steps_ptr,  # float32 [num_params]: step counters, already incremented for this step
+    exp_avg_ptr,  # float32 flat buffer: first moment m
+    exp_avg_sq_ptr,  # float32 flat buffer: second moment v
+    max_exp_avg_sq_ptr,  # float32 flat buffer: running max of v (AMSGrad); unused otherwise
+    grad_scale_ptr,  # float32 [1]: the GradScaler's scale, gradients are divided by it; unused if not HAS_GRAD_SCALE
+    found_inf_ptr,  # float32 [1]: non-zero skips the whole step; unused if not HAS_FOUND_INF
+    PARAM_DTYPE: tl.constexpr,  # storage dtype of params and grads
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise
+    BLOCK: tl.constexpr,  # elements per program
+):
+    """One Adam step over BLOCK elements of one segment. Equivalent PyTorch (per element, fp32 math):
+
+        g = grad / grad_scale;  g = -g if maximize
+        if decoupled: p = p * (1 - lr * wd)  else: g = g + wd * p
+        m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+        if amsgrad: vmax = max(vmax, v); v = vmax
+        p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+    """
+    pid = tl.program_id(0)
+    row = segments_ptr + tl.load(block_segment_ptr + pid).to(tl.int64) * SEGMENT_FIELDS
+    param_ptr = tl.load(row + PARAM_ADDR).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
+    grad_ptr = tl.load(row + GRAD_ADDR).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
+    state_offset = tl.load(row + STATE_OFFSET)
+    numel = tl.load(row + NUMEL)
+    first_block = tl.load(row + FIRST_BLOCK)
+    group = tl.load(row + GROUP)
+    step = tl.load(steps_ptr + tl.load(row + STEP_INDEX)).to(tl.int32)
+    if ALIGNED:
+        param_ptr = tl.multiple_of(param_ptr, ALIGN_BYTES)
+        grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
+        state_offset = tl.multiple_of(state_offset, ALIGN_ELEMENTS)
+        numel = tl.multiple_of(numel, ALIGN_ELEMENTS)
+
+    hyper = hyper_ptr + group * HYPER_FIELDS
+    lr = tl.load(hyper + LR)
+    beta1 = tl.load(hyper + BETA1)
+    beta2 = tl.load(hyper + BETA2)
+    eps = tl.load(hyper + EPS).to(tl.float32)
+    weight_decay = tl.load(hyper + WEIGHT_DECAY)
+    maximize = tl.load(hyper + MAXIMIZE) != 0
+    amsgrad = tl.load(hyper + AMSGRAD) != 0
+    decoupled = tl.load(hyper + DECOUPLED) != 0
+    # Scalars in float64 (as torch computes them on the host), then one rounding to float32.
+    step_size = (lr / (1.0 - _power(beta1, step))).to(tl.float32)
+    bias_correction2_sqrt = tl.sqrt(1.0 - _power(beta2, step)).to(tl.float32)
+    decay_factor = (1.0 - lr * weight_decay).to(tl.float32)
+    l2_weight_decay = weight_decay.to(tl.float32)
+    one_minus_beta1 = (1.0 - beta1).to(tl.float32)
+    one_minus_beta2 = (1.0 - beta2).to(tl.float32)
+    beta1 = beta1.to(tl.float32)
+    beta2 = beta2.to(tl.float32)
+
+    offsets = (pid - first_block).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < numel
+    if HAS_FOUND_INF:
+        # A masked-off program reads and writes nothing: the step is skipped without a branch on the host.
+        mask = mask & (tl.load(found_inf_ptr) == 0)
+    state_offsets = state_offset + offsets
+    p = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    m = tl.load(exp_avg_ptr + state_offsets, mask=mask)
+    v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask)
+
+    if HAS_GRAD_SCALE:
+        g = tl.div_rn(g, tl.load(grad_scale_ptr))
+    if maximize:
+        g = -g
+    if decoupled:
+        p = p * decay_factor
+    else:
+        g = g + l2_weight_decay * p
+    m = beta1 * m + one_minus_beta1 * g
+    v = beta2 * v + one_minus_beta2 * g * g
+    tl.store(exp_avg_ptr + state_offsets, m, mask=mask)
+    tl.store(exp_avg_sq_ptr + state_offsets, v, mask=mask)
+    if amsgrad:
+        v = tl.maximum(v, tl.load(max_exp_avg_sq_ptr + state_offsets, mask=mask))
+        tl.store(max_exp_avg_sq_ptr + state_offsets, v, mask=mask)
+    # Correctly rounded sqrt and division (the defaults are approximate), in torch's order of operations.
+    denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
+    p = p - step_size * tl.div_rn(m, denom)
+
+    if PARAM_DTYPE == tl.bfloat16:
+        p = _round_to_bfloat16(p)
+    tl.store(param_ptr + offsets, p.to(PARAM_DTYPE), mask=mask)
+
+
+def adam_step(
+    segments: torch.Tensor,
+    block_segment: torch.Tensor,
+    hyper: torch.Tensor,
+    steps: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None,
+    *,
+    param_dtype: torch.dtype,
+    aligned: bool,
+    block: int,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+) -> None:
+    """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`).
+
+    The tables are built by `v0adam.buckets`; this checks only what would make the kernel touch wrong memory.
+    Nothing here reads a value back to the host.
+    """
+    if segments.dtype != torch.int64 or segments.dim() != 2 or segments.shape[1] != SEGMENT_FIELDS:
+        raise ValueError(f"segments must be int64 of shape [S, {SEGMENT_FIELDS}], got {tuple(segments.shape)}")
+    if block_segment.dtype != torch.int32 or hyper.dtype != torch.float64 or steps.dtype != torch.float32:
+        raise ValueError("block_segment must be int32, hyper float64 and steps float32")
+    if exp_avg.dtype != torch.float32 or exp_avg_sq.dtype != torch.float32:
+        raise ValueError("optimizer states must be float32")
+    if param_dtype not in _TRITON_DTYPES:
+        raise ValueError(f"unsupported parameter dtype {param_dtype}; expected one of {list(_TRITON_DTYPES)}")
+    num_blocks = block_segment.numel()
+    if num_blocks == 0:
+        return
+    _adam_step_kernel[(num_blocks,)](
+        segments,
+        block_segment,
+        hyper,
+        steps,
+        exp_avg,
+        exp_avg_sq,
+        exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq,
+        exp_avg_sq if grad_scale is None else grad_scale,
+        exp_avg_sq if found_inf is None else found_inf,
+        PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
+        HAS_GRAD_SCALE=grad_scale is not None,
+        HAS_FOUND_INF=found_inf is not None,
+        ALIGNED=aligned,
+        BLOCK=block,
+        num_warps=8,
+    )

@@ -1,0 +1,19 @@
+from setuptools import setup
+
+setup(
+    name="v0adam",
+    version="0.1.0",
+    description="Fused Triton Adam/AdamW for PyTorch with a non-zero initial second moment v0 (arXiv 2412.02153)",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # The kernels live in kernels/ but install as v0adam.kernels: a top-level `kernels` package exists on PyPI.
+    packages=["v0adam", "v0adam.kernels"],
+    package_dir={"v0adam": "v0adam", "v0adam.kernels": "kernels"},
+    install_requires=["torch>=2.4", "triton>=3.0"],
+    extras_require={
+        "test": ["pytest", "expecttest", "numpy"],
+        "bench": ["pytest-benchmark", "matplotlib"],
+        "dev": ["ruff"],
+    },
+)

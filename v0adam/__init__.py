@@ -1,0 +1,6 @@
+"""v0adam: a fused Triton Adam/AdamW for PyTorch with a non-zero initial second moment v0."""
+
+from v0adam.optimizer import V0Adam, V0AdamW
+
+__all__ = ["V0Adam", "V0AdamW"]
+__version__ = "0.1.0"

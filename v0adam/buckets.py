@@ -1,0 +1,180 @@
+"""Flat buffers: the params, grads and optimizer states of one (device, dtype) bucket, each in one allocation.
+
+At construction every parameter is *re-homed*: its values are copied into a slot of the bucket's flat param
+buffer and `p.data` becomes a view of that slot; `p.grad` becomes a view of the same slot in the flat grad buffer,
+so autograd accumulates straight into it (the design of Megatron-LM's ParamAndGradBuffer). The states users see
+(`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `step`) are views into the bucket's state buffers.
+
+Each step the bucket describes its work as *segments* (runs of elements sharing a param group and a step
+counter). When everything is home, one segment covers a whole param group. A param or grad that lives elsewhere
+(grads set to None and re-created by autograd, DDP bucket views, user-assigned tensors) becomes a segment of its
+own, reached through its address: still one launch, no copy, unless the tensor is non-contiguous.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+# Slots start at multiples of 64 elements: every slot then satisfies the kernel's alignment promise (16 bytes,
+# 8 elements) for every dtype, and the padding (zeros, never read by autograd) is safe to update with its slot.
+SLOT_ALIGN = 64
+
+
+def _padded(numel: int) -> int:
+    return -(-numel // SLOT_ALIGN) * SLOT_ALIGN
+
+
+@dataclass
+class Segment:
+    """A contiguous run of elements stepped together: 1-D views of params and grads, and where its states are."""
+
+    param: torch.Tensor
+    grad: torch.Tensor
+    state_offset: int
+    group: int
+    step_index: int
+
+
+@dataclass
+class BucketWork:
+    """What one step does to a bucket: the segments, the params whose step counter advances, and the
+    non-contiguous params that are stepped through a contiguous copy and written back afterwards."""
+
+    segments: list[Segment]
+    stepped: list[int]
+    writebacks: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class FlatBucket:
+    """Params of one device and dtype, re-homed into flat buffers, with their grads and states.
+
+    `entries` is a list of (param, group index), in the order of the param groups.
+    """
+
+    def __init__(self, entries: list[tuple[torch.Tensor, int]], device: torch.device, dtype: torch.dtype):
+        self.device = device
+        self.dtype = dtype
+        self.params = [param for param, _ in entries]
+        self.groups = [group for _, group in entries]
+        self.offsets = []
+        total = 0
+        for param in self.params:
+            self.offsets.append(total)
+            total += _padded(param.numel())
+        self.total = total
+        self.flat_param = torch.zeros(total, dtype=dtype, device=device)
+        self.flat_grad = torch.zeros(total, dtype=dtype, device=device)
+        self.exp_avg = torch.zeros(total, dtype=torch.float32, device=device)
+        self.exp_avg_sq = torch.zeros(total, dtype=torch.float32, device=device)
+        self.max_exp_avg_sq = None
+        self.steps = torch.zeros(len(self.params), dtype=torch.float32, device=device)
+        # Host-side record of each param's step history: equal values guarantee equal device step counters,
+        # so such params may share one segment (the kernel reads one counter per segment).
+        self.step_history = [0] * len(self.params)
+        self._rehome()
+
+    def _slot(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
+        offset = self.offsets[index]
+        return buffer[offset : offset + self.params[index].numel()].view(self.params[index].shape)
+
+    def _rehome(self) -> None:
+        for index, param in enumerate(self.params):
+            param_slot = self._slot(self.flat_param, index)
+            param_slot.copy_(param.detach())
+            param.data = param_slot
+            if param.requires_grad:
+                grad_slot = self._slot(self.flat_grad, index)
+                if param.grad is not None:
+                    grad_slot.copy_(param.grad)
+                param.grad = grad_slot
+
+    def ensure_max_exp_avg_sq(self) -> None:
+        if self.max_exp_avg_sq is None:
+            self.max_exp_avg_sq = torch.zeros_like(self.exp_avg_sq)
+
+    def state_views(self, index: int, amsgrad: bool) -> dict[str, torch.Tensor]:
+        """torch.optim.Adam's per-param state, as views into the flat buffers."""
+        state = {
+            "step": self.steps[index],
+            "exp_avg": self._slot(self.exp_avg, index),
+            "exp_avg_sq": self._slot(self.exp_avg_sq, index),
+        }
+        if amsgrad:
+            self.ensure_max_exp_avg_sq()
+            state["max_exp_avg_sq"] = self._slot(self.max_exp_avg_sq, index)
+        return state
+
+    def zero_grad(self) -> None:
+        """One memset for the whole bucket; grads that were replaced or set to None get their views back."""
+        self.flat_grad.zero_()
+        for index, param in enumerate(self.params):
+            if param.requires_grad and not self._grad_is_home(index):
+                param.grad = self._slot(self.flat_grad, index)
+
+    def _param_is_home(self, index: int) -> bool:
+        expected = self.flat_param.data_ptr() + self.offsets[index] * self.flat_param.element_size()
+        return self.params[index].data_ptr() == expected
+
+    def _grad_is_home(self, index: int) -> bool:
+        grad = self.params[index].grad
+        expected = self.flat_grad.data_ptr() + self.offsets[index] * self.flat_grad.element_size()
+        return grad is not None and grad.data_ptr() == expected and grad.shape == self.params[index].shape
+
+    def collect_work(self) -> BucketWork:
+        """This step's segments. Raises, before anything is written, on a grad or param that cannot be stepped."""
+        segments, stepped, writebacks = [], [], []
+        previous_home = False
+        for index, param in enumerate(self.params):
+            grad = param.grad
+            if grad is None:
+                previous_home = False
+                continue
+            self._check(index, grad)
+            stepped.append(index)
+            home = self._param_is_home(index) and self._grad_is_home(index)
+            offset = self.offsets[index]
+            if home:
+                end = offset + _padded(param.numel())
+                last = segments[-1] if segments else None
+                if (
+                    previous_home
+                    and last.group == self.groups[index]
+                    and self.step_history[last.step_index] == self.step_history[index]
+                ):
+                    start = last.state_offset
+                    last.param = self.flat_param[start:end]
+                    last.grad = self.flat_grad[start:end]
+                else:
+                    segments.append(
+                        Segment(self.flat_param[offset:end], self.flat_grad[offset:end], offset, self.groups[index], index)
+                    )
+            else:
+                param_data = param.detach()
+                if not param_data.is_contiguous():
+                    contiguous = param_data.contiguous()
+                    writebacks.append((param_data, contiguous))
+                    param_data = contiguous
+                segments.append(
+                    Segment(param_data.view(-1), grad.contiguous().view(-1), offset, self.groups[index], index)
+                )
+            previous_home = home
+        return BucketWork(segments, stepped, writebacks)
+
+    def _check(self, index: int, grad: torch.Tensor) -> None:
+        param = self.params[index]
+        if grad.is_sparse:
+            raise RuntimeError("V0Adam does not support sparse gradients")
+        if param.device != self.device or param.dtype != self.dtype:
+            raise RuntimeError(
+                f"a parameter of shape {tuple(param.shape)} is now {param.dtype} on {param.device}, but the optimizer "
+                f"was built for {self.dtype} on {self.device}; move the model before constructing the optimizer"
+            )
+        if grad.device != param.device or grad.dtype != param.dtype or grad.shape != param.shape:
+            raise RuntimeError(
+                f"gradient ({grad.dtype}, {tuple(grad.shape)}, {grad.device}) does not match its parameter "
+                f"({param.dtype}, {tuple(param.shape)}, {param.device})"
+            )
+
+    def record_step(self, stepped: list[int], call_id: int) -> None:
+        for index in stepped:
+            self.step_history[index] = hash((self.step_history[index], call_id))

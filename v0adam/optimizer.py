@@ -1,0 +1,309 @@
+"""V0Adam and V0AdamW: drop-in replacements for torch.optim.Adam and AdamW with a fused Triton step and a
+configurable initial second moment v0 (Abuduweili & Liu, arXiv 2412.02153)."""
+
+from copy import deepcopy
+from itertools import chain
+
+import torch
+from torch.optim import Optimizer
+
+from v0adam import torch_backend, triton_backend
+from v0adam import v0 as v0_modes
+from v0adam.buckets import FlatBucket
+from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
+
+BACKENDS = ("auto", "triton", "torch")
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
+    """torch.optim.Adam's checks, in its wording."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr.is_floating_point() and not 0.0 <= float(lr):
+            raise ValueError(f"Invalid learning rate: {lr}")
+    elif not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas}; expected two values")
+    if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for index, beta in enumerate(betas):
+        if isinstance(beta, torch.Tensor) and beta.numel() != 1:
+            raise ValueError(f"Tensor betas[{index}] must be 1-element")
+        if not 0.0 <= float(beta) < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {float(beta)}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def _check_param(param: torch.Tensor) -> None:
+    if param.is_complex():
+        raise ValueError("V0Adam does not support complex parameters; optimize torch.view_as_real(param) instead")
+    if not param.is_floating_point():
+        raise ValueError(f"V0Adam can only optimize floating-point parameters, got {param.dtype}")
+    if param.is_sparse:
+        raise ValueError("V0Adam does not support sparse parameters")
+    if type(param) not in (torch.Tensor, torch.nn.Parameter):
+        raise ValueError(f"V0Adam supports plain tensors and nn.Parameter, got {type(param).__name__}")
+
+
+class V0Adam(Optimizer):
+    """Adam with a fused Triton step and a configurable initial second moment v0.
+
+    With ``v0="zero"`` this is torch.optim.Adam, step for step. Other v0 modes start ``exp_avg_sq`` at v0 instead
+    of 0 (bias correction unchanged), which removes Adam's sign-descent first step.
+
+    Args:
+        params, lr, betas, eps, weight_decay, amsgrad, maximize: as torch.optim.Adam (lr and betas may be tensors).
+        v0: "zero", "random" (paper eq. 11), "data" (paper eq. 10), a dict {param: tensor} or a callable
+            ``f(param) -> tensor`` giving the initial exp_avg_sq. "random" and "data" are not implemented yet.
+        v0_scale: σ of the random and data modes (defaults 100 and 1).
+        v0_seed: seed of the random mode.
+        backend: "triton", "torch", or "auto" (Triton for CUDA tensors and under TRITON_INTERPRET=1, else torch).
+
+    Parameters are re-homed into flat per-(device, dtype) buffers when the optimizer is built, and their grads
+    become views of a flat grad buffer that ``zero_grad`` zeroes in one pass and keeps allocated.
+    """
+
+    _DECOUPLED_WEIGHT_DECAY = False
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=False,
+        *,
+        maximize=False,
+        v0="random",
+        v0_scale=None,
+        v0_seed=None,
+        backend="auto",
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=self._DECOUPLED_WEIGHT_DECAY,
+            v0=v0,
+            v0_scale=v0_scale,
+            v0_seed=v0_seed,
+        )
+        self.backend = backend
+        self._buckets = []
+        self._pending_v0 = {}
+        self._step_calls = 0
+        super().__init__(params, defaults)
+        self._step_supports_amp_scaling = True
+        self._build_buckets()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key in ("v0_scale", "v0_seed"):
+                group.setdefault(key, None)
+            group.setdefault("v0", v0_modes.ZERO)
+            group.setdefault("decoupled_weight_decay", self._DECOUPLED_WEIGHT_DECAY)
+            if self._DECOUPLED_WEIGHT_DECAY:
+                group["decoupled_weight_decay"] = True
+
+    def add_param_group(self, param_group: dict) -> None:
+        """As torch's, plus v0adam's checks; params added after construction get their own slots at once."""
+        group = {key: value for key, value in param_group.items()}
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        if group["v0_scale"] is not None and not 0.0 <= group["v0_scale"]:
+            raise ValueError(f"Invalid v0_scale value: {group['v0_scale']}")
+        mode, source = v0_modes.split_v0(group["v0"])
+        params = group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        # Named params come as (name, tensor); anything else is left for torch's own checks.
+        tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+        tensors = [p for p in tensors if isinstance(p, torch.Tensor)]
+        for param in tensors:
+            _check_param(param)
+        pending_v0 = v0_modes.user_v0(source, tensors) if source is not None else {}
+        group["v0"] = mode
+        super().add_param_group(group)
+        self._pending_v0.update(pending_v0)
+        if self._buckets:
+            self._build_buckets()
+
+    def _backend_for(self, device: torch.device, dtype: torch.dtype) -> str:
+        if self.backend == "torch":
+            return "torch"
+        triton_possible = dtype in TRITON_DTYPES and (device.type == "cuda" or triton_backend.interpreter_enabled())
+        if self.backend == "triton" and not triton_possible:
+            raise ValueError(
+                f"backend='triton' cannot step {dtype} parameters on {device}: the kernel takes float32, float16 and "
+                "bfloat16 on CUDA, or on CPU with TRITON_INTERPRET=1 set before v0adam is imported"
+            )
+        return "triton" if triton_possible else "torch"
+
+    def _build_buckets(self) -> None:
+        """Lay every param out in flat buffers, carrying over the values of any earlier layout."""
+        previous = {}
+        for bucket in self._buckets:
+            for index, param in enumerate(bucket.params):
+                previous[param] = (bucket, index)
+        entries, seen = {}, set()
+        for group_index, group in enumerate(self.param_groups):
+            for param in group["params"]:
+                if param in seen:
+                    continue  # torch warned about the duplicate; step it once
+                seen.add(param)
+                entries.setdefault((param.device, param.dtype), []).append((param, group_index))
+        buckets = []
+        for (device, dtype), bucket_entries in entries.items():
+            bucket = FlatBucket(bucket_entries, device, dtype)
+            bucket.backend = self._backend_for(device, dtype)
+            bucket.segment_table = triton_backend.SegmentTable(device) if bucket.backend == "triton" else None
+            for index, (param, group_index) in enumerate(bucket_entries):
+                amsgrad = self.param_groups[group_index]["amsgrad"]
+                state = bucket.state_views(index, amsgrad)
+                if param in previous:
+                    old_bucket, old_index = previous[param]
+                    old_state = old_bucket.state_views(old_index, amsgrad)
+                    for key, value in state.items():
+                        value.copy_(old_state[key])
+                    bucket.step_history[index] = old_bucket.step_history[old_index]
+                elif param in self._pending_v0:
+                    state["exp_avg_sq"].copy_(self._pending_v0.pop(param))
+                self.state[param] = state
+            buckets.append(bucket)
+        self._buckets = buckets
+        self._hyper_tables = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero every grad with one memset per bucket. Grads stay allocated as views of the flat grad buffer
+        whatever `set_to_none` says: autograd then accumulates into them and the next step needs no copy."""
+        for bucket in self._buckets:
+            bucket.zero_grad()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        # Every check happens here, before the first write.
+        if any(group["amsgrad"] for group in self.param_groups):
+            self._add_max_exp_avg_sq_states()
+        works = [(bucket, bucket.collect_work()) for bucket in self._buckets]
+        self._step_calls += 1
+        for bucket, work in works:
+            if not work.stepped:
+                continue
+            bucket_scale = None if grad_scale is None else grad_scale.to(bucket.device, non_blocking=True)
+            bucket_found_inf = None if found_inf is None else found_inf.to(bucket.device, non_blocking=True)
+            self._advance_steps(bucket, work.stepped, bucket_found_inf)
+            if bucket.backend == "triton":
+                hyper = self._hyper_table(bucket.device)
+                triton_backend.step_bucket(bucket, bucket.segment_table, work, hyper, bucket_scale, bucket_found_inf)
+            else:
+                torch_backend.step_bucket(bucket, work, self.param_groups, bucket_scale, bucket_found_inf)
+            for original, contiguous in work.writebacks:
+                original.copy_(contiguous)
+            bucket.record_step(work.stepped, self._step_calls)
+        return loss
+
+    def _hyper_table(self, device: torch.device) -> torch.Tensor:
+        table = self._hyper_tables.get(device)
+        if table is None:
+            table = self._hyper_tables[device] = triton_backend.HyperTable(device)
+        return table.update(self.param_groups)
+
+    def _advance_steps(self, bucket, stepped: list[int], found_inf) -> None:
+        """steps += 1 for the params stepped now, unless found_inf; never read on the host."""
+        if len(stepped) == len(bucket.params):
+            increment = 1.0
+        else:
+            mask = torch.zeros(len(bucket.params), dtype=torch.float32)
+            mask[stepped] = 1.0
+            increment = mask.to(bucket.device, non_blocking=True)
+        if found_inf is not None:
+            increment = (found_inf == 0) * increment
+        bucket.steps.add_(increment)
+
+    def _add_max_exp_avg_sq_states(self) -> None:
+        for bucket in self._buckets:
+            for index, param in enumerate(bucket.params):
+                group = self.param_groups[bucket.groups[index]]
+                if group["amsgrad"] and "max_exp_avg_sq" not in self.state[param]:
+                    self.state[param] = bucket.state_views(index, amsgrad=True)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state_dict of V0Adam(W) or torch.optim.Adam(W), copying values into the flat buffers.
+
+        Every size and shape is checked before anything is written. States are kept in float32 whatever the
+        param dtype, so a 16-bit model loses no state precision on load.
+        """
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = pre_hook(self, state_dict) or state_dict
+        saved_groups = deepcopy(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for group, saved in zip(self.param_groups, saved_groups):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+        params_by_id = dict(
+            zip(chain.from_iterable(g["params"] for g in saved_groups), chain.from_iterable(g["params"] for g in self.param_groups))
+        )
+        saved_state = {params_by_id[key]: value for key, value in state_dict["state"].items() if key in params_by_id}
+        for param, values in saved_state.items():
+            for key in _STATE_KEYS:
+                if key in values and tuple(values[key].shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"loaded state '{key}' has shape {tuple(values[key].shape)}, but its parameter has shape "
+                        f"{tuple(param.shape)}"
+                    )
+            if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
+                raise ValueError("loaded state 'step' must be a single number")
+
+        new_groups = []
+        for group, saved in zip(self.param_groups, saved_groups):
+            saved["params"] = group["params"]
+            if "param_names" in group:
+                saved["param_names"] = group["param_names"]
+            new_groups.append(saved)
+        self.__setstate__({"param_groups": new_groups})
+        for bucket in self._buckets:
+            for index, param in enumerate(bucket.params):
+                amsgrad = self.param_groups[bucket.groups[index]]["amsgrad"]
+                state = bucket.state_views(index, amsgrad)
+                values = saved_state.get(param, {})
+                for key, view in state.items():
+                    if key in values:
+                        view.copy_(torch.as_tensor(values[key]))
+                    else:
+                        view.zero_()
+                bucket.step_history[index] = hash(("loaded", float(state["step"])))
+                self.state[param] = state
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+
+class V0AdamW(V0Adam):
+    """AdamW (decoupled weight decay, default 1e-2) with a fused Triton step and a configurable v0.
+
+    Same arguments as V0Adam; with ``v0="zero"`` this is torch.optim.AdamW, step for step.
+    """
+
+    _DECOUPLED_WEIGHT_DECAY = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, **kwargs):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)

@@ -1,0 +1,108 @@
+"""The Triton backend: turns a bucket's segments into the kernel's device-memory tables and launches one step."""
+
+import os
+
+import torch
+
+from v0adam.kernels import adam as adam_kernel
+
+# Elements per program. Large blocks for the interpreter, where each program instance costs ~1 ms.
+BLOCK = 4096
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class SegmentTable:
+    """The segment and block tables of one bucket, in device memory, rebuilt only when an address changes."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._key = None
+        self.segments = None
+        self.block_segment = None
+        self.aligned = False
+
+    def update(self, segments) -> None:
+        rows = [
+            (s.param.data_ptr(), s.grad.data_ptr(), s.state_offset, s.param.numel(), s.group, s.step_index)
+            for s in segments
+        ]
+        if rows == self._key:
+            return
+        first_block, blocks_per_segment, table = 0, [], []
+        for param_addr, grad_addr, state_offset, numel, group, step_index in rows:
+            blocks = -(-numel // BLOCK)
+            table.append((param_addr, grad_addr, state_offset, numel, first_block, group, step_index))
+            blocks_per_segment.append(blocks)
+            first_block += blocks
+        host_table = torch.tensor(table, dtype=torch.int64).reshape(-1, adam_kernel.SEGMENT_FIELDS)
+        host_blocks = torch.repeat_interleave(
+            torch.arange(len(rows), dtype=torch.int32), torch.tensor(blocks_per_segment, dtype=torch.int64)
+        )
+        self.segments = host_table.to(self.device, non_blocking=True)
+        self.block_segment = host_blocks.to(self.device, non_blocking=True)
+        self.aligned = all(
+            param_addr % adam_kernel.ALIGN_BYTES == 0
+            and grad_addr % adam_kernel.ALIGN_BYTES == 0
+            and state_offset % adam_kernel.ALIGN_ELEMENTS == 0
+            and numel % adam_kernel.ALIGN_ELEMENTS == 0
+            for param_addr, grad_addr, state_offset, numel, _, _ in rows
+        )
+        self._key = rows
+
+
+def step_bucket(bucket, table: SegmentTable, work, hyper: torch.Tensor, grad_scale, found_inf) -> None:
+    """One fused launch over every segment of the bucket; step counters were advanced by the caller."""
+    table.update(work.segments)
+    adam_kernel.adam_step(
+        table.segments,
+        table.block_segment,
+        hyper,
+        bucket.steps,
+        bucket.exp_avg,
+        bucket.exp_avg_sq,
+        bucket.max_exp_avg_sq,
+        param_dtype=bucket.dtype,
+        aligned=table.aligned,
+        block=BLOCK,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
+
+
+class HyperTable:
+    """Per-group hyperparameters of one device in device memory (float64 [groups, HYPER_FIELDS]).
+
+    Python floats are uploaded only when one of them changed (an LR schedule: one small copy per step);
+    tensor values (a tensor lr, tensor betas) are copied device-side every step, never read on the host.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._host_values = None
+        self.table = None
+
+    def update(self, param_groups) -> torch.Tensor:
+        rows, tensors = [], []
+        for index, group in enumerate(param_groups):
+            beta1, beta2 = group["betas"]
+            values = (
+                group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                group["maximize"], group["amsgrad"], group["decoupled_weight_decay"],
+            )
+            row = []
+            for field, value in enumerate(values):
+                if isinstance(value, torch.Tensor):
+                    tensors.append((index, field, value))
+                    row.append(0.0)
+                else:
+                    row.append(float(value))
+            rows.append(row)
+        if rows != self._host_values:
+            self.table = torch.tensor(rows, dtype=torch.float64).to(self.device, non_blocking=True)
+            self._host_values = rows
+        for index, field, value in tensors:
+            self.table[index, field].copy_(value.reshape(()), non_blocking=True)
+        return self.table
