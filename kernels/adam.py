@@ -10,20 +10,22 @@ import torch
 import triton
 import triton.language as tl
 
+# Globals a kernel reads must be tl.constexpr; the host reads them through `.value`.
+
 # Columns of the segment table (int64, shape [num_segments, SEGMENT_FIELDS]).
-PARAM_ADDR, GRAD_ADDR, STATE_OFFSET, NUMEL, FIRST_BLOCK, GROUP, STEP_INDEX = range(7)
-SEGMENT_FIELDS = 7
+PARAM_ADDR, GRAD_ADDR, STATE_OFFSET, NUMEL, FIRST_BLOCK, GROUP, STEP_INDEX = (tl.constexpr(i) for i in range(7))
+SEGMENT_FIELDS = tl.constexpr(7)
 
 # Columns of the hyperparameter table (float64, shape [num_groups, HYPER_FIELDS]). float64 because 1 - beta2 in
 # float32 is off by 1.3e-5 relative for beta2 = 0.999; torch also keeps betas as Python doubles.
-LR, BETA1, BETA2, EPS, WEIGHT_DECAY, MAXIMIZE, AMSGRAD, DECOUPLED = range(8)
-HYPER_FIELDS = 8
+LR, BETA1, BETA2, EPS, WEIGHT_DECAY, MAXIMIZE, AMSGRAD, DECOUPLED = (tl.constexpr(i) for i in range(8))
+HYPER_FIELDS = tl.constexpr(8)
 
 # ALIGNED launches promise: every address a multiple of ALIGN_BYTES, every numel and state offset a multiple of
 # ALIGN_ELEMENTS. Without the promise, addresses read from memory have unknown alignment and Triton emits 32-bit
 # loads; with it, 128-bit ones (ld.global.v4, checked in the PTX for sm_90).
-ALIGN_BYTES = 16
-ALIGN_ELEMENTS = 8
+ALIGN_BYTES = tl.constexpr(16)
+ALIGN_ELEMENTS = tl.constexpr(8)
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -110,10 +112,10 @@ def _adam_step_kernel(
     beta2 = beta2.to(tl.float32)
 
     offsets = (pid - first_block).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < numel
     if HAS_FOUND_INF:
-        # A masked-off program reads and writes nothing: the step is skipped without a branch on the host.
-        mask = mask & (tl.load(found_inf_ptr) == 0)
+        # An empty segment reads and writes nothing: the step is skipped without a branch on the host.
+        numel = tl.where(tl.load(found_inf_ptr) != 0, 0, numel)
+    mask = offsets < numel
     state_offsets = state_offset + offsets
     p = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
@@ -164,8 +166,8 @@ def adam_step(
     The tables are built by `v0adam.buckets`; this checks only what would make the kernel touch wrong memory.
     Nothing here reads a value back to the host.
     """
-    if segments.dtype != torch.int64 or segments.dim() != 2 or segments.shape[1] != SEGMENT_FIELDS:
-        raise ValueError(f"segments must be int64 of shape [S, {SEGMENT_FIELDS}], got {tuple(segments.shape)}")
+    if segments.dtype != torch.int64 or segments.dim() != 2 or segments.shape[1] != SEGMENT_FIELDS.value:
+        raise ValueError(f"segments must be int64 of shape [S, {SEGMENT_FIELDS.value}], got {tuple(segments.shape)}")
     if block_segment.dtype != torch.int32 or hyper.dtype != torch.float64 or steps.dtype != torch.float32:
         raise ValueError("block_segment must be int32, hyper float64 and steps float32")
     if exp_avg.dtype != torch.float32 or exp_avg_sq.dtype != torch.float32:

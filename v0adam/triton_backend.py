@@ -37,17 +37,18 @@ class SegmentTable:
             table.append((param_addr, grad_addr, state_offset, numel, first_block, group, step_index))
             blocks_per_segment.append(blocks)
             first_block += blocks
-        host_table = torch.tensor(table, dtype=torch.int64).reshape(-1, adam_kernel.SEGMENT_FIELDS)
+        host_table = torch.tensor(table, dtype=torch.int64).reshape(-1, adam_kernel.SEGMENT_FIELDS.value)
         host_blocks = torch.repeat_interleave(
             torch.arange(len(rows), dtype=torch.int32), torch.tensor(blocks_per_segment, dtype=torch.int64)
         )
         self.segments = host_table.to(self.device, non_blocking=True)
         self.block_segment = host_blocks.to(self.device, non_blocking=True)
+        align_bytes, align_elements = adam_kernel.ALIGN_BYTES.value, adam_kernel.ALIGN_ELEMENTS.value
         self.aligned = all(
-            param_addr % adam_kernel.ALIGN_BYTES == 0
-            and grad_addr % adam_kernel.ALIGN_BYTES == 0
-            and state_offset % adam_kernel.ALIGN_ELEMENTS == 0
-            and numel % adam_kernel.ALIGN_ELEMENTS == 0
+            param_addr % align_bytes == 0
+            and grad_addr % align_bytes == 0
+            and state_offset % align_elements == 0
+            and numel % align_elements == 0
             for param_addr, grad_addr, state_offset, numel, _, _ in rows
         )
         self._key = rows

@@ -1,0 +1,98 @@
+"""Bad input gets a clear error, in torch's wording where torch has one, before anything is written."""
+
+import pytest
+import torch
+from conftest import BACKENDS, DEVICE
+from helpers import make_params
+
+import v0adam
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-1.0), "Invalid learning rate: -1.0"),
+        (dict(lr=torch.tensor([1e-3, 1e-3])), "Tensor lr must be 1-element"),
+        (dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
+        (dict(betas=(1.5, 0.999)), "Invalid beta parameter at index 0: 1.5"),
+        (dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1: 1.0"),
+        (dict(betas=(0.9, torch.tensor(0.99))), "betas must be either both floats or both Tensors"),
+        (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
+        (dict(v0="xavier"), "Invalid v0 value: 'xavier'"),
+        (dict(v0=3.0), "Invalid v0 value: 3.0"),
+        (dict(v0="zero", v0_scale=-1.0), "Invalid v0_scale value: -1.0"),
+        (dict(v0="zero", backend="cuda"), "Invalid backend: 'cuda'"),
+    ],
+)
+def test_invalid_hyperparameters(kwargs, message):
+    params = make_params([(3,)], device=DEVICE)
+    before = params[0].detach().clone()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        v0adam.V0AdamW(params, **{"v0": "zero", **kwargs})
+    assert torch.equal(params[0].detach(), before)
+
+
+@pytest.mark.parametrize("mode", ["random", "data"])
+def test_modes_of_the_v0_issue_are_not_implemented_yet(mode):
+    with pytest.raises(NotImplementedError, match=f"v0='{mode}'"):
+        v0adam.V0Adam(make_params([(3,)]), v0=mode)
+
+
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        (torch.zeros(3, dtype=torch.complex64), "complex parameters"),
+        (torch.zeros(3, dtype=torch.int64), "floating-point parameters"),
+    ],
+    ids=["complex", "integer"],
+)
+def test_unsupported_parameters(param, message):
+    with pytest.raises(ValueError, match=message):
+        v0adam.V0Adam([param], v0="zero")
+
+
+def test_param_in_two_groups():
+    p = make_params([(3,)])[0]
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        v0adam.V0Adam([{"params": [p]}, {"params": [p]}], v0="zero")
+
+
+def test_bad_user_v0():
+    p, q = make_params([(3,), (4,)])
+    with pytest.raises(ValueError, match="must be a tensor of that shape"):
+        v0adam.V0Adam([p], v0={p: torch.ones(4)})
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        v0adam.V0Adam([p], v0={p: -torch.ones(3)})
+    with pytest.raises(ValueError, match="not a parameter of this group"):
+        v0adam.V0Adam([p], v0={q: torch.ones(4)})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_grad_rejected_before_any_write(backend):
+    params = make_params([(4,), (5, 3)], device=DEVICE)
+    opt = v0adam.V0Adam(params, v0="zero", backend=backend)
+    before = [p.detach().clone() for p in params]
+    params[0].grad = torch.ones(4, device=DEVICE)
+    params[1].grad = torch.eye(5, 3, device=DEVICE).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+    assert float(opt.state[params[0]]["step"]) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_param_converted_after_construction_rejected_before_any_write(backend):
+    model = torch.nn.Linear(3, 2).to(DEVICE)
+    opt = v0adam.V0Adam(model.parameters(), v0="zero", backend=backend)
+    model.double()
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.ones(1, 3, dtype=torch.float64, device=DEVICE)).sum().backward()
+    with pytest.raises(RuntimeError, match="move the model before constructing the optimizer"):
+        opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+
+
+def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend='triton' cannot step"):
+        v0adam.V0Adam(make_params([(3,)]), v0="zero", backend="triton")

@@ -1,0 +1,148 @@
+"""Params re-homed into flat buffers: the model still computes the same forward and backward, grads accumulate
+into the flat grad buffer, and every way a user can replace params or grads stays correct."""
+
+import pytest
+import torch
+from conftest import BACKENDS, DEVICE
+from helpers import assert_states_close, clone_params, gradients, make_params, set_grads
+
+import v0adam
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def mlp():
+    return torch.nn.Sequential(torch.nn.Linear(6, 17), torch.nn.GELU(), torch.nn.Linear(17, 4)).to(DEVICE)
+
+
+def data():
+    generator = torch.Generator().manual_seed(7)
+    return torch.randn(32, 6, generator=generator).to(DEVICE), torch.randn(32, 4, generator=generator).to(DEVICE)
+
+
+def loss_fn(model, x, y):
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rehomed_model_computes_the_same_forward_and_backward(backend):
+    model, twin = mlp(), mlp()
+    twin.load_state_dict(model.state_dict())
+    v0adam.V0AdamW(model.parameters(), v0="zero", backend=backend)
+    x, y = data()
+    torch.testing.assert_close(model(x), twin(x), rtol=0, atol=0)
+    loss_fn(model, x, y).backward()
+    loss_fn(twin, x, y).backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+
+
+def test_params_and_grads_are_views_of_one_buffer():
+    model = mlp()
+    opt = v0adam.V0AdamW(model.parameters(), v0="zero")
+    (bucket,) = opt._buckets
+    x, y = data()
+    loss_fn(model, x, y).backward()
+    for p in model.parameters():
+        assert p.untyped_storage().data_ptr() == bucket.flat_param.untyped_storage().data_ptr()
+        assert p.grad.untyped_storage().data_ptr() == bucket.flat_grad.untyped_storage().data_ptr()
+        assert opt.state[p]["exp_avg_sq"].untyped_storage().data_ptr() == bucket.exp_avg_sq.data_ptr()
+    grads = [p.grad.clone() for p in model.parameters()]
+    loss_fn(model, x, y).backward()  # accumulates in place
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, 2 * g)
+    opt.zero_grad()
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    assert not bucket.flat_grad.any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("zero_grad", ["optimizer", "model_set_to_none", "model_zero"])
+def test_training_matches_torch_whatever_zero_grad_is_used(backend, zero_grad):
+    model, twin = mlp(), mlp()
+    twin.load_state_dict(model.state_dict())
+    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, v0="zero", backend=backend)
+    ref = torch.optim.AdamW(twin.parameters(), lr=1e-2, foreach=False)
+    x, y = data()
+    for _ in range(8):
+        if zero_grad == "optimizer":
+            opt.zero_grad()
+        else:
+            model.zero_grad(set_to_none=zero_grad == "model_set_to_none")
+        ref.zero_grad()
+        loss_fn(model, x, y).backward()
+        loss_fn(twin, x, y).backward()
+        opt.step()
+        ref.step()
+        assert_states_close(opt, list(model.parameters()), ref, list(twin.parameters()), **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_param_without_grad_is_skipped_like_torch(backend):
+    params = make_params([(4,), (5,), (6,)], device=DEVICE)
+    ref_params = clone_params(params)
+    opt = v0adam.V0Adam(params, lr=1e-2, v0="zero", backend=backend)
+    ref = torch.optim.Adam(ref_params, lr=1e-2, foreach=False)
+    for step in range(6):
+        grads = gradients(params, step)
+        for group in (params, ref_params):
+            set_grads(group, grads, "assign")
+            if step % 2:
+                group[1].grad = None
+        opt.step()
+        ref.step()
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p.detach(), q.detach(), **TOL)
+        assert float(opt.state[params[1]]["step"]) == float(ref.state[ref_params[1]]["step"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_replaced_and_non_contiguous_params_are_stepped_in_place(backend):
+    params = make_params([(4, 6), (3,)], device=DEVICE)
+    ref_params = clone_params(params)
+    opt = v0adam.V0Adam(params, lr=1e-2, v0="zero", backend=backend)
+    ref = torch.optim.Adam(ref_params, lr=1e-2, foreach=False)
+    # A user swaps the data for a non-contiguous tensor with the same values: no longer in the flat buffer.
+    params[0].data = params[0].detach().t().contiguous().t()
+    assert not params[0].is_contiguous()
+    for step in range(4):
+        grads = gradients(params, step)
+        set_grads(params, grads, "assign")
+        set_grads(ref_params, grads, "assign")
+        opt.step()
+        ref.step()
+        assert_states_close(opt, params, ref, ref_params, **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_param_group_keeps_states_and_trajectory(backend):
+    params = make_params([(4,), (7,), (9,)], device=DEVICE)
+    ref_params = clone_params(params)
+    opt = v0adam.V0AdamW(params[:2], lr=1e-2, v0="zero", backend=backend)
+    ref = torch.optim.AdamW(ref_params[:2], lr=1e-2, foreach=False)
+    for step in range(6):
+        if step == 3:
+            opt.add_param_group({"params": [params[2]], "lr": 5e-3})
+            ref.add_param_group({"params": [ref_params[2]], "lr": 5e-3})
+        active = 2 if step < 3 else 3
+        grads = gradients(params[:active], step)
+        set_grads(params[:active], grads, "assign")
+        set_grads(ref_params[:active], grads, "assign")
+        opt.step()
+        ref.step()
+        assert_states_close(opt, params[:active], ref, ref_params[:active], **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frozen_params_and_mixed_dtypes(backend):
+    params = make_params([(4,), (5,)], device=DEVICE) + make_params([(6,)], dtype=torch.bfloat16, device=DEVICE)
+    params[0].requires_grad_(False)
+    opt = v0adam.V0AdamW(params, v0="zero", backend=backend)
+    assert len(opt._buckets) == 2 and params[0].grad is None
+    frozen = params[0].detach().clone()
+    for step in range(3):
+        opt.zero_grad()
+        set_grads(params[1:], gradients(params[1:], step), "autograd")
+        opt.step()
+    assert torch.equal(params[0].detach(), frozen)
+    assert float(opt.state[params[1]]["step"]) == 3.0 and float(opt.state[params[0]]["step"]) == 0.0

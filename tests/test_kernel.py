@@ -1,0 +1,85 @@
+"""The kernel's contract: nothing a schedule changes reaches it as a compile-time value, and aligned launches
+compile to 128-bit memory accesses."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import DEVICE
+from helpers import MIXED_SHAPES, gradients, make_params, set_grads
+
+import v0adam
+from v0adam.kernels import adam as adam_kernel
+
+
+class LaunchRecorder:
+    """Stands in for the jitted kernel and records what each launch would specialise on."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.keys = []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            assert all(isinstance(arg, torch.Tensor) for arg in args), "a launch argument is not in device memory"
+            self.keys.append(
+                (tuple((a.dtype, a.data_ptr() % 16 == 0) for a in args), tuple(sorted(kwargs.items(), key=str)))
+            )
+            return launch(*args, **kwargs)
+
+        return run
+
+
+@pytest.mark.parametrize("lr_kind", ["float", "tensor"])
+def test_lr_schedule_never_changes_the_compiled_kernel(monkeypatch, lr_kind):
+    recorder = LaunchRecorder(adam_kernel._adam_step_kernel)
+    monkeypatch.setattr(adam_kernel, "_adam_step_kernel", recorder)
+    params = make_params(MIXED_SHAPES, device=DEVICE)
+    lr = torch.tensor(0.01) if lr_kind == "tensor" else 0.01
+    opt = v0adam.V0AdamW(params, lr=lr, betas=(0.9, 0.99), v0="zero", backend="triton")
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9**step)
+    seen_lrs = set()
+    for step in range(6):
+        opt.zero_grad()
+        set_grads(params, gradients(params, step), "autograd")
+        opt.step()
+        schedule.step()
+        seen_lrs.add(float(opt.param_groups[0]["lr"]))
+    assert len(seen_lrs) == 6 and len(recorder.keys) == 6
+    assert len(set(recorder.keys)) == 1
+
+
+# Compiled in a fresh interpreter: under TRITON_INTERPRET=1 the kernels in this process are not compilable.
+AOT_SCRIPT = """
+import sys, torch, triton
+from triton.backends.compiler import GPUTarget
+from v0adam.kernels import adam
+
+dtype, aligned = getattr(torch, sys.argv[1]), sys.argv[2] == "True"
+signature = dict(segments_ptr="*i64", block_segment_ptr="*i32", hyper_ptr="*fp64", steps_ptr="*fp32")
+for name in ("exp_avg_ptr", "exp_avg_sq_ptr", "max_exp_avg_sq_ptr", "grad_scale_ptr", "found_inf_ptr"):
+    signature[name] = "*fp32"
+constexprs = dict(PARAM_DTYPE=adam._TRITON_DTYPES[dtype], HAS_GRAD_SCALE=True, HAS_FOUND_INF=True,
+                  ALIGNED=aligned, BLOCK=1024)
+signature.update({name: "constexpr" for name in constexprs})
+source = triton.compiler.ASTSource(fn=adam._adam_step_kernel, signature=signature, constexprs=constexprs)
+print(triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"].count("ld.global.v4"))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
+def test_aligned_launch_compiles_to_vector_accesses(dtype, aligned):
+    """Ahead-of-time compilation for an H100 (sm_90), no GPU needed: the aligned variant must use ld.global.v4."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", AOT_SCRIPT, dtype, str(aligned)], env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    vector_loads = int(result.stdout.split()[-1])
+    assert (vector_loads > 0) == aligned

@@ -1,0 +1,94 @@
+"""state_dict in torch's layout: V0AdamW -> torch.optim.AdamW and back, through a real torch.save/torch.load,
+with the trajectory continuing exactly as an uninterrupted run."""
+
+import io
+
+import pytest
+import torch
+from conftest import BACKENDS, DEVICE
+from helpers import MIXED_SHAPES, assert_states_close, clone_params, gradients, make_params, set_grads
+
+import v0adam
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def save_and_load(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def train(params, opt, steps, start=0):
+    for step in range(start, start + steps):
+        set_grads(params, gradients(params, step), "assign")
+        opt.step()
+
+
+def make(kind, params, backend, amsgrad):
+    if kind == "ours":
+        return v0adam.V0AdamW(params, lr=1e-2, weight_decay=0.1, amsgrad=amsgrad, v0="zero", backend=backend)
+    return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, amsgrad=amsgrad, foreach=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
+@pytest.mark.parametrize("direction", [("ours", "torch"), ("torch", "ours"), ("ours", "ours")], ids="->".join)
+def test_resume_continues_the_trajectory(backend, amsgrad, direction):
+    first, second = direction
+    params = make_params(MIXED_SHAPES, device=DEVICE)
+    uninterrupted = clone_params(params)
+    reference = torch.optim.AdamW(uninterrupted, lr=1e-2, weight_decay=0.1, amsgrad=amsgrad, foreach=False)
+    train(uninterrupted, reference, 14)
+
+    opt = make(first, params, backend, amsgrad)
+    train(params, opt, 7)
+    saved = save_and_load(opt.state_dict())
+    resumed_params = clone_params(params)
+    resumed = make(second, resumed_params, backend, amsgrad)
+    resumed.load_state_dict(saved)
+    train(resumed_params, resumed, 7, start=7)
+    assert_states_close(resumed, resumed_params, reference, uninterrupted, **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_dict_layout_is_torchs(backend):
+    params = make_params([(3, 4), (5,)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, v0="zero", amsgrad=True, backend=backend)
+    train(params, opt, 2)
+    state_dict = opt.state_dict()
+    assert sorted(state_dict["state"]) == [0, 1]
+    assert set(state_dict["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert state_dict["state"][0]["exp_avg"].shape == (3, 4)
+    assert float(state_dict["state"][1]["step"]) == 2.0
+    group = state_dict["param_groups"][0]
+    assert group["params"] == [0, 1] and group["decoupled_weight_decay"] is True
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_load_rejects_wrong_shapes_before_writing(backend):
+    params = make_params([(3, 4), (5,)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, v0="zero", backend=backend)
+    train(params, opt, 2)
+    before = {k: v.clone() for k, v in opt.state[params[0]].items()}
+    bad = opt.state_dict()
+    bad = {"state": {k: dict(v) for k, v in bad["state"].items()}, "param_groups": bad["param_groups"]}
+    bad["state"][1]["exp_avg"] = torch.zeros(6)
+    with pytest.raises(ValueError, match="has shape"):
+        opt.load_state_dict(bad)
+    for key, value in before.items():
+        assert torch.equal(opt.state[params[0]][key], value)
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        opt.load_state_dict({"state": {}, "param_groups": []})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loaded_states_are_still_views_of_the_flat_buffers(backend):
+    params = make_params([(3, 4), (5,)], device=DEVICE)
+    opt = v0adam.V0Adam(params, v0="zero", backend=backend)
+    train(params, opt, 1)
+    opt.load_state_dict(save_and_load(opt.state_dict()))
+    flat = opt._buckets[0].exp_avg
+    for p in params:
+        assert opt.state[p]["exp_avg"].untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
