@@ -71,11 +71,11 @@ def _adam_step_kernel(
 ):
     """One Adam step over BLOCK elements of one segment. Equivalent PyTorch (per element, fp32 math):
 
-        g = grad / grad_scale;  g = -g if maximize
-        if decoupled: p = p * (1 - lr * wd)  else: g = g + wd * p
-        m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
-        if amsgrad: vmax = max(vmax, v); v = vmax
-        p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+    g = grad / grad_scale;  g = -g if maximize
+    if decoupled: p = p * (1 - lr * wd)  else: g = g + wd * p
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+    if amsgrad: vmax = max(vmax, v); v = vmax
+    p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
     """
     pid = tl.program_id(0)
     row = segments_ptr + tl.load(block_segment_ptr + pid).to(tl.int64) * SEGMENT_FIELDS

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import DEVICE
 from helpers import MIXED_SHAPES, gradients, make_params, set_grads
+from v0adam.kernels import adam as adam_kernel
 
 import v0adam
-from v0adam.kernels import adam as adam_kernel
 
 
 class LaunchRecorder:

@@ -31,9 +31,20 @@ def test_each_step_matches_float64_reference(backend, dtype, decoupled, amsgrad)
         opt.step()
         for p, g, (param64, state64) in zip(params, grads, before):
             adam_step_reference(
-                param64, g.double(), state64["exp_avg"], state64["exp_avg_sq"], state64.get("max_exp_avg_sq"), step,
-                beta1=0.9, beta2=0.999, lr=1e-2, eps=1e-8, weight_decay=0.1, decoupled_weight_decay=decoupled,
-                amsgrad=amsgrad, maximize=False,
+                param64,
+                g.double(),
+                state64["exp_avg"],
+                state64["exp_avg_sq"],
+                state64.get("max_exp_avg_sq"),
+                step,
+                beta1=0.9,
+                beta2=0.999,
+                lr=1e-2,
+                eps=1e-8,
+                weight_decay=0.1,
+                decoupled_weight_decay=decoupled,
+                amsgrad=amsgrad,
+                maximize=False,
             )
             torch.testing.assert_close(p.detach(), param64.to(dtype), rtol=ONE_ULP[dtype], atol=1e-6)
             state = opt.state[p]

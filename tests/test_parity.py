@@ -22,10 +22,16 @@ def run_pair(name, backend, grad_mode, shapes=MIXED_SHAPES, steps=STEPS, groups=
         opt = ours_cls(params, lr=ours_lr, v0="zero", backend=backend, **kwargs)
         ref = torch_cls(ref_params, lr=lr, foreach=False, **kwargs)
     else:
-        opt = ours_cls([dict(params=params[i::groups], lr=lr * (i + 1)) for i in range(groups)],
-                       lr=ours_lr, v0="zero", backend=backend, **kwargs)
-        ref = torch_cls([dict(params=ref_params[i::groups], lr=lr * (i + 1)) for i in range(groups)],
-                        lr=lr, foreach=False, **kwargs)
+        opt = ours_cls(
+            [dict(params=params[i::groups], lr=lr * (i + 1)) for i in range(groups)],
+            lr=ours_lr,
+            v0="zero",
+            backend=backend,
+            **kwargs,
+        )
+        ref = torch_cls(
+            [dict(params=ref_params[i::groups], lr=lr * (i + 1)) for i in range(groups)], lr=lr, foreach=False, **kwargs
+        )
     ordered = [p for g in opt.param_groups for p in g["params"]]
     ref_ordered = [p for g in ref.param_groups for p in g["params"]]
     for step in range(steps):

@@ -21,7 +21,8 @@ def optimizer_inputs(name):
 
 def error_inputs(name):
     return [
-        error for error in getattr(common_optimizers, f"optim_error_inputs_func_{name}")(DEVICE, torch.float32)
+        error
+        for error in getattr(common_optimizers, f"optim_error_inputs_func_{name}")(DEVICE, torch.float32)
         if not TORCH_ONLY & set(error.optimizer_error_input.kwargs)
     ]
 

@@ -11,6 +11,7 @@ counter). When everything is home, one segment covers a whole param group. A par
 own, reached through its address: still one launch, no copy, unless the tensor is non-contiguous.
 """
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +72,12 @@ class FlatBucket:
         # Host-side record of each param's step history: equal values guarantee equal device step counters,
         # so such params may share one segment (the kernel reads one counter per segment).
         self.step_history = [0] * len(self.params)
+        self._home_grads = [None] * len(self.params)  # the grad view objects handed to autograd
+        self._home_work = None  # this step's work when everything is home, cached: the common case costs no scan
         self._rehome()
+        self._home_param_addresses = [param.data_ptr() for param in self.params]
+        self._home_grad_addresses = [None if grad is None else grad.data_ptr() for grad in self._home_grads]
+        self._trainable = sum(grad is not None for grad in self._home_grads)
 
     def _slot(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
         offset = self.offsets[index]
@@ -86,7 +92,7 @@ class FlatBucket:
                 grad_slot = self._slot(self.flat_grad, index)
                 if param.grad is not None:
                     grad_slot.copy_(param.grad)
-                param.grad = grad_slot
+                param.grad = self._home_grads[index] = grad_slot
 
     def ensure_max_exp_avg_sq(self) -> None:
         if self.max_exp_avg_sq is None:
@@ -107,21 +113,41 @@ class FlatBucket:
     def zero_grad(self) -> None:
         """One memset for the whole bucket; grads that were replaced or set to None get their views back."""
         self.flat_grad.zero_()
-        for index, param in enumerate(self.params):
-            if param.requires_grad and not self._grad_is_home(index):
-                param.grad = self._slot(self.flat_grad, index)
+        if not self._grads_are_home():
+            for param, grad in zip(self.params, self._home_grads):
+                param.grad = grad
 
-    def _param_is_home(self, index: int) -> bool:
-        expected = self.flat_param.data_ptr() + self.offsets[index] * self.flat_param.element_size()
-        return self.params[index].data_ptr() == expected
+    def _grads_are_home(self) -> bool:
+        grads = [param.grad for param in self.params]
+        return all(map(operator.is_, grads, self._home_grads)) and [
+            None if grad is None else grad.data_ptr() for grad in grads
+        ] == self._home_grad_addresses
 
-    def _grad_is_home(self, index: int) -> bool:
-        grad = self.params[index].grad
-        expected = self.flat_grad.data_ptr() + self.offsets[index] * self.flat_grad.element_size()
-        return grad is not None and grad.data_ptr() == expected and grad.shape == self.params[index].shape
+    def _everything_home(self) -> bool:
+        return self._grads_are_home() and [p.data_ptr() for p in self.params] == self._home_param_addresses
+
+    def _is_home(self, index: int) -> bool:
+        param, grad = self.params[index], self.params[index].grad
+        return (
+            grad is self._home_grads[index]
+            and grad.data_ptr() == self._home_grad_addresses[index]
+            and param.data_ptr() == self._home_param_addresses[index]
+        )
+
+    def set_step_history(self, index: int, value) -> None:
+        self.step_history[index] = value
+        self._home_work = None
 
     def collect_work(self) -> BucketWork:
         """This step's segments. Raises, before anything is written, on a grad or param that cannot be stepped."""
+        if self._home_work is not None and self._everything_home():
+            return self._home_work
+        work = self._scan()
+        if len(work.stepped) == self._trainable and self._everything_home():
+            self._home_work = work
+        return work
+
+    def _scan(self) -> BucketWork:
         segments, stepped, writebacks = [], [], []
         previous_home = False
         for index, param in enumerate(self.params):
@@ -131,7 +157,7 @@ class FlatBucket:
                 continue
             self._check(index, grad)
             stepped.append(index)
-            home = self._param_is_home(index) and self._grad_is_home(index)
+            home = self._is_home(index)
             offset = self.offsets[index]
             if home:
                 end = offset + _padded(param.numel())
@@ -146,7 +172,9 @@ class FlatBucket:
                     last.grad = self.flat_grad[start:end]
                 else:
                     segments.append(
-                        Segment(self.flat_param[offset:end], self.flat_grad[offset:end], offset, self.groups[index], index)
+                        Segment(
+                            self.flat_param[offset:end], self.flat_grad[offset:end], offset, self.groups[index], index
+                        )
                     )
             else:
                 param_data = param.detach()
@@ -176,5 +204,9 @@ class FlatBucket:
             )
 
     def record_step(self, stepped: list[int], call_id: int) -> None:
+        """Advance the host-side step histories. Params stepped together keep equal histories, so only a step
+        that left some params out can split a segment, and only then is the cached work dropped."""
         for index in stepped:
             self.step_history[index] = hash((self.step_history[index], call_id))
+        if len(stepped) != self._trainable:
+            self._home_work = None

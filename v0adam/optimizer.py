@@ -178,13 +178,14 @@ class V0Adam(Optimizer):
                     old_state = old_bucket.state_views(old_index, amsgrad)
                     for key, value in state.items():
                         value.copy_(old_state[key])
-                    bucket.step_history[index] = old_bucket.step_history[old_index]
+                    bucket.set_step_history(index, old_bucket.step_history[old_index])
                 elif param in self._pending_v0:
                     state["exp_avg_sq"].copy_(self._pending_v0.pop(param))
                 self.state[param] = state
             buckets.append(bucket)
         self._buckets = buckets
         self._hyper_tables = {}
+        self._amsgrad_flags = [group["amsgrad"] for group in self.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero every grad with one memset per bucket. Grads stay allocated as views of the flat grad buffer
@@ -201,8 +202,10 @@ class V0Adam(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         # Every check happens here, before the first write.
-        if any(group["amsgrad"] for group in self.param_groups):
+        amsgrad_flags = [group["amsgrad"] for group in self.param_groups]
+        if amsgrad_flags != self._amsgrad_flags:  # amsgrad switched on after construction
             self._add_max_exp_avg_sq_states()
+            self._amsgrad_flags = amsgrad_flags
         works = [(bucket, bucket.collect_work()) for bucket in self._buckets]
         self._step_calls += 1
         for bucket, work in works:
@@ -259,9 +262,14 @@ class V0Adam(Optimizer):
             raise ValueError("loaded state dict has a different number of parameter groups")
         for group, saved in zip(self.param_groups, saved_groups):
             if len(group["params"]) != len(saved["params"]):
-                raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+                )
         params_by_id = dict(
-            zip(chain.from_iterable(g["params"] for g in saved_groups), chain.from_iterable(g["params"] for g in self.param_groups))
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in self.param_groups),
+            )
         )
         saved_state = {params_by_id[key]: value for key, value in state_dict["state"].items() if key in params_by_id}
         for param, values in saved_state.items():
@@ -291,7 +299,7 @@ class V0Adam(Optimizer):
                         view.copy_(torch.as_tensor(values[key]))
                     else:
                         view.zero_()
-                bucket.step_history[index] = hash(("loaded", float(state["step"])))
+                bucket.set_step_history(index, hash(("loaded", float(state["step"]))))
                 self.state[param] = state
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

@@ -4,8 +4,6 @@ Works in any floating dtype (tests run it in float64). Updates its tensor argume
 `torch.optim._functional.adam`, one tensor at a time and with no fusion or layout tricks.
 """
 
-import math
-
 import torch
 
 

@@ -21,7 +21,13 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf) -> None:
         exp_avg_sq = bucket.exp_avg_sq[segment.state_offset : end]
         max_exp_avg_sq = bucket.max_exp_avg_sq[segment.state_offset : end] if group["amsgrad"] else None
         _adam_update_(
-            segment.param, segment.grad, exp_avg, exp_avg_sq, max_exp_avg_sq, steps[segment.step_index], group,
+            segment.param,
+            segment.grad,
+            exp_avg,
+            exp_avg_sq,
+            max_exp_avg_sq,
+            steps[segment.step_index],
+            group,
             grad_scale,
         )
 

@@ -88,18 +88,12 @@ class HyperTable:
     def update(self, param_groups) -> torch.Tensor:
         rows, tensors = [], []
         for index, group in enumerate(param_groups):
-            beta1, beta2 = group["betas"]
-            values = (
-                group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
-                group["maximize"], group["amsgrad"], group["decoupled_weight_decay"],
-            )
-            row = []
-            for field, value in enumerate(values):
+            row = [0.0] * adam_kernel.HYPER_FIELDS.value
+            for field, value in _hyper_values(group):
                 if isinstance(value, torch.Tensor):
                     tensors.append((index, field, value))
-                    row.append(0.0)
                 else:
-                    row.append(float(value))
+                    row[field] = float(value)
             rows.append(row)
         if rows != self._host_values:
             self.table = torch.tensor(rows, dtype=torch.float64).to(self.device, non_blocking=True)
@@ -107,3 +101,18 @@ class HyperTable:
         for index, field, value in tensors:
             self.table[index, field].copy_(value.reshape(()), non_blocking=True)
         return self.table
+
+
+def _hyper_values(group):
+    """(column, value) pairs of one param group's row in the hyperparameter table."""
+    beta1, beta2 = group["betas"]
+    return (
+        (adam_kernel.LR.value, group["lr"]),
+        (adam_kernel.BETA1.value, beta1),
+        (adam_kernel.BETA2.value, beta2),
+        (adam_kernel.EPS.value, group["eps"]),
+        (adam_kernel.WEIGHT_DECAY.value, group["weight_decay"]),
+        (adam_kernel.MAXIMIZE.value, group["maximize"]),
+        (adam_kernel.AMSGRAD.value, group["amsgrad"]),
+        (adam_kernel.DECOUPLED.value, group["decoupled_weight_decay"]),
+    )

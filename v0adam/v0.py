@@ -46,7 +46,9 @@ def user_v0(source: Mapping | Callable, params: list[torch.Tensor]) -> dict[torc
     for param, value in pairs:
         if not isinstance(value, torch.Tensor) or value.shape != param.shape:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"v0 for a parameter of shape {tuple(param.shape)} must be a tensor of that shape, got {shape}")
+            raise ValueError(
+                f"v0 for a parameter of shape {tuple(param.shape)} must be a tensor of that shape, got {shape}"
+            )
         if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
             raise ValueError("v0 must be finite and non-negative (it is the initial exp_avg_sq)")
         checked[param] = value.detach()
