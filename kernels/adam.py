@@ -158,6 +158,7 @@ def adam_step(
     param_dtype: torch.dtype,
     aligned: bool,
     block: int,
+    num_warps: int,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
 ) -> None:
@@ -192,5 +193,5 @@ def adam_step(
         HAS_FOUND_INF=found_inf is not None,
         ALIGNED=aligned,
         BLOCK=block,
-        num_warps=8,
+        num_warps=num_warps,
     )

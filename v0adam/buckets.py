@@ -65,8 +65,10 @@ class FlatBucket:
         self.total = total
         self.flat_param = torch.zeros(total, dtype=dtype, device=device)
         self.flat_grad = torch.zeros(total, dtype=dtype, device=device)
-        self.exp_avg = torch.zeros(total, dtype=torch.float32, device=device)
-        self.exp_avg_sq = torch.zeros(total, dtype=torch.float32, device=device)
+        # States in float32 for every param dtype (16-bit params lose nothing there), float64 for float64 params.
+        self.state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.exp_avg = torch.zeros(total, dtype=self.state_dtype, device=device)
+        self.exp_avg_sq = torch.zeros(total, dtype=self.state_dtype, device=device)
         self.max_exp_avg_sq = None
         self.steps = torch.zeros(len(self.params), dtype=torch.float32, device=device)
         # Host-side record of each param's step history: equal values guarantee equal device step counters,
@@ -119,9 +121,10 @@ class FlatBucket:
 
     def _grads_are_home(self) -> bool:
         grads = [param.grad for param in self.params]
-        return all(map(operator.is_, grads, self._home_grads)) and [
-            None if grad is None else grad.data_ptr() for grad in grads
-        ] == self._home_grad_addresses
+        return (
+            all(map(operator.is_, grads, self._home_grads))
+            and [None if grad is None else grad.data_ptr() for grad in grads] == self._home_grad_addresses
+        )
 
     def _everything_home(self) -> bool:
         return self._grads_are_home() and [p.data_ptr() for p in self.params] == self._home_param_addresses

@@ -1,8 +1,11 @@
-"""The PyTorch backend: the same step over the same segments, with in-place tensor ops. Meant for CPU tensors.
+"""The PyTorch backend: the same step over the same segments, without Triton. Meant for CPU tensors.
 
-When everything is home a segment is a whole param group, so a step is a handful of large in-place ops instead
-of a handful per tensor. Bias corrections and the found-inf flag are read on the host, which is free on CPU and
-one synchronisation per bucket if this backend is forced on a GPU.
+When everything is home a segment is a whole param group, so a step is a few calls over large flat views
+instead of a few per tensor. Segments whose params have the states' dtype (float32, float64) go through torch's
+own fused Adam kernel (`torch._fused_adam_`, CPU and CUDA since torch 2.4) in one call per param group; 16-bit
+params, and steps with a GradScaler scale (which that kernel would write back into the grads), take plain tensor
+ops in the states' dtype. The found-inf flag and the step counters are read on the host: free on CPU, one
+synchronisation per bucket if this backend is forced onto a GPU.
 """
 
 import math
@@ -13,35 +16,58 @@ import torch
 def step_bucket(bucket, work, param_groups, grad_scale, found_inf) -> None:
     if found_inf is not None and found_inf.item() != 0:
         return
-    steps = bucket.steps.tolist()
+    by_group = {}
     for segment in work.segments:
-        group = param_groups[segment.group]
-        end = segment.state_offset + segment.param.numel()
-        exp_avg = bucket.exp_avg[segment.state_offset : end]
-        exp_avg_sq = bucket.exp_avg_sq[segment.state_offset : end]
-        max_exp_avg_sq = bucket.max_exp_avg_sq[segment.state_offset : end] if group["amsgrad"] else None
-        _adam_update_(
-            segment.param,
-            segment.grad,
-            exp_avg,
-            exp_avg_sq,
-            max_exp_avg_sq,
-            steps[segment.step_index],
-            group,
-            grad_scale,
-        )
+        by_group.setdefault(segment.group, []).append(segment)
+    for group_index, segments in by_group.items():
+        group = param_groups[group_index]
+        states = [_segment_states(bucket, segment, group["amsgrad"]) for segment in segments]
+        if grad_scale is None and bucket.dtype == bucket.state_dtype:
+            _fused_update_(bucket, segments, states, group)
+        else:
+            steps = bucket.steps.tolist()
+            for segment, state in zip(segments, states):
+                _update_(segment.param, segment.grad, *state, steps[segment.step_index], group, grad_scale)
+
+
+def _segment_states(bucket, segment, amsgrad: bool):
+    start, end = segment.state_offset, segment.state_offset + segment.param.numel()
+    max_exp_avg_sq = bucket.max_exp_avg_sq[start:end] if amsgrad else None
+    return bucket.exp_avg[start:end], bucket.exp_avg_sq[start:end], max_exp_avg_sq
+
+
+def _fused_update_(bucket, segments, states, group) -> None:
+    fused = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+    beta1, beta2 = (_hyper(beta) for beta in group["betas"])
+    exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (list(column) for column in zip(*states))
+    fused(
+        [segment.param for segment in segments],
+        [segment.grad for segment in segments],
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs if group["amsgrad"] else [],
+        [bucket.steps[segment.step_index] for segment in segments],
+        lr=group["lr"],
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=_hyper(group["weight_decay"]),
+        eps=group["eps"],
+        amsgrad=group["amsgrad"],
+        maximize=group["maximize"],
+    )
 
 
 def _hyper(value) -> float:
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
 
-def _adam_update_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, group, grad_scale) -> None:
+def _update_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, group, grad_scale) -> None:
+    """One Adam step with in-place ops, computed in the states' dtype and rounded once into the param."""
     lr = _hyper(group["lr"])
     beta1, beta2 = (_hyper(beta) for beta in group["betas"])
     weight_decay = _hyper(group["weight_decay"])
-    working = param.float() if param.dtype != torch.float32 else param
-    grad = grad.float()
+    working = param.to(exp_avg.dtype)
+    grad = grad.to(exp_avg.dtype)
     if grad_scale is not None:
         grad = grad / grad_scale.to(grad.device)
     if group["maximize"]:

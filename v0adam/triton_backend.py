@@ -6,8 +6,9 @@ import torch
 
 from v0adam.kernels import adam as adam_kernel
 
-# Elements per program. Large blocks for the interpreter, where each program instance costs ~1 ms.
+# Elements per program and warps per program (python -m bench.tune measures the alternatives).
 BLOCK = 4096
+NUM_WARPS = 8
 
 
 def interpreter_enabled() -> bool:
@@ -68,6 +69,7 @@ def step_bucket(bucket, table: SegmentTable, work, hyper: torch.Tensor, grad_sca
         param_dtype=bucket.dtype,
         aligned=table.aligned,
         block=BLOCK,
+        num_warps=NUM_WARPS,
         grad_scale=grad_scale,
         found_inf=found_inf,
     )

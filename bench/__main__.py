@@ -1,0 +1,64 @@
+"""python -m bench: time one optimizer step of v0adam and of each torch.optim.AdamW implementation per case.
+
+On CUDA: v0adam, torch for-loop, foreach, fused and torch.compile; on CPU: v0adam's CPU path against foreach and
+fused. Prints the table, saves a CSV stamped with device, versions and date, and a PNG plot.
+"""
+
+import argparse
+import gc
+import sys
+from pathlib import Path
+
+import torch
+
+from bench import cases, report, timing, variants
+
+QUICK_COMPILE_CASE = "GPT-2 small fp32"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and steps (the device check uses this)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (median), default 30 / 10 on CPU")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the CSV and PNG go")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        print("No GPU found: benchmarking v0adam's CPU path against torch.optim.AdamW on the CPU.", flush=True)
+    steps = args.steps or (30 if device.type == "cuda" else 10)
+    selected = cases.gpu_cases(args.quick) if device.type == "cuda" else cases.cpu_cases(args.quick)
+    if args.case:
+        selected = [case for case in selected if any(part in case.name for part in args.case)]
+    builders = variants.variants(device, with_compile=not args.no_compile)
+
+    copy_gbps = timing.copy_bandwidth_gbps(device)
+    print(f"copy bandwidth: {copy_gbps:.0f} GB/s", flush=True)
+    rows = []
+    for case in selected:
+        for name, build in builders.items():
+            if name == "torch compile" and args.quick and case.name != QUICK_COMPILE_CASE:
+                continue  # compiling takes ~a minute per case; the quick run compiles one
+            print(f"  {case.name:<22} {name:<15}", end=" ", flush=True)
+            step, state_dtype = build(case, device)
+            ms = timing.median_ms(step, device, steps=steps, warmup=3)
+            per_element = cases.bytes_per_element(case.dtype, state_dtype, case.amsgrad)
+            rows.append(report.make_row(case, name, per_element, ms, copy_gbps))
+            print(f"{ms:8.3f} ms  {rows[-1].gbps:7.0f} GB/s", flush=True)
+            del step
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    report.add_speedups(rows)
+    info = report.stamp(device)
+    print()
+    print(report.format_table(rows, copy_gbps, info))
+    csv_path, png_path = report.save(rows, copy_gbps, info, args.out)
+    print(f"\nsaved {csv_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

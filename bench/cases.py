@@ -1,0 +1,68 @@
+"""Benchmark cases: parameter shapes built from model configurations, no model code or weights needed."""
+
+from dataclasses import dataclass
+
+import torch
+
+M = 2**20
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    shapes: tuple[tuple[int, ...], ...]
+    dtype: torch.dtype = torch.float32
+    amsgrad: bool = False
+
+    @property
+    def numel(self) -> int:
+        return sum(_numel(shape) for shape in self.shapes)
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def gpt2_small_shapes() -> tuple[tuple[int, ...], ...]:
+    """GPT-2 small (124M): 148 tensors."""
+    d, vocab, context, layers = 768, 50257, 1024, 12
+    shapes = [(vocab, d), (context, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return tuple(shapes + [(d,), (d,)])
+
+
+def llama_1b_shapes() -> tuple[tuple[int, ...], ...]:
+    """A Llama-3.2-1B-style model (1.24B): grouped-query attention, SwiGLU MLP, tied embeddings; 146 tensors."""
+    d, vocab, layers, hidden, kv = 2048, 128256, 16, 8192, 512
+    shapes = [(vocab, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d, d), (kv, d), (kv, d), (d, d), (d,), (hidden, d), (hidden, d), (d, hidden)]
+    return tuple(shapes + [(d,)])
+
+
+def gpu_cases(quick: bool) -> list[Case]:
+    sizes = [64, 256] if quick else [1, 4, 16, 64, 256]
+    cases = [Case(f"fp32 {size}M", ((size * M,),)) for size in sizes]
+    cases.append(Case("GPT-2 small fp32", gpt2_small_shapes()))
+    cases.append(Case("GPT-2 small AMSGrad", gpt2_small_shapes(), amsgrad=True))
+    cases.append(Case("GPT-2 small bf16", gpt2_small_shapes(), dtype=torch.bfloat16))
+    cases.append(Case("Llama 1B fp32", llama_1b_shapes()))
+    return cases
+
+
+def cpu_cases(quick: bool) -> list[Case]:
+    sizes = [1, 16] if quick else [1, 4, 16, 64]
+    cases = [Case(f"fp32 {size}M", ((size * M,),)) for size in sizes]
+    cases.append(Case("GPT-2 small fp32", gpt2_small_shapes()))
+    return cases
+
+
+def bytes_per_element(param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool) -> int:
+    """Minimum traffic of one step (SPEC §3): param read+write, grad read, each state read+write."""
+    param, state = param_dtype.itemsize, state_dtype.itemsize
+    states = 3 if amsgrad else 2
+    return 2 * param + param + 2 * state * states

@@ -1,0 +1,110 @@
+"""Rows, the printed table, the stamped CSV and the plot."""
+
+import csv
+import datetime
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import triton
+
+
+@dataclass
+class Row:
+    case: str
+    variant: str
+    elements: int
+    tensors: int
+    bytes_per_element: int
+    ms: float
+    gbps: float
+    pct_of_copy: float
+    v0adam_speedup: float  # this variant's time over v0adam's on the same case (1.0 on v0adam's own row)
+
+
+def make_row(case, variant, bytes_per_element, ms, copy_gbps) -> Row:
+    gbps = case.numel * bytes_per_element / ms / 1e6
+    return Row(
+        case.name,
+        variant,
+        case.numel,
+        len(case.shapes),
+        bytes_per_element,
+        ms,
+        gbps,
+        100 * gbps / copy_gbps,
+        float("nan"),
+    )
+
+
+def add_speedups(rows: list[Row]) -> None:
+    ours = {row.case: row.ms for row in rows if row.variant == "v0adam"}
+    for row in rows:
+        if row.case in ours:
+            row.v0adam_speedup = row.ms / ours[row.case]
+
+
+def stamp(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def format_table(rows: list[Row], copy_gbps: float, info: dict) -> str:
+    lines = [
+        f"{info['device']} | torch {info['torch']} | triton {info['triton']} | {info['date']}",
+        f"measured copy bandwidth: {copy_gbps:.0f} GB/s (read + write)",
+        "",
+        "| case | variant | ms | GB/s | % of copy | v0adam speedup |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.case} | {row.variant} | {row.ms:.3f} | {row.gbps:.0f} | {row.pct_of_copy:.1f} | "
+            f"{row.v0adam_speedup:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def save(rows: list[Row], copy_gbps: float, info: dict, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", info["device"].lower()).strip("-")
+    base = out / f"{slug}_{info['date']}"
+    csv_path, png_path = base.with_suffix(".csv"), base.with_suffix(".png")
+    with open(csv_path, "w", newline="") as handle:
+        fields = list(asdict(rows[0])) + ["copy_gbps"] + list(info)
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**asdict(row), "copy_gbps": round(copy_gbps, 1), **info})
+    _plot(rows, copy_gbps, info, png_path)
+    return csv_path, png_path
+
+
+def _plot(rows: list[Row], copy_gbps: float, info: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(row.case for row in rows))
+    variants = list(dict.fromkeys(row.variant for row in rows))
+    width = 0.8 / len(variants)
+    figure, axes = plt.subplots(figsize=(max(8, 1.4 * len(cases)), 4.5))
+    for index, variant in enumerate(variants):
+        values = {row.case: row.gbps for row in rows if row.variant == variant}
+        positions = [position + index * width for position in range(len(cases))]
+        axes.bar(positions, [values.get(case, 0.0) for case in cases], width, label=variant)
+    axes.axhline(copy_gbps, color="black", linestyle="--", linewidth=1, label="copy bandwidth")
+    axes.set_xticks([position + 0.4 - width / 2 for position in range(len(cases))], cases, rotation=20, ha="right")
+    axes.set_ylabel("GB/s (minimum bytes of the step)")
+    axes.set_title(f"Adam step throughput, {info['device']}, torch {info['torch']}, triton {info['triton']}")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
