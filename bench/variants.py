@@ -39,8 +39,7 @@ def build_compiled(case, device):
     params, grads = _params_and_grads(case, device)
     for param, grad in zip(params, grads):
         param.grad = grad
-    # A tensor lr keeps an LR schedule from recompiling, as torch's compiled-optimizer recipe advises.
-    opt = torch.optim.AdamW(params, lr=torch.tensor(LR, device=device), amsgrad=case.amsgrad, foreach=True)
+    opt = torch.optim.AdamW(params, lr=LR, amsgrad=case.amsgrad)
     return torch.compile(opt.step), case.dtype
 
 
