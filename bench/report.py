@@ -104,7 +104,7 @@ def _plot(rows: list[Row], copy_gbps: float, info: dict, path: Path) -> None:
     axes.set_xticks([position + 0.4 - width / 2 for position in range(len(cases))], cases, rotation=20, ha="right")
     axes.set_ylabel("GB/s (minimum bytes of the step)")
     axes.set_title(f"Adam step throughput, {info['device']}, torch {info['torch']}, triton {info['triton']}")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

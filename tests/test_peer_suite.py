@@ -20,9 +20,10 @@ def optimizer_inputs(name):
 
 
 def error_inputs(name):
+    # torch lists its construction errors under "cpu"; under "cuda" it lists only fused/foreach ones.
     return [
         error
-        for error in getattr(common_optimizers, f"optim_error_inputs_func_{name}")(DEVICE, torch.float32)
+        for error in getattr(common_optimizers, f"optim_error_inputs_func_{name}")("cpu", torch.float32)
         if not TORCH_ONLY & set(error.optimizer_error_input.kwargs)
     ]
 
