@@ -1,4 +1,4 @@
-"""The runner's arithmetic and table, checked on any machine (no GPU needed)."""
+"""The benchmark runner's arithmetic, table and files, checked on any machine (no GPU needed)."""
 
 import csv
 

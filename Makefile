@@ -1,0 +1,36 @@
+# make test: set up a virtualenv (first run only), install v0adam with its test extras, run the tests.
+# TORCH picks the torch build; the default is the CPU build CI uses. On a GPU machine: make test TORCH=torch
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PYTHON := $(VENV)/bin/python
+
+.PHONY: test bench bench-pytest lint format device-check clean
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q "$(TORCH)"
+	$(PYTHON) -m pip install -q -e ".[test,bench,dev]"
+	touch $@
+
+test: $(VENV)/.installed
+	$(PYTHON) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PYTHON) -m bench
+
+bench-pytest: $(VENV)/.installed
+	$(PYTHON) -m pytest bench/ --benchmark-only
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+
+device-check:
+	bash bench/device_check.sh
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .benchmarks
