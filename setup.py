@@ -10,7 +10,7 @@ setup(
     # The kernels live in kernels/ but install as v0adam.kernels: a top-level `kernels` package exists on PyPI.
     packages=["v0adam", "v0adam.kernels"],
     package_dir={"v0adam": "v0adam", "v0adam.kernels": "kernels"},
-    install_requires=["torch>=2.4", "triton>=3.0"],
+    install_requires=["torch>=2.4", "triton>=3.0", "tqdm"],
     extras_require={
         "test": ["pytest", "expecttest", "numpy", "matplotlib"],
         "bench": ["pytest-benchmark", "matplotlib"],

@@ -32,12 +32,6 @@ def test_invalid_hyperparameters(kwargs, message):
     assert torch.equal(params[0].detach(), before)
 
 
-@pytest.mark.parametrize("mode", ["random", "data"])
-def test_modes_of_the_v0_issue_are_not_implemented_yet(mode):
-    with pytest.raises(NotImplementedError, match=f"v0='{mode}'"):
-        v0adam.V0Adam(make_params([(3,)]), v0=mode)
-
-
 @pytest.mark.parametrize(
     "param, message",
     [
@@ -63,7 +57,7 @@ def test_bad_user_v0():
         v0adam.V0Adam([p], v0={p: torch.ones(4)})
     with pytest.raises(ValueError, match="finite and non-negative"):
         v0adam.V0Adam([p], v0={p: -torch.ones(3)})
-    with pytest.raises(ValueError, match="not a parameter of this group"):
+    with pytest.raises(ValueError, match="not a parameter of this optimizer"):
         v0adam.V0Adam([p], v0={q: torch.ones(4)})
 
 

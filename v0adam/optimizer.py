@@ -1,13 +1,14 @@
 """V0Adam and V0AdamW: drop-in replacements for torch.optim.Adam and AdamW with a fused Triton step and a
 configurable initial second moment v0 (Abuduweili & Liu, arXiv 2412.02153)."""
 
+from collections.abc import Mapping
 from copy import deepcopy
 from itertools import chain
 
 import torch
 from torch.optim import Optimizer
 
-from v0adam import torch_backend, triton_backend
+from v0adam import data_v0, torch_backend, triton_backend
 from v0adam import v0 as v0_modes
 from v0adam.buckets import FlatBucket
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
@@ -105,8 +106,13 @@ class V0Adam(Optimizer):
         self._pending_v0 = {}
         self._step_calls = 0
         super().__init__(params, defaults)
+        if isinstance(v0, Mapping):
+            known = {param for group in self.param_groups for param in group["params"]}
+            if any(key not in known for key in v0):
+                raise ValueError("v0 dict has a key that is not a parameter of this optimizer")
         self._step_supports_amp_scaling = True
         self._build_buckets()
+        self._awaiting_data_v0 = any(group["v0"] == v0_modes.DATA for group in self.param_groups)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -136,6 +142,9 @@ class V0Adam(Optimizer):
             _check_param(param)
         pending_v0 = v0_modes.user_v0(source, tensors) if source is not None else {}
         group["v0"] = mode
+        if mode == v0_modes.RANDOM and group["v0_seed"] is None:
+            # Like a parameter initialiser, an unseeded draw follows torch.manual_seed.
+            group["v0_seed"] = int(torch.randint(2**62, ()))
         super().add_param_group(group)
         self._pending_v0.update(pending_v0)
         if self._buckets:
@@ -158,12 +167,12 @@ class V0Adam(Optimizer):
         for bucket in self._buckets:
             for index, param in enumerate(bucket.params):
                 previous[param] = (bucket, index)
-        entries, seen = {}, set()
+        entries, param_indices = {}, {}
         for group_index, group in enumerate(self.param_groups):
             for param in group["params"]:
-                if param in seen:
+                if param in param_indices:
                     continue  # torch warned about the duplicate; step it once
-                seen.add(param)
+                param_indices[param] = len(param_indices)
                 entries.setdefault((param.device, param.dtype), []).append((param, group_index))
         buckets = []
         for (device, dtype), bucket_entries in entries.items():
@@ -179,13 +188,39 @@ class V0Adam(Optimizer):
                     for key, value in state.items():
                         value.copy_(old_state[key])
                     bucket.set_step_history(index, old_bucket.step_history[old_index])
-                elif param in self._pending_v0:
-                    state["exp_avg_sq"].copy_(self._pending_v0.pop(param))
+                else:
+                    self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, param_indices[param])
                 self.state[param] = state
             buckets.append(bucket)
         self._buckets = buckets
+        self._param_indices = param_indices
         self._hyper_tables = {}
         self._amsgrad_flags = [group["amsgrad"] for group in self.param_groups]
+
+    def init_v0_from_data(self, batches, loss_fn, *, num_samples: int = 5000, scale=None, model=None) -> int:
+        """Paper eq. 10 for the param groups with v0="data": v0 = scale * (mean(g)^2 + B * var(g)) over mini-batch
+        gradients g, B the batch size. Runs forward/backward on `batches` until `num_samples` samples were seen;
+        returns how many were. See `v0adam.data_v0`."""
+        seen = data_v0.init_v0_from_data(self, batches, loss_fn, num_samples=num_samples, scale=scale, model=model)
+        self._awaiting_data_v0 = False
+        return seen
+
+    def _initialise_v0(self, bucket, param, exp_avg_sq, group_index: int, param_index: int) -> None:
+        """exp_avg_sq of a param with no state yet starts at its group's v0 ("data" waits for its data pass)."""
+        group = self.param_groups[group_index]
+        if param in self._pending_v0:
+            exp_avg_sq.copy_(self._pending_v0.pop(param))
+        elif group["v0"] == v0_modes.RANDOM:
+            v0_modes.draw_random_(
+                exp_avg_sq,
+                param.shape,
+                sigma=v0_modes.resolve_scale(v0_modes.RANDOM, group["v0_scale"]),
+                seed=group["v0_seed"],
+                param_index=param_index,
+                use_triton=bucket.backend == "triton",
+            )
+        else:
+            exp_avg_sq.zero_()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero every grad with one memset per bucket. Grads stay allocated as views of the flat grad buffer
@@ -199,6 +234,10 @@ class V0Adam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._awaiting_data_v0:
+            raise RuntimeError(
+                "v0='data' needs opt.init_v0_from_data(batches, loss_fn) before the first step(); see its docstring"
+            )
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         # Every check happens here, before the first write.
@@ -289,6 +328,7 @@ class V0Adam(Optimizer):
                 saved["param_names"] = group["param_names"]
             new_groups.append(saved)
         self.__setstate__({"param_groups": new_groups})
+        self._awaiting_data_v0 = False
         for bucket in self._buckets:
             for index, param in enumerate(bucket.params):
                 amsgrad = self.param_groups[bucket.groups[index]]["amsgrad"]
@@ -299,6 +339,9 @@ class V0Adam(Optimizer):
                         view.copy_(torch.as_tensor(values[key]))
                     else:
                         view.zero_()
+                if "exp_avg_sq" not in values:  # torch creates state at a param's first step: this one starts fresh
+                    group_index = bucket.groups[index]
+                    self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, self._param_indices[param])
                 bucket.set_step_history(index, hash(("loaded", float(state["step"]))))
                 self.state[param] = state
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():

@@ -2,15 +2,22 @@
 
 A group's "v0" entry is one of the mode names below. A user-supplied v0 (a dict {param: tensor} or a callable
 `f(param) -> tensor`) is consumed when the group is added and recorded as "tensor".
+
+random (paper eq. 11): v0 = sigma / (fan_in + fan_out) * z^2, z ~ N(0, 1) per element, for params with two or more
+dimensions (fans as torch's xavier init: fan_in = size(1) * receptive field, fan_out = size(0) * receptive field);
+params with one dimension or none start at 0. The authors' code draws xavier_normal_ squared, which is
+2 * sigma / (fan_in + fan_out) * z^2: twice the paper's equation. We follow the equation.
 """
 
 from collections.abc import Callable, Mapping
 
 import torch
 
+from v0adam.kernels.v0_init import draw_random_v0_
+
 ZERO, RANDOM, DATA, TENSOR = "zero", "random", "data", "tensor"
 MODES = (ZERO, RANDOM, DATA, TENSOR)
-NOT_YET = {RANDOM: "random v0 (paper eq. 11)", DATA: "data-driven v0 (paper eq. 10)"}
+DEFAULT_SCALE = {RANDOM: 100.0, DATA: 1.0}
 
 
 def split_v0(v0) -> tuple[str, Mapping | Callable | None]:
@@ -18,11 +25,6 @@ def split_v0(v0) -> tuple[str, Mapping | Callable | None]:
     if isinstance(v0, str):
         if v0 not in MODES or v0 == TENSOR:
             raise ValueError(f"Invalid v0 value: {v0!r}; expected 'zero', 'random', 'data', a dict or a callable")
-        if v0 in NOT_YET:
-            raise NotImplementedError(
-                f"v0={v0!r} ({NOT_YET[v0]}) is not implemented yet; use v0='zero' or supply v0 as a dict "
-                "{param: tensor} or a callable f(param) -> tensor"
-            )
         return v0, None
     if isinstance(v0, Mapping) or callable(v0):
         return TENSOR, v0
@@ -32,13 +34,10 @@ def split_v0(v0) -> tuple[str, Mapping | Callable | None]:
 def user_v0(source: Mapping | Callable, params: list[torch.Tensor]) -> dict[torch.Tensor, torch.Tensor]:
     """The user's v0 for each param, checked: same shape as the param, finite and non-negative.
 
-    A dict may leave params out (they start at 0). Runs once, when the group is added, so the checks may read
-    values back to the host.
+    A dict may leave params out (they start at 0); the optimizer checks that every key is one of its params.
+    Runs once, when the group is added, so the checks may read values back to the host.
     """
     if isinstance(source, Mapping):
-        known = {id(param) for param in params}
-        if any(id(key) not in known for key in source):
-            raise ValueError("v0 dict has a key that is not a parameter of this group")
         pairs = [(param, source[param]) for param in params if param in source]
     else:
         pairs = [(param, source(param)) for param in params]
@@ -53,3 +52,36 @@ def user_v0(source: Mapping | Callable, params: list[torch.Tensor]) -> dict[torc
             raise ValueError("v0 must be finite and non-negative (it is the initial exp_avg_sq)")
         checked[param] = value.detach()
     return checked
+
+
+def resolve_scale(mode: str, scale: float | None) -> float:
+    return DEFAULT_SCALE.get(mode, 1.0) if scale is None else float(scale)
+
+
+def xavier_fans(shape: torch.Size) -> tuple[int, int]:
+    """(fan_in, fan_out) as torch.nn.init computes them for xavier init."""
+    receptive_field = 1
+    for size in shape[2:]:
+        receptive_field *= size
+    return shape[1] * receptive_field, shape[0] * receptive_field
+
+
+def draw_random_(
+    exp_avg_sq: torch.Tensor, shape: torch.Size, *, sigma: float, seed: int, param_index: int, use_triton: bool
+) -> None:
+    """Write eq. 11's random v0 for a param of `shape` into its exp_avg_sq slice (contiguous, 1-D or shaped).
+
+    The draw depends only on (seed, param_index, element index). The Triton kernel uses a counter-based Philox
+    stream; the PyTorch backend a torch.Generator seeded from (seed, param_index). The two backends give
+    different (each reproducible) draws with the same distribution.
+    """
+    if len(shape) < 2:
+        exp_avg_sq.zero_()
+        return
+    fan_in, fan_out = xavier_fans(shape)
+    scale = sigma / (fan_in + fan_out)
+    if use_triton:
+        draw_random_v0_(exp_avg_sq.view(-1), scale, seed, param_index)
+    else:
+        generator = torch.Generator(device=exp_avg_sq.device).manual_seed(hash((seed, param_index)) % 2**63)
+        exp_avg_sq.normal_(generator=generator).square_().mul_(scale)

@@ -1,0 +1,199 @@
+"""v0, the initial second moment: the paper's random (eq. 11) and data (eq. 10) modes, user-supplied v0, and the
+bias correction left as the paper has it (parity with torch.optim.Adam whose exp_avg_sq was pre-filled)."""
+
+import math
+
+import pytest
+import torch
+from conftest import BACKENDS, DEVICE
+from helpers import clone_params, gradients, make_params, set_grads
+from v0adam.kernels.v0_init import draw_random_v0_
+
+import v0adam
+
+
+def initial_v0(opt, params):
+    return [opt.state[p]["exp_avg_sq"].clone() for p in params]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(256, 128), (64, 32, 3, 3)], ids=["linear", "conv"])
+def test_random_v0_follows_eq_11(backend, shape):
+    """Per tensor: mean sigma / (fan_in + fan_out), and var / mean^2 = 2 (chi-squared, one degree of freedom)."""
+    param = make_params([shape], device=DEVICE)[0]
+    opt = v0adam.V0Adam([param], v0_scale=100.0, v0_seed=3, backend=backend)
+    v0 = opt.state[param]["exp_avg_sq"].double()
+    receptive = math.prod(shape[2:])
+    expected_mean = 100.0 / (shape[1] * receptive + shape[0] * receptive)
+    n = v0.numel()
+    # Sampling error of the mean of n chi-squared(1) draws is sqrt(2 / n) relative; of var / mean^2 about
+    # sqrt(56 / n) / 2. Five standard errors each.
+    assert v0.mean().item() == pytest.approx(expected_mean, rel=5 * math.sqrt(2 / n))
+    assert (v0.var() / v0.mean() ** 2).item() == pytest.approx(2.0, rel=5 * math.sqrt(56 / n) / 2)
+    assert (v0 >= 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_v0_is_zero_for_biases_and_the_default(backend):
+    model = torch.nn.Linear(16, 8).to(DEVICE)
+    opt = v0adam.V0AdamW(model.parameters(), backend=backend)
+    assert opt.param_groups[0]["v0"] == "random" and opt.param_groups[0]["v0_scale"] is None
+    assert not opt.state[model.bias]["exp_avg_sq"].any()
+    assert opt.state[model.weight]["exp_avg_sq"].gt(0).all()
+    assert opt.state[model.weight]["exp_avg_sq"].mean().item() == pytest.approx(100 / 24, rel=0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_v0_depends_only_on_seed_param_and_element(backend):
+    shapes = [(30, 20), (7,), (40, 3)]
+
+    def draw(seed, grouped=False):
+        params = make_params(shapes, device=DEVICE)
+        groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.1}] if grouped else params
+        return initial_v0(v0adam.V0Adam(groups, v0_seed=seed, backend=backend), params)
+
+    same, again, split, other = draw(1), draw(1), draw(1, grouped=True), draw(2)
+    for a, b, c, d in zip(same, again, split, other):
+        assert torch.equal(a, b) and torch.equal(a, c)
+        assert not a.any() or not torch.equal(a, d)
+
+
+def test_random_draw_is_the_same_for_any_block_size_and_shard():
+    whole = torch.empty(10_000, device=DEVICE)
+    draw_random_v0_(whole, 1.0, seed=5, param_index=2, block=1024)
+    other_block = torch.empty(10_000, device=DEVICE)
+    draw_random_v0_(other_block, 1.0, seed=5, param_index=2, block=256)
+    shard = torch.empty(3_000, device=DEVICE)
+    draw_random_v0_(shard, 1.0, seed=5, param_index=2, element_offset=6_000)
+    assert torch.equal(whole, other_block) and torch.equal(whole[6_000:9_000], shard)
+
+
+def test_unseeded_random_v0_follows_torch_manual_seed():
+    torch.manual_seed(11)
+    first = v0adam.V0Adam(make_params([(8, 8)]), backend="torch").param_groups[0]["v0_seed"]
+    torch.manual_seed(11)
+    assert v0adam.V0Adam(make_params([(8, 8)]), backend="torch").param_groups[0]["v0_seed"] == first
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize("mode", ["random", "dict", "callable"])
+def test_matches_torch_with_prefilled_exp_avg_sq(backend, name, mode):
+    """The authors' method: torch.optim.Adam with state["exp_avg_sq"] = v0 before the first step. 20 steps."""
+    ours_cls, torch_cls = {"adam": (v0adam.V0Adam, torch.optim.Adam), "adamw": (v0adam.V0AdamW, torch.optim.AdamW)}[
+        name
+    ]
+    params = make_params([(12, 9), (9,), (5, 4, 3)], device=DEVICE)
+    ref_params = clone_params(params)
+    user = [torch.rand(p.shape, device=DEVICE) * 0.01 for p in params]
+    user_by_param = dict(zip(params, user))
+    v0 = {"random": "random", "dict": user_by_param, "callable": lambda p: user_by_param[p]}[mode]
+    opt = ours_cls(params, lr=1e-2, weight_decay=0.05, v0=v0, v0_seed=0, backend=backend)
+    ref = torch_cls(ref_params, lr=1e-2, weight_decay=0.05, foreach=False)
+    for p, q, supplied in zip(params, ref_params, user):
+        start = opt.state[p]["exp_avg_sq"].clone()
+        if mode != "random":
+            assert torch.equal(start, supplied)
+        ref.state[q] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(q), "exp_avg_sq": start}
+    for step in range(20):
+        grads = gradients(params, step)
+        set_grads(params, grads, "assign")
+        set_grads(ref_params, grads, "assign")
+        opt.step()
+        ref.step()
+        for p, q in zip(params, ref_params):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(opt.state[p][key], ref.state[q][key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_step_is_no_longer_sign_descent(backend):
+    """Paper eq. 12, with eps = 0: |step 1| = lr for every element when v0 = 0, and
+    lr * |g| / sqrt(g^2 + beta2 / (1 - beta2) * v0) when v0 > 0."""
+    lr, beta2 = 1e-2, 0.999
+    shape = (32, 16)
+    grad = torch.randn(shape, device=DEVICE)
+    v0 = torch.rand(shape, device=DEVICE) * 1e-3
+    steps = {}
+    for name in ("zero", "v0"):
+        # Starting at 0 the step is the param itself, free of the rounding of a difference.
+        param = torch.nn.Parameter(torch.zeros(shape, device=DEVICE))
+        initial = {param: v0} if name == "v0" else "zero"
+        start = param.detach().clone()
+        opt = v0adam.V0Adam([param], lr=lr, betas=(0.9, beta2), eps=0.0, v0=initial, backend=backend)
+        param.grad = grad.clone()
+        opt.step()
+        steps[name] = (param.detach() - start).abs()
+    torch.testing.assert_close(steps["zero"], torch.full(shape, lr, device=DEVICE), rtol=1e-5, atol=0)
+    expected = lr * grad.abs() / torch.sqrt(grad**2 + beta2 / (1 - beta2) * v0)
+    torch.testing.assert_close(steps["v0"], expected, rtol=1e-4, atol=1e-8)
+    assert (steps["v0"] < steps["zero"]).all()
+
+
+class LeastSquares(torch.nn.Module):
+    """0.5 * mean((x @ w + b - y)^2): per-batch gradients w.r.t. w and b are closed form."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.linear = torch.nn.Linear(dim, 1)
+        self.unused = torch.nn.Parameter(torch.ones(3))  # gets a zero gradient in every batch
+        self.seen_training = []
+
+    def forward(self, batch):
+        x, y = batch
+        self.seen_training.append(self.training)
+        return 0.5 * ((self.linear(x).squeeze(1) - y) ** 2).mean() + 0.0 * self.unused.sum()
+
+
+def expected_data_v0(model, batches, sigma):
+    w = model.linear.weight.detach().double().squeeze(0)
+    b = model.linear.bias.detach().double()
+    grads_w, grads_b = [], []
+    for x, y in batches:
+        x, y = x.double(), y.double()
+        residual = x @ w + b - y
+        grads_w.append(x.T @ residual / len(y))
+        grads_b.append(residual.mean(0, keepdim=True))
+    expected = []
+    for grads in (grads_w, grads_b):
+        stacked = torch.stack(grads)
+        mean, var = stacked.mean(0), stacked.var(0, unbiased=False)
+        expected.append(sigma * (mean**2 + len(batches[0][1]) * var))
+    return expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_data_v0_equals_the_closed_form(backend):
+    torch.manual_seed(0)
+    model = LeastSquares(5).to(DEVICE)
+    batches = [(torch.randn(10, 5, device=DEVICE), torch.randn(10, device=DEVICE) * 3) for _ in range(4)]
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = v0adam.V0Adam(model.parameters(), v0="data", v0_scale=2.0, backend=backend)
+    with pytest.raises(RuntimeError, match="init_v0_from_data"):
+        opt.step()
+    seen = opt.init_v0_from_data(batches, model, num_samples=35, model=model)
+    assert seen == 40 and len(model.seen_training) == 4 and not any(model.seen_training) and model.training
+    expected_w, expected_b = expected_data_v0(model, batches, sigma=2.0)
+    # float32 sums of four gradients against a float64 closed form.
+    torch.testing.assert_close(
+        opt.state[model.linear.weight]["exp_avg_sq"].double().squeeze(0), expected_w, rtol=1e-4, atol=1e-7
+    )
+    torch.testing.assert_close(opt.state[model.linear.bias]["exp_avg_sq"].double(), expected_b, rtol=1e-4, atol=1e-7)
+    assert not opt.state[model.unused]["exp_avg_sq"].any()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), b) and not p.grad.any() and not opt.state[p]["exp_avg"].any()
+    model(batches[0]).backward()
+    opt.step()  # now allowed
+
+
+def test_data_v0_needs_a_data_group_and_no_step_yet():
+    params = make_params([(3, 3)])
+    with pytest.raises(ValueError, match="v0='data'"):
+        v0adam.V0Adam(params, v0="zero").init_v0_from_data([], lambda batch: None)
+    opt = v0adam.V0Adam(params, v0="data")
+    opt.init_v0_from_data([torch.ones(2, 3)], lambda batch: (params[0] @ batch.T).sum())
+    params[0].grad = torch.ones(3, 3)
+    opt.step()
+    with pytest.raises(RuntimeError, match="before the first step"):
+        opt.init_v0_from_data([torch.ones(2, 3)], lambda batch: (params[0] @ batch.T).sum())

@@ -1,0 +1,119 @@
+"""Data-driven v0 (paper eq. 10, SPEC §2): v0 = sigma * (mean(g)^2 + B * var(g)) per element, the mean and the
+variance taken over the gradients of K mini-batches of size B, so that B * var estimates the per-sample variance.
+
+The sums of g and g^2 accumulate in the optimizer's own exp_avg and exp_avg_sq buffers (one fused launch per
+bucket and batch on the Triton backend), so the pass needs no parameter-sized memory of its own. The variance is
+the population variance of the K mini-batch gradients; a param that got no gradient (None) in some batches is
+averaged over the batches where it had one.
+"""
+
+import torch
+from tqdm.auto import tqdm
+
+from v0adam import triton_backend, v0
+from v0adam.kernels.v0_init import accumulate_gradient_moments_
+
+
+def batch_size(batch) -> int:
+    """The first dimension of the batch's first tensor (a tensor, or the first in a tuple, list or dict)."""
+    while not isinstance(batch, torch.Tensor):
+        if isinstance(batch, dict):
+            batch = next(iter(batch.values()))
+        elif isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+        else:
+            raise TypeError(f"cannot find a tensor in the batch to take its size from: {type(batch).__name__}")
+    return batch.shape[0]
+
+
+def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, model) -> int:
+    data_groups = {index for index, group in enumerate(optimizer.param_groups) if group["v0"] == v0.DATA}
+    if not data_groups:
+        raise ValueError("init_v0_from_data needs at least one param group with v0='data'")
+    if optimizer._step_calls:
+        raise RuntimeError("init_v0_from_data must run before the first step(): it overwrites exp_avg and exp_avg_sq")
+    if num_samples <= 0:
+        raise ValueError(f"Invalid num_samples value: {num_samples}")
+    for bucket in optimizer._buckets:
+        for index in _data_params(bucket, data_groups):
+            state = optimizer.state[bucket.params[index]]
+            state["exp_avg"].zero_()
+            state["exp_avg_sq"].zero_()
+
+    counts = {bucket: [0] * len(bucket.params) for bucket in optimizer._buckets}
+    tables = {bucket: triton_backend.SegmentTable(bucket.device) for bucket in optimizer._buckets}
+    was_training = model.training if model is not None else None
+    if model is not None:
+        model.eval()  # as the authors collect their statistics
+    seen, batches_seen = 0, 0
+    try:
+        with tqdm(total=num_samples, desc="v0 from data", unit="sample", delay=2) as progress:
+            for batch in batches:
+                optimizer.zero_grad()
+                with torch.enable_grad():
+                    loss_fn(batch).backward()
+                for bucket in optimizer._buckets:
+                    _accumulate(bucket, tables[bucket], data_groups, counts[bucket])
+                size = batch_size(batch)
+                seen += size
+                batches_seen += 1
+                progress.update(size)
+                if seen >= num_samples:
+                    break
+    finally:
+        optimizer.zero_grad()
+        if model is not None:
+            model.train(was_training)
+    if batches_seen == 0:
+        raise ValueError("init_v0_from_data got no batches")
+
+    mean_batch_size = seen / batches_seen
+    for bucket in optimizer._buckets:
+        for index in _data_params(bucket, data_groups):
+            group = optimizer.param_groups[bucket.groups[index]]
+            sigma = v0.resolve_scale(v0.DATA, group["v0_scale"] if scale is None else scale)
+            state = optimizer.state[bucket.params[index]]
+            _finalise_(state["exp_avg"], state["exp_avg_sq"], counts[bucket][index], mean_batch_size, sigma)
+    return seen
+
+
+def _data_params(bucket, data_groups) -> list[int]:
+    return [index for index, group in enumerate(bucket.groups) if group in data_groups]
+
+
+@torch.no_grad()
+def _accumulate(bucket, table, data_groups, counts) -> None:
+    """exp_avg += g, exp_avg_sq += g^2 for this batch's grads of the data groups' params."""
+    work = bucket.collect_work()
+    segments = [segment for segment in work.segments if segment.group in data_groups]
+    if bucket.backend == "triton":
+        table.update(segments)
+        accumulate_gradient_moments_(
+            table.segments,
+            table.block_segment,
+            bucket.exp_avg,
+            bucket.exp_avg_sq,
+            param_dtype=bucket.dtype,
+            block=triton_backend.BLOCK,
+        )
+    else:
+        for segment in segments:
+            end = segment.state_offset + segment.grad.numel()
+            grad = segment.grad.to(bucket.state_dtype)
+            bucket.exp_avg[segment.state_offset : end].add_(grad)
+            bucket.exp_avg_sq[segment.state_offset : end].addcmul_(grad, grad)
+    for index in work.stepped:
+        if bucket.groups[index] in data_groups:
+            counts[index] += 1
+
+
+@torch.no_grad()
+def _finalise_(grad_sum, grad_sum_sq, count: int, batch: float, sigma: float) -> None:
+    """In place: grad_sum_sq <- sigma * (mean^2 + B * var), grad_sum <- 0 (m0 stays 0)."""
+    if count == 0:
+        grad_sum_sq.zero_()
+        return
+    mean = grad_sum.div_(count)
+    variance = grad_sum_sq.div_(count).addcmul_(mean, mean, value=-1).clamp_(min=0)
+    variance.mul_(batch).addcmul_(mean, mean).mul_(sigma)
+    grad_sum.zero_()
