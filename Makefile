@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PYTHON := $(VENV)/bin/python
 
-.PHONY: test bench bench-pytest lint format device-check clean
+.PHONY: test bench bench-pytest evidence lint format device-check clean
 
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
@@ -21,6 +21,9 @@ bench: $(VENV)/.installed
 
 bench-pytest: $(VENV)/.installed
 	$(PYTHON) -m pytest bench/ --benchmark-only
+
+evidence: $(VENV)/.installed
+	$(PYTHON) examples/warmup_free.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # One run on a lent GPU: install offline, run the test suite natively on CUDA, then the benchmark table.
 # Output is printed and, when $OUT is set (the device tool), saved there; well inside 8 minutes on an H100.
-# Usage: bash bench/device_check.sh [--tune]
+# Usage: bash bench/device_check.sh [--tune] [--no-bench] [--evidence]
+#   --tune      also time each block size / warp count (python -m bench.tune)
+#   --no-bench  skip the benchmark table
+#   --evidence  also run examples/warmup_free.py on the GPU (3 seeds, 1000 steps, about four minutes)
 set -uo pipefail
+tune=0 bench=1 evidence=0
+for option in "$@"; do
+  case "$option" in
+    --tune) tune=1 ;;
+    --no-bench) bench=0 ;;
+    --evidence) evidence=1 ;;
+    *) echo "unknown option $option" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 out_dir=${OUT:-bench/results}
 mkdir -p "$out_dir"
@@ -20,10 +32,16 @@ export PYTHONUNBUFFERED=1
   python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)"
   echo "== tests (native CUDA)"
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -25
-  if [ "${1:-}" = "--tune" ]; then
+  if [ "$tune" = 1 ]; then
     echo "== block size / warps"
     timeout 120 python3 -m bench.tune
   fi
-  echo "== benchmark"
-  timeout 240 python3 -m bench --quick --out "$out_dir"
+  if [ "$bench" = 1 ]; then
+    echo "== benchmark"
+    timeout 240 python3 -m bench --quick --out "$out_dir"
+  fi
+  if [ "$evidence" = 1 ]; then
+    echo "== evidence: training without warmup"
+    timeout 330 python3 examples/warmup_free.py --device cuda --steps 1000 --out "$out_dir" 2>&1 | grep -v "v0 from data"
+  fi
 } 2>&1 | tee "$log"

@@ -49,12 +49,15 @@ class BucketWork:
 class FlatBucket:
     """Params of one device and dtype, re-homed into flat buffers, with their grads and states.
 
-    `entries` is a list of (param, group index), in the order of the param groups.
+    `entries` is a list of (param, group index), in the order of the param groups; `backend` ("triton" or
+    "torch") is the backend that steps it.
     """
 
-    def __init__(self, entries: list[tuple[torch.Tensor, int]], device: torch.device, dtype: torch.dtype):
+    def __init__(self, entries: list[tuple[torch.Tensor, int]], device: torch.device, dtype: torch.dtype, backend: str):
         self.device = device
         self.dtype = dtype
+        self.backend = backend
+        self.segment_table = None  # the Triton backend's launch tables, cached between steps
         self.params = [param for param, _ in entries]
         self.groups = [group for _, group in entries]
         self.offsets = []

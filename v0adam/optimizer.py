@@ -149,6 +149,7 @@ class V0Adam(Optimizer):
         self._pending_v0.update(pending_v0)
         if self._buckets:
             self._build_buckets()
+            self._awaiting_data_v0 = self._awaiting_data_v0 or mode == v0_modes.DATA
 
     def _backend_for(self, device: torch.device, dtype: torch.dtype) -> str:
         if self.backend == "torch":
@@ -176,9 +177,9 @@ class V0Adam(Optimizer):
                 entries.setdefault((param.device, param.dtype), []).append((param, group_index))
         buckets = []
         for (device, dtype), bucket_entries in entries.items():
-            bucket = FlatBucket(bucket_entries, device, dtype)
-            bucket.backend = self._backend_for(device, dtype)
-            bucket.segment_table = triton_backend.SegmentTable(device) if bucket.backend == "triton" else None
+            bucket = FlatBucket(bucket_entries, device, dtype, self._backend_for(device, dtype))
+            if bucket.backend == "triton":
+                bucket.segment_table = triton_backend.SegmentTable(device)
             for index, (param, group_index) in enumerate(bucket_entries):
                 amsgrad = self.param_groups[group_index]["amsgrad"]
                 state = bucket.state_views(index, amsgrad)
