@@ -12,7 +12,7 @@ setup(
     package_dir={"v0adam": "v0adam", "v0adam.kernels": "kernels"},
     install_requires=["torch>=2.4", "triton>=3.0", "tqdm"],
     extras_require={
-        "test": ["pytest", "expecttest", "numpy", "matplotlib"],
+        "test": ["pytest", "expecttest", "hypothesis", "numpy", "matplotlib"],
         "bench": ["pytest-benchmark", "matplotlib"],
         "dev": ["ruff"],
     },

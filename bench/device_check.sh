@@ -32,6 +32,8 @@ export PYTHONUNBUFFERED=1
   python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)"
   echo "== tests (native CUDA)"
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -25
+  echo "== one step past 2^31 elements"
+  timeout 120 python3 -m bench.huge_step
   if [ "$tune" = 1 ]; then
     echo "== block size / warps"
     timeout 120 python3 -m bench.tune

@@ -9,6 +9,7 @@ shards). Program `pid` finds its segment through `block_segment[pid]` and handle
 import torch
 import triton
 import triton.language as tl
+from v0adam.kernels.precision import round_from_float32, widen_to_float32
 
 # Globals a kernel reads must be tl.constexpr; the host reads them through `.value`.
 
@@ -28,16 +29,6 @@ ALIGN_BYTES = tl.constexpr(16)
 ALIGN_ELEMENTS = tl.constexpr(8)
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
-
-@triton.jit
-def _round_to_bfloat16(x):
-    """float32 -> bfloat16, round to nearest even, NaN kept NaN. Done through the bit pattern because the
-    interpreter's `.to(tl.bfloat16)` truncates; the same code is exact on GPU."""
-    bits = x.to(tl.uint32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    rounded = tl.where(x != x, 0x7FC0, rounded)
-    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit
@@ -117,8 +108,8 @@ def _adam_step_kernel(
         numel = tl.where(tl.load(found_inf_ptr) != 0, 0, numel)
     mask = offsets < numel
     state_offsets = state_offset + offsets
-    p = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-    g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    p = widen_to_float32(tl.load(param_ptr + offsets, mask=mask))
+    g = widen_to_float32(tl.load(grad_ptr + offsets, mask=mask))
     m = tl.load(exp_avg_ptr + state_offsets, mask=mask)
     v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask)
 
@@ -141,9 +132,7 @@ def _adam_step_kernel(
     denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
     p = p - step_size * tl.div_rn(m, denom)
 
-    if PARAM_DTYPE == tl.bfloat16:
-        p = _round_to_bfloat16(p)
-    tl.store(param_ptr + offsets, p.to(PARAM_DTYPE), mask=mask)
+    tl.store(param_ptr + offsets, round_from_float32(p, PARAM_DTYPE), mask=mask)
 
 
 def adam_step(

@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 from v0adam.kernels.adam import _TRITON_DTYPES, FIRST_BLOCK, GRAD_ADDR, NUMEL, SEGMENT_FIELDS, STATE_OFFSET
+from v0adam.kernels.precision import widen_to_float32
 
 
 @triton.jit
@@ -64,7 +65,7 @@ def _accumulate_moments_kernel(
     numel = tl.load(row + NUMEL)
     offsets = (pid - tl.load(row + FIRST_BLOCK)).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < numel
-    g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    g = widen_to_float32(tl.load(grad_ptr + offsets, mask=mask))
     state_offsets = state_offset + offsets
     tl.store(sum_ptr + state_offsets, tl.load(sum_ptr + state_offsets, mask=mask) + g, mask=mask)
     tl.store(sum_sq_ptr + state_offsets, tl.load(sum_sq_ptr + state_offsets, mask=mask) + g * g, mask=mask)

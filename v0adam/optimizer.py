@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 from torch.optim import Optimizer
 
-from v0adam import data_v0, torch_backend, triton_backend
+from v0adam import data_v0, grad_norm, torch_backend, triton_backend
 from v0adam import v0 as v0_modes
 from v0adam.buckets import FlatBucket
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
@@ -60,11 +60,13 @@ class V0Adam(Optimizer):
 
     Args:
         params, lr, betas, eps, weight_decay, amsgrad, maximize: as torch.optim.Adam (lr and betas may be tensors).
-        v0: "zero", "random" (paper eq. 11), "data" (paper eq. 10), a dict {param: tensor} or a callable
-            ``f(param) -> tensor`` giving the initial exp_avg_sq. "random" and "data" are not implemented yet.
+        v0: "random" (paper eq. 11), "data" (paper eq. 10, then call ``init_v0_from_data``), "zero", a dict
+            {param: tensor} or a callable ``f(param) -> tensor`` giving the initial exp_avg_sq.
         v0_scale: σ of the random and data modes (defaults 100 and 1).
-        v0_seed: seed of the random mode.
+        v0_seed: seed of the random mode (default: drawn from torch's global generator).
         backend: "triton", "torch", or "auto" (Triton for CUDA tensors and under TRITON_INTERPRET=1, else torch).
+        skip_nonfinite: check every gradient each step (one fused pass); a step with an inf or NaN gradient
+            changes nothing (params, states, step counters) and is counted in ``opt.skipped_steps``.
 
     Parameters are re-homed into flat per-(device, dtype) buffers when the optimizer is built, and their grads
     become views of a flat grad buffer that ``zero_grad`` zeroes in one pass and keeps allocated.
@@ -86,6 +88,7 @@ class V0Adam(Optimizer):
         v0_scale=None,
         v0_seed=None,
         backend="auto",
+        skip_nonfinite=False,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
@@ -102,6 +105,9 @@ class V0Adam(Optimizer):
             v0_seed=v0_seed,
         )
         self.backend = backend
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = None  # with skip_nonfinite: a device tensor counting the steps skipped
+        self._clip_coefficient = self._clip_norm = None
         self._buckets = []
         self._pending_v0 = {}
         self._step_calls = 0
@@ -247,6 +253,8 @@ class V0Adam(Optimizer):
             self._add_max_exp_avg_sq_states()
             self._amsgrad_flags = amsgrad_flags
         works = [(bucket, bucket.collect_work()) for bucket in self._buckets]
+        found_inf = self._found_nonfinite(works, found_inf)
+        grad_scale = self._grad_divisor(grad_scale)
         self._step_calls += 1
         for bucket, work in works:
             if not work.stepped:
@@ -263,6 +271,43 @@ class V0Adam(Optimizer):
                 original.copy_(contiguous)
             bucket.record_step(work.stepped, self._step_calls)
         return loss
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """torch.nn.utils.clip_grad_norm_ over this optimizer's grads, fused into the next step.
+
+        Computes the global norm in one pass (one launch per bucket for norm types 1, 2 and inf) and hands the
+        clip coefficient min(1, max_norm / (norm + 1e-6)) to the next step's kernel, which multiplies each
+        gradient by it as it reads it: the grads themselves are not rewritten. Returns the norm as a 0-d tensor,
+        without reading it on the host. With a GradScaler, call `scaler.unscale_(opt)` first, as with torch.
+        """
+        norm = grad_norm.global_grad_norm([(b, b.collect_work()) for b in self._buckets], norm_type)
+        self._clip_coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        self._clip_norm = norm
+        return norm
+
+    def _grad_divisor(self, grad_scale):
+        """What the kernel divides each gradient by: the GradScaler's scale over the pending clip coefficient."""
+        coefficient, self._clip_coefficient = self._clip_coefficient, None
+        if coefficient is None:
+            return grad_scale
+        return (1.0 if grad_scale is None else grad_scale.to(coefficient.device)) / coefficient
+
+    def _found_nonfinite(self, works, found_inf):
+        """The flag that skips this step: GradScaler's found_inf, plus with skip_nonfinite a check of every grad
+        (the norm of a pending clip_grad_norm_ when there is one, else one fused pass). Counted in skipped_steps."""
+        norm, self._clip_norm = self._clip_norm, None
+        if not self.skip_nonfinite or not works:
+            return found_inf
+        if norm is None:
+            norm = grad_norm.global_grad_norm(works, 1.0)
+        found = (~torch.isfinite(norm)).float()
+        if found_inf is not None:
+            found = found + found_inf.to(found.device)
+        if self.skipped_steps is None:
+            self.skipped_steps = torch.zeros((), dtype=torch.int64, device=found.device)
+        self.skipped_steps += (found != 0).to(torch.int64).to(self.skipped_steps.device)
+        return found
 
     def _hyper_table(self, device: torch.device) -> torch.Tensor:
         table = self._hyper_tables.get(device)

@@ -1,0 +1,25 @@
+"""Exact conversions between a 16-bit storage dtype and float32 registers, done through bit patterns so that the
+Triton interpreter agrees with the GPU: its `.to(tl.bfloat16)` truncates, and its bfloat16 -> float32 conversion
+gets subnormals wrong. On a GPU both compile to a shift and an add."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def widen_to_float32(x):
+    """Any float dtype -> float32, exactly (bfloat16 by a 16-bit shift of its bit pattern)."""
+    if x.dtype == tl.bfloat16:
+        return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def round_from_float32(x, DTYPE: tl.constexpr):
+    """float32 -> DTYPE, rounding to nearest even; for bfloat16 through the bit pattern, NaN kept NaN."""
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, 0x7FC0, rounded)
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(DTYPE)

@@ -1,0 +1,33 @@
+"""Exact resume: N steps, torch.save of model and optimizer, torch.load in a fresh process, M more steps — bitwise
+equal to an uninterrupted N + M run (random v0 and AMSGrad included)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BACKENDS
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+
+
+def run_worker(backend, phase, path):
+    result = subprocess.run([sys.executable, str(WORKER), backend, phase, str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_in_a_fresh_process_is_bitwise_exact(backend, tmp_path):
+    run_worker(backend, "full", tmp_path / "full.pt")
+    run_worker(backend, "first", tmp_path / "resumed.pt")
+    run_worker(backend, "second", tmp_path / "resumed.pt")
+    full = torch.load(tmp_path / "full.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for index, state in full["optimizer"]["state"].items():
+        assert set(state) == set(resumed["optimizer"]["state"][index])
+        for key, value in state.items():
+            assert torch.equal(value, resumed["optimizer"]["state"][index][key]), (index, key)
+    assert float(full["optimizer"]["state"][0]["step"]) == 8.0
