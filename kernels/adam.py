@@ -9,7 +9,7 @@ shards). Program `pid` finds its segment through `block_segment[pid]` and handle
 import torch
 import triton
 import triton.language as tl
-from v0adam.kernels.precision import round_from_float32, widen_to_float32
+from v0adam.kernels.precision import round_from_float32, stochastic_round_to_bfloat16, widen_to_float32
 
 # Globals a kernel reads must be tl.constexpr; the host reads them through `.value`.
 
@@ -49,14 +49,18 @@ def _adam_step_kernel(
     block_segment_ptr,  # int32 [num_blocks]: the segment each program works on
     hyper_ptr,  # float64 [num_groups, HYPER_FIELDS]: lr, betas, eps, weight decay, switches, per param group
     steps_ptr,  # float32 [num_params]: step counters, already incremented for this step
-    exp_avg_ptr,  # float32 flat buffer: first moment m
-    exp_avg_sq_ptr,  # float32 flat buffer: second moment v
-    max_exp_avg_sq_ptr,  # float32 flat buffer: running max of v (AMSGrad); unused otherwise
+    exp_avg_ptr,  # float32 or bfloat16 flat buffer: first moment m
+    exp_avg_sq_ptr,  # flat buffer, same dtype: second moment v
+    max_exp_avg_sq_ptr,  # flat buffer, same dtype: running max of v (AMSGrad); unused otherwise
+    master_ptr,  # float32 flat buffer: master copy of 16-bit params, indexed like the states; unused unless HAS_MASTER
     grad_scale_ptr,  # float32 [1]: the GradScaler's scale, gradients are divided by it; unused if not HAS_GRAD_SCALE
     found_inf_ptr,  # float32 [1]: non-zero skips the whole step; unused if not HAS_FOUND_INF
+    rounding_seed_ptr,  # int64 [1]: seed of stochastic rounding, drawn once per optimizer; unused otherwise
     PARAM_DTYPE: tl.constexpr,  # storage dtype of params and grads
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
+    HAS_MASTER: tl.constexpr,  # update the fp32 master, store the param as its rounding
+    STOCHASTIC_ROUNDING: tl.constexpr,  # bfloat16 params rounded stochastically (counter-based, seeded per step)
     ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise
     BLOCK: tl.constexpr,  # elements per program
 ):
@@ -67,6 +71,8 @@ def _adam_step_kernel(
     m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
     if amsgrad: vmax = max(vmax, v); v = vmax
     p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    p is read from the fp32 master when there is one, and every value is rounded once, on store.
     """
     pid = tl.program_id(0)
     row = segments_ptr + tl.load(block_segment_ptr + pid).to(tl.int64) * SEGMENT_FIELDS
@@ -108,10 +114,14 @@ def _adam_step_kernel(
         numel = tl.where(tl.load(found_inf_ptr) != 0, 0, numel)
     mask = offsets < numel
     state_offsets = state_offset + offsets
-    p = widen_to_float32(tl.load(param_ptr + offsets, mask=mask))
+    if HAS_MASTER:
+        p = tl.load(master_ptr + state_offsets, mask=mask)
+    else:
+        p = widen_to_float32(tl.load(param_ptr + offsets, mask=mask))
     g = widen_to_float32(tl.load(grad_ptr + offsets, mask=mask))
-    m = tl.load(exp_avg_ptr + state_offsets, mask=mask)
-    v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask)
+    m = widen_to_float32(tl.load(exp_avg_ptr + state_offsets, mask=mask))
+    v = widen_to_float32(tl.load(exp_avg_sq_ptr + state_offsets, mask=mask))
+    state_dtype = exp_avg_ptr.dtype.element_ty
 
     if HAS_GRAD_SCALE:
         g = tl.div_rn(g, tl.load(grad_scale_ptr))
@@ -123,16 +133,23 @@ def _adam_step_kernel(
         g = g + l2_weight_decay * p
     m = beta1 * m + one_minus_beta1 * g
     v = beta2 * v + one_minus_beta2 * g * g
-    tl.store(exp_avg_ptr + state_offsets, m, mask=mask)
-    tl.store(exp_avg_sq_ptr + state_offsets, v, mask=mask)
+    tl.store(exp_avg_ptr + state_offsets, round_from_float32(m, state_dtype), mask=mask)
+    tl.store(exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
     if amsgrad:
-        v = tl.maximum(v, tl.load(max_exp_avg_sq_ptr + state_offsets, mask=mask))
-        tl.store(max_exp_avg_sq_ptr + state_offsets, v, mask=mask)
+        v = tl.maximum(v, widen_to_float32(tl.load(max_exp_avg_sq_ptr + state_offsets, mask=mask)))
+        tl.store(max_exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
     # Correctly rounded sqrt and division (the defaults are approximate), in torch's order of operations.
     denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
     p = p - step_size * tl.div_rn(m, denom)
 
-    tl.store(param_ptr + offsets, round_from_float32(p, PARAM_DTYPE), mask=mask)
+    if HAS_MASTER:
+        tl.store(master_ptr + state_offsets, p, mask=mask)
+    if STOCHASTIC_ROUNDING:
+        # The Philox counter is (flat element index, step): a fresh, reproducible draw for every element and step.
+        p_stored = stochastic_round_to_bfloat16(p, tl.load(rounding_seed_ptr), state_offsets, step)
+    else:
+        p_stored = round_from_float32(p, PARAM_DTYPE)
+    tl.store(param_ptr + offsets, p_stored, mask=mask)
 
 
 def adam_step(
@@ -143,6 +160,7 @@ def adam_step(
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     max_exp_avg_sq: torch.Tensor | None,
+    master: torch.Tensor | None,
     *,
     param_dtype: torch.dtype,
     aligned: bool,
@@ -150,6 +168,7 @@ def adam_step(
     num_warps: int,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    rounding_seed: torch.Tensor | None = None,
 ) -> None:
     """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`).
 
@@ -160,8 +179,12 @@ def adam_step(
         raise ValueError(f"segments must be int64 of shape [S, {SEGMENT_FIELDS.value}], got {tuple(segments.shape)}")
     if block_segment.dtype != torch.int32 or hyper.dtype != torch.float64 or steps.dtype != torch.float32:
         raise ValueError("block_segment must be int32, hyper float64 and steps float32")
-    if exp_avg.dtype != torch.float32 or exp_avg_sq.dtype != torch.float32:
-        raise ValueError("optimizer states must be float32")
+    if exp_avg.dtype not in (torch.float32, torch.bfloat16) or exp_avg_sq.dtype != exp_avg.dtype:
+        raise ValueError("optimizer states must be float32 or bfloat16, both the same")
+    if master is not None and master.dtype != torch.float32:
+        raise ValueError("master weights must be float32")
+    if rounding_seed is not None and param_dtype != torch.bfloat16:
+        raise ValueError("stochastic rounding is implemented for bfloat16 params")
     if param_dtype not in _TRITON_DTYPES:
         raise ValueError(f"unsupported parameter dtype {param_dtype}; expected one of {list(_TRITON_DTYPES)}")
     num_blocks = block_segment.numel()
@@ -175,11 +198,15 @@ def adam_step(
         exp_avg,
         exp_avg_sq,
         exp_avg_sq if max_exp_avg_sq is None else max_exp_avg_sq,
-        exp_avg_sq if grad_scale is None else grad_scale,
-        exp_avg_sq if found_inf is None else found_inf,
+        steps if master is None else master,
+        steps if grad_scale is None else grad_scale,
+        steps if found_inf is None else found_inf,
+        segments if rounding_seed is None else rounding_seed,
         PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
+        HAS_MASTER=master is not None,
+        STOCHASTIC_ROUNDING=rounding_seed is not None,
         ALIGNED=aligned,
         BLOCK=block,
         num_warps=num_warps,

@@ -23,3 +23,19 @@ def round_from_float32(x, DTYPE: tl.constexpr):
         rounded = tl.where(x != x, 0x7FC0, rounded)
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return x.to(DTYPE)
+
+
+@triton.jit
+def stochastic_round_to_bfloat16(x, seed, element, step):
+    """float32 -> bfloat16, rounding up with probability equal to the discarded fraction, so that the result is
+    x on average. Adds uniform random 16 bits below the kept ones and truncates. The draw is Philox with counter
+    (element index, step): reproducible, and different for every element and step. NaN kept NaN."""
+    low = (element & 0xFFFFFFFF).to(tl.uint32)
+    high = (element >> 32).to(tl.uint32)
+    random, _, _, _ = tl.philox(
+        seed, low, high, tl.full(low.shape, 0, tl.uint32) + step.to(tl.uint32), tl.full(low.shape, 0, tl.uint32)
+    )
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + (random & 0xFFFF)) >> 16
+    rounded = tl.where(x != x, 0x7FC0, rounded)
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)

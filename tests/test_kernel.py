@@ -57,36 +57,46 @@ def test_lr_schedule_never_changes_the_compiled_kernel(monkeypatch, lr_kind):
 AOT_SCRIPT = """
 import sys, torch, triton
 from triton.backends.compiler import GPUTarget
-from v0adam.kernels import adam, v0_init
+from v0adam.kernels import adam, grad_norm, v0_init
 
 def compile_for_h100(kernel, signature, constexprs):
     signature = {**signature, **{name: "constexpr" for name in constexprs}}
     source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
 
-dtype, aligned = adam._TRITON_DTYPES[getattr(torch, sys.argv[1])], sys.argv[2] == "True"
-signature = dict(segments_ptr="*i64", block_segment_ptr="*i32", hyper_ptr="*fp64", steps_ptr="*fp32")
-for name in ("exp_avg_ptr", "exp_avg_sq_ptr", "max_exp_avg_sq_ptr", "grad_scale_ptr", "found_inf_ptr"):
-    signature[name] = "*fp32"
-constexprs = dict(PARAM_DTYPE=dtype, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, ALIGNED=aligned, BLOCK=1024)
+dtype, aligned, mode = adam._TRITON_DTYPES[getattr(torch, sys.argv[1])], sys.argv[2] == "True", sys.argv[3]
+state = "*bf16" if mode == "rounding" else "*fp32"
+signature = dict(segments_ptr="*i64", block_segment_ptr="*i32", hyper_ptr="*fp64", steps_ptr="*fp32",
+                 exp_avg_ptr=state, exp_avg_sq_ptr=state, max_exp_avg_sq_ptr=state, master_ptr="*fp32",
+                 grad_scale_ptr="*fp32", found_inf_ptr="*fp32", rounding_seed_ptr="*i64")
+constexprs = dict(PARAM_DTYPE=dtype, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, HAS_MASTER=mode == "master",
+                  STOCHASTIC_ROUNDING=mode == "rounding", ALIGNED=aligned, BLOCK=1024)
 ptx = compile_for_h100(adam._adam_step_kernel, signature, constexprs)
 compile_for_h100(v0_init._random_v0_kernel, dict(out_ptr="*fp32", numel="i32", scale="fp32", seed="i64",
                  param_index="i32", element_offset="i64"), dict(BLOCK=1024))
-compile_for_h100(v0_init._accumulate_moments_kernel, dict(segments_ptr="*i64", block_segment_ptr="*i32",
-                 sum_ptr="*fp32", sum_sq_ptr="*fp32"), dict(PARAM_DTYPE=dtype, BLOCK=1024))
+table = dict(segments_ptr="*i64", block_segment_ptr="*i32")
+compile_for_h100(v0_init._accumulate_moments_kernel, {**table, "sum_ptr": "*fp32", "sum_sq_ptr": "*fp32"},
+                 dict(PARAM_DTYPE=dtype, BLOCK=1024))
+for norm_type in (0, 1, 2):
+    compile_for_h100(grad_norm._grad_norm_partials_kernel, {**table, "partials_ptr": "*fp32"},
+                     dict(PARAM_DTYPE=dtype, NORM_TYPE=norm_type, BLOCK=1024))
 print(ptx.count("ld.global.v4"))
 """
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "dtype, mode",
+    [("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "master"), ("bfloat16", "rounding")],
+    ids=["fp32", "bf16", "bf16-master", "bf16-rounding-bf16-states"],
+)
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
-def test_kernels_compile_for_h100_and_aligned_steps_use_vector_accesses(dtype, aligned):
+def test_kernels_compile_for_h100_and_aligned_steps_use_vector_accesses(dtype, mode, aligned):
     """Ahead-of-time compilation for sm_90, no GPU needed: every kernel compiles (the interpreter accepts code the
     compiler rejects), and the aligned Adam variant uses 128-bit loads (ld.global.v4), the unaligned one none."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, "-c", AOT_SCRIPT, dtype, str(aligned)], env=environment, capture_output=True, text=True
+        [sys.executable, "-c", AOT_SCRIPT, dtype, str(aligned), mode], env=environment, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
     vector_loads = int(result.stdout.split()[-1])

@@ -135,6 +135,7 @@ def test_addressing_past_two_to_the_31_elements():
         exp_avg,
         exp_avg_sq,
         None,
+        None,
         param_dtype=torch.float32,
         aligned=False,
         block=block,

@@ -16,6 +16,28 @@ from dataclasses import dataclass
 
 import torch
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How 16-bit params are stepped: an fp32 master copy, or stochastic rounding on store (else round to nearest
+    even); and the dtype of the moments (float32 unless asked; float64 for float64 params)."""
+
+    master_weights: bool = False
+    stochastic_rounding: bool = False
+    state_dtype: torch.dtype | None = None
+
+    def state_dtype_for(self, param_dtype: torch.dtype) -> torch.dtype:
+        if param_dtype == torch.float64:
+            return torch.float64
+        return self.state_dtype or torch.float32
+
+    def stochastic_for(self, param_dtype: torch.dtype) -> bool:
+        """Stochastic rounding applies to bfloat16 params without a master copy."""
+        return self.stochastic_rounding and param_dtype == torch.bfloat16 and not self.master_weights
+
+
 # Slots start at multiples of 64 elements: every slot then satisfies the kernel's alignment promise (16 bytes,
 # 8 elements) for every dtype, and the padding (zeros, never read by autograd) is safe to update with its slot.
 SLOT_ALIGN = 64
@@ -53,10 +75,18 @@ class FlatBucket:
     "torch") is the backend that steps it.
     """
 
-    def __init__(self, entries: list[tuple[torch.Tensor, int]], device: torch.device, dtype: torch.dtype, backend: str):
+    def __init__(
+        self,
+        entries: list[tuple[torch.Tensor, int]],
+        device: torch.device,
+        dtype: torch.dtype,
+        backend: str,
+        precision: "Precision",
+    ):
         self.device = device
         self.dtype = dtype
         self.backend = backend
+        self.precision = precision
         self.segment_table = None  # the Triton backend's launch tables, cached between steps
         self.params = [param for param, _ in entries]
         self.groups = [group for _, group in entries]
@@ -68,11 +98,14 @@ class FlatBucket:
         self.total = total
         self.flat_param = torch.zeros(total, dtype=dtype, device=device)
         self.flat_grad = torch.zeros(total, dtype=dtype, device=device)
-        # States in float32 for every param dtype (16-bit params lose nothing there), float64 for float64 params.
-        self.state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.state_dtype = precision.state_dtype_for(dtype)
         self.exp_avg = torch.zeros(total, dtype=self.state_dtype, device=device)
         self.exp_avg_sq = torch.zeros(total, dtype=self.state_dtype, device=device)
         self.max_exp_avg_sq = None
+        # An fp32 copy of 16-bit params, the value the optimizer updates; the params are its rounding.
+        self.master = None
+        if precision.master_weights and dtype in LOW_PRECISION:
+            self.master = torch.zeros(total, dtype=torch.float32, device=device)
         self.steps = torch.zeros(len(self.params), dtype=torch.float32, device=device)
         # Host-side record of each param's step history: equal values guarantee equal device step counters,
         # so such params may share one segment (the kernel reads one counter per segment).
@@ -84,17 +117,19 @@ class FlatBucket:
         self._home_grad_addresses = [None if grad is None else grad.data_ptr() for grad in self._home_grads]
         self._trainable = sum(grad is not None for grad in self._home_grads)
 
-    def _slot(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
+    def slot(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
         offset = self.offsets[index]
         return buffer[offset : offset + self.params[index].numel()].view(self.params[index].shape)
 
     def _rehome(self) -> None:
         for index, param in enumerate(self.params):
-            param_slot = self._slot(self.flat_param, index)
+            param_slot = self.slot(self.flat_param, index)
             param_slot.copy_(param.detach())
             param.data = param_slot
+            if self.master is not None:
+                self.slot(self.master, index).copy_(param_slot)
             if param.requires_grad:
-                grad_slot = self._slot(self.flat_grad, index)
+                grad_slot = self.slot(self.flat_grad, index)
                 if param.grad is not None:
                     grad_slot.copy_(param.grad)
                 param.grad = self._home_grads[index] = grad_slot
@@ -107,12 +142,14 @@ class FlatBucket:
         """torch.optim.Adam's per-param state, as views into the flat buffers."""
         state = {
             "step": self.steps[index],
-            "exp_avg": self._slot(self.exp_avg, index),
-            "exp_avg_sq": self._slot(self.exp_avg_sq, index),
+            "exp_avg": self.slot(self.exp_avg, index),
+            "exp_avg_sq": self.slot(self.exp_avg_sq, index),
         }
         if amsgrad:
             self.ensure_max_exp_avg_sq()
-            state["max_exp_avg_sq"] = self._slot(self.max_exp_avg_sq, index)
+            state["max_exp_avg_sq"] = self.slot(self.max_exp_avg_sq, index)
+        if self.master is not None:
+            state["master_param"] = self.slot(self.master, index)
         return state
 
     def zero_grad(self) -> None:

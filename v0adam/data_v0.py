@@ -34,11 +34,7 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
         raise RuntimeError("init_v0_from_data must run before the first step(): it overwrites exp_avg and exp_avg_sq")
     if num_samples <= 0:
         raise ValueError(f"Invalid num_samples value: {num_samples}")
-    for bucket in optimizer._buckets:
-        for index in _data_params(bucket, data_groups):
-            state = optimizer.state[bucket.params[index]]
-            state["exp_avg"].zero_()
-            state["exp_avg_sq"].zero_()
+    sums = {bucket: _sum_buffers(bucket, data_groups) for bucket in optimizer._buckets}
 
     counts = {bucket: [0] * len(bucket.params) for bucket in optimizer._buckets}
     tables = {bucket: triton_backend.SegmentTable(bucket.device) for bucket in optimizer._buckets}
@@ -53,7 +49,7 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
                 with torch.enable_grad():
                     loss_fn(batch).backward()
                 for bucket in optimizer._buckets:
-                    _accumulate(bucket, tables[bucket], data_groups, counts[bucket])
+                    _accumulate(bucket, tables[bucket], data_groups, counts[bucket], *sums[bucket])
                 size = batch_size(batch)
                 seen += size
                 batches_seen += 1
@@ -73,8 +69,23 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
             group = optimizer.param_groups[bucket.groups[index]]
             sigma = v0.resolve_scale(v0.DATA, group["v0_scale"] if scale is None else scale)
             state = optimizer.state[bucket.params[index]]
-            _finalise_(state["exp_avg"], state["exp_avg_sq"], counts[bucket][index], mean_batch_size, sigma)
+            grad_sum, grad_sum_sq = (bucket.slot(buffer, index) for buffer in sums[bucket])
+            _finalise_(grad_sum, grad_sum_sq, counts[bucket][index], mean_batch_size, sigma)
+            if grad_sum_sq.data_ptr() != state["exp_avg_sq"].data_ptr():
+                state["exp_avg_sq"].copy_(grad_sum_sq)
+                state["exp_avg"].zero_()
     return seen
+
+
+def _sum_buffers(bucket, data_groups):
+    """Where the sums of g and g^2 accumulate: the bucket's own exp_avg and exp_avg_sq (their data-group slots
+    zeroed), or float32 temporaries when the states are bfloat16."""
+    if bucket.state_dtype == torch.bfloat16:
+        return torch.zeros(bucket.total, device=bucket.device), torch.zeros(bucket.total, device=bucket.device)
+    for index in _data_params(bucket, data_groups):
+        bucket.slot(bucket.exp_avg, index).zero_()
+        bucket.slot(bucket.exp_avg_sq, index).zero_()
+    return bucket.exp_avg, bucket.exp_avg_sq
 
 
 def _data_params(bucket, data_groups) -> list[int]:
@@ -82,8 +93,8 @@ def _data_params(bucket, data_groups) -> list[int]:
 
 
 @torch.no_grad()
-def _accumulate(bucket, table, data_groups, counts) -> None:
-    """exp_avg += g, exp_avg_sq += g^2 for this batch's grads of the data groups' params."""
+def _accumulate(bucket, table, data_groups, counts, grad_sum, grad_sum_sq) -> None:
+    """grad_sum += g, grad_sum_sq += g^2 for this batch's grads of the data groups' params."""
     work = bucket.collect_work()
     segments = [segment for segment in work.segments if segment.group in data_groups]
     if bucket.backend == "triton":
@@ -91,17 +102,17 @@ def _accumulate(bucket, table, data_groups, counts) -> None:
         accumulate_gradient_moments_(
             table.segments,
             table.block_segment,
-            bucket.exp_avg,
-            bucket.exp_avg_sq,
+            grad_sum,
+            grad_sum_sq,
             param_dtype=bucket.dtype,
             block=triton_backend.BLOCK,
         )
     else:
         for segment in segments:
             end = segment.state_offset + segment.grad.numel()
-            grad = segment.grad.to(bucket.state_dtype)
-            bucket.exp_avg[segment.state_offset : end].add_(grad)
-            bucket.exp_avg_sq[segment.state_offset : end].addcmul_(grad, grad)
+            grad = segment.grad.to(grad_sum.dtype)
+            grad_sum[segment.state_offset : end].add_(grad)
+            grad_sum_sq[segment.state_offset : end].addcmul_(grad, grad)
     for index in work.stepped:
         if bucket.groups[index] in data_groups:
             counts[index] += 1

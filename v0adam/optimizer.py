@@ -10,7 +10,7 @@ from torch.optim import Optimizer
 
 from v0adam import data_v0, grad_norm, torch_backend, triton_backend
 from v0adam import v0 as v0_modes
-from v0adam.buckets import FlatBucket
+from v0adam.buckets import FlatBucket, Precision
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
 
 BACKENDS = ("auto", "triton", "torch")
@@ -67,6 +67,11 @@ class V0Adam(Optimizer):
         backend: "triton", "torch", or "auto" (Triton for CUDA tensors and under TRITON_INTERPRET=1, else torch).
         skip_nonfinite: check every gradient each step (one fused pass); a step with an inf or NaN gradient
             changes nothing (params, states, step counters) and is counted in ``opt.skipped_steps``.
+        master_weights: keep an fp32 master copy of bfloat16/float16 params (state key "master_param"); the step
+            updates it and stores the param as its rounding to nearest even. No effect on float32 params.
+        stochastic_rounding: without a master copy, round updated bfloat16 params stochastically (unbiased,
+            counter-based, reproducible) instead of to nearest even.
+        state_dtype: dtype of exp_avg / exp_avg_sq (and v0): torch.float32 (default) or torch.bfloat16.
 
     Parameters are re-homed into flat per-(device, dtype) buffers when the optimizer is built, and their grads
     become views of a flat grad buffer that ``zero_grad`` zeroes in one pass and keeps allocated.
@@ -89,9 +94,16 @@ class V0Adam(Optimizer):
         v0_seed=None,
         backend="auto",
         skip_nonfinite=False,
+        master_weights=False,
+        stochastic_rounding=False,
+        state_dtype=None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
+        if state_dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"Invalid state_dtype: {state_dtype}; expected None, torch.float32 or torch.bfloat16")
+        if master_weights and stochastic_rounding:
+            raise ValueError("master_weights and stochastic_rounding exclude each other: the master is never rounded")
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -104,10 +116,15 @@ class V0Adam(Optimizer):
             v0_scale=v0_scale,
             v0_seed=v0_seed,
         )
+        if stochastic_rounding:
+            # Saved with the param groups, so that a resumed run draws the same roundings.
+            defaults["rounding_seed"] = int(torch.randint(2**62, ()))
+        self.precision = Precision(master_weights, stochastic_rounding, state_dtype)
         self.backend = backend
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = None  # with skip_nonfinite: a device tensor counting the steps skipped
         self._clip_coefficient = self._clip_norm = None
+        self._seed_tensors = {}
         self._buckets = []
         self._pending_v0 = {}
         self._step_calls = 0
@@ -127,6 +144,8 @@ class V0Adam(Optimizer):
                 group.setdefault(key, None)
             group.setdefault("v0", v0_modes.ZERO)
             group.setdefault("decoupled_weight_decay", self._DECOUPLED_WEIGHT_DECAY)
+            if "rounding_seed" in self.defaults:
+                group.setdefault("rounding_seed", self.defaults["rounding_seed"])
             if self._DECOUPLED_WEIGHT_DECAY:
                 group["decoupled_weight_decay"] = True
 
@@ -183,7 +202,9 @@ class V0Adam(Optimizer):
                 entries.setdefault((param.device, param.dtype), []).append((param, group_index))
         buckets = []
         for (device, dtype), bucket_entries in entries.items():
-            bucket = FlatBucket(bucket_entries, device, dtype, self._backend_for(device, dtype))
+            if self.precision.stochastic_rounding and dtype == torch.float16:
+                raise ValueError("stochastic_rounding supports bfloat16 params; use master_weights=True for float16")
+            bucket = FlatBucket(bucket_entries, device, dtype, self._backend_for(device, dtype), self.precision)
             if bucket.backend == "triton":
                 bucket.segment_table = triton_backend.SegmentTable(device)
             for index, (param, group_index) in enumerate(bucket_entries):
@@ -262,11 +283,20 @@ class V0Adam(Optimizer):
             bucket_scale = None if grad_scale is None else grad_scale.to(bucket.device, non_blocking=True)
             bucket_found_inf = None if found_inf is None else found_inf.to(bucket.device, non_blocking=True)
             self._advance_steps(bucket, work.stepped, bucket_found_inf)
+            rounding_seed = None
+            if self.precision.stochastic_for(bucket.dtype):
+                rounding_seed = self.param_groups[0]["rounding_seed"]
             if bucket.backend == "triton":
                 hyper = self._hyper_table(bucket.device)
-                triton_backend.step_bucket(bucket, bucket.segment_table, work, hyper, bucket_scale, bucket_found_inf)
+                if rounding_seed is not None:
+                    rounding_seed = self._device_seed(rounding_seed, bucket.device)
+                triton_backend.step_bucket(
+                    bucket, bucket.segment_table, work, hyper, bucket_scale, bucket_found_inf, rounding_seed
+                )
             else:
-                torch_backend.step_bucket(bucket, work, self.param_groups, bucket_scale, bucket_found_inf)
+                torch_backend.step_bucket(
+                    bucket, work, self.param_groups, bucket_scale, bucket_found_inf, rounding_seed
+                )
             for original, contiguous in work.writebacks:
                 original.copy_(contiguous)
             bucket.record_step(work.stepped, self._step_calls)
@@ -308,6 +338,13 @@ class V0Adam(Optimizer):
             self.skipped_steps = torch.zeros((), dtype=torch.int64, device=found.device)
         self.skipped_steps += (found != 0).to(torch.int64).to(self.skipped_steps.device)
         return found
+
+    def _device_seed(self, seed: int, device: torch.device) -> torch.Tensor:
+        """The stochastic-rounding seed as a device tensor, uploaded once (the kernel reads it from memory)."""
+        key = (seed, device)
+        if key not in self._seed_tensors:
+            self._seed_tensors[key] = torch.tensor([seed], dtype=torch.int64).to(device, non_blocking=True)
+        return self._seed_tensors[key]
 
     def _hyper_table(self, device: torch.device) -> torch.Tensor:
         table = self._hyper_tables.get(device)
@@ -385,6 +422,8 @@ class V0Adam(Optimizer):
                         view.copy_(torch.as_tensor(values[key]))
                     else:
                         view.zero_()
+                if "master_param" in state and "master_param" not in values:  # a checkpoint without masters
+                    state["master_param"].copy_(param.detach())
                 if "exp_avg_sq" not in values:  # torch creates state at a param's first step: this one starts fresh
                     group_index = bucket.groups[index]
                     self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, self._param_indices[param])

@@ -13,27 +13,45 @@ import math
 import torch
 
 
-def step_bucket(bucket, work, param_groups, grad_scale, found_inf) -> None:
+def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed) -> None:
     if found_inf is not None and found_inf.item() != 0:
         return
     by_group = {}
     for segment in work.segments:
         by_group.setdefault(segment.group, []).append(segment)
+    fusable = (
+        grad_scale is None and bucket.dtype == bucket.state_dtype and bucket.master is None and rounding_seed is None
+    )
     for group_index, segments in by_group.items():
         group = param_groups[group_index]
         states = [_segment_states(bucket, segment, group["amsgrad"]) for segment in segments]
-        if grad_scale is None and bucket.dtype == bucket.state_dtype:
+        if fusable:
             _fused_update_(bucket, segments, states, group)
-        else:
-            steps = bucket.steps.tolist()
-            for segment, state in zip(segments, states):
-                _update_(segment.param, segment.grad, *state, steps[segment.step_index], group, grad_scale)
+            continue
+        steps = bucket.steps.tolist()
+        for segment, state in zip(segments, states):
+            master = _segment_slice(bucket.master, segment)
+            step = steps[segment.step_index]
+            generator = None
+            if rounding_seed is not None:
+                generator = torch.Generator(bucket.device).manual_seed(
+                    hash((rounding_seed, int(step), segment.state_offset)) % 2**63
+                )
+            _update_(segment.param, segment.grad, state, step, group, grad_scale, master, generator)
+
+
+def _segment_slice(buffer, segment):
+    if buffer is None:
+        return None
+    return buffer[segment.state_offset : segment.state_offset + segment.param.numel()]
 
 
 def _segment_states(bucket, segment, amsgrad: bool):
-    start, end = segment.state_offset, segment.state_offset + segment.param.numel()
-    max_exp_avg_sq = bucket.max_exp_avg_sq[start:end] if amsgrad else None
-    return bucket.exp_avg[start:end], bucket.exp_avg_sq[start:end], max_exp_avg_sq
+    return (
+        _segment_slice(bucket.exp_avg, segment),
+        _segment_slice(bucket.exp_avg_sq, segment),
+        _segment_slice(bucket.max_exp_avg_sq, segment) if amsgrad else None,
+    )
 
 
 def _fused_update_(bucket, segments, states, group) -> None:
@@ -61,13 +79,16 @@ def _hyper(value) -> float:
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
 
-def _update_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, group, grad_scale) -> None:
-    """One Adam step with in-place ops, computed in the states' dtype and rounded once into the param."""
+def _update_(param, grad, states, step, group, grad_scale, master=None, generator=None) -> None:
+    """One Adam step with in-place ops in float32 (float64 for float64 params), rounded once into storage:
+    from the fp32 `master` when given, stochastically when a `generator` is given, else to nearest even."""
+    compute_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    exp_avg, exp_avg_sq, max_exp_avg_sq = (None if s is None else s.to(compute_dtype) for s in states)
     lr = _hyper(group["lr"])
     beta1, beta2 = (_hyper(beta) for beta in group["betas"])
     weight_decay = _hyper(group["weight_decay"])
-    working = param.to(exp_avg.dtype)
-    grad = grad.to(exp_avg.dtype)
+    working = master if master is not None else param.to(compute_dtype)
+    grad = grad.to(compute_dtype)
     if grad_scale is not None:
         grad = grad / grad_scale.to(grad.device)
     if group["maximize"]:
@@ -88,5 +109,19 @@ def _update_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, group, grad
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
     denom = second_moment.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
     working.addcdiv_(exp_avg, denom, value=-step_size)
-    if working is not param:
+    for stored, value in zip(states, (exp_avg, exp_avg_sq, max_exp_avg_sq)):
+        if stored is not None and stored is not value:
+            stored.copy_(value)
+    if generator is not None:
+        param.copy_(stochastic_round_to_bfloat16(working, generator))
+    elif working is not param:
         param.copy_(working)
+
+
+def stochastic_round_to_bfloat16(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """float32 -> bfloat16 rounding up with probability equal to the discarded fraction (unbiased): random low
+    16 bits are added to the bit pattern, which is then truncated. NaN stays NaN."""
+    bits = values.view(torch.int32)
+    noise = torch.randint(0, 2**16, values.shape, dtype=torch.int32, device=values.device, generator=generator)
+    truncated = (bits + noise).bitwise_and_(-(2**16)).view(torch.float32)
+    return torch.where(values.isnan(), values, truncated).to(torch.bfloat16)

@@ -59,8 +59,9 @@ class SegmentTable:
         self._key = rows
 
 
-def step_bucket(bucket, table: SegmentTable, work, hyper: torch.Tensor, grad_scale, found_inf) -> None:
-    """One fused launch over every segment of the bucket; step counters were advanced by the caller."""
+def step_bucket(bucket, table: SegmentTable, work, hyper: torch.Tensor, grad_scale, found_inf, rounding_seed) -> None:
+    """One fused launch over every segment of the bucket; step counters were advanced by the caller.
+    `rounding_seed` (a device int64 tensor) switches stochastic rounding on."""
     table.update(work.segments)
     adam_kernel.adam_step(
         table.segments,
@@ -70,12 +71,14 @@ def step_bucket(bucket, table: SegmentTable, work, hyper: torch.Tensor, grad_sca
         bucket.exp_avg,
         bucket.exp_avg_sq,
         bucket.max_exp_avg_sq,
+        bucket.master,
         param_dtype=bucket.dtype,
         aligned=table.aligned,
         block=BLOCK,
         num_warps=NUM_WARPS,
         grad_scale=grad_scale,
         found_inf=found_inf,
+        rounding_seed=rounding_seed,
     )
 
 

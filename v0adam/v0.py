@@ -80,8 +80,12 @@ def draw_random_(
         return
     fan_in, fan_out = xavier_fans(shape)
     scale = sigma / (fan_in + fan_out)
+    # Drawn in float32; bfloat16 states get it rounded once (through a temporary, at initialisation only).
+    target = exp_avg_sq if exp_avg_sq.dtype == torch.float32 else torch.empty_like(exp_avg_sq, dtype=torch.float32)
     if use_triton:
-        draw_random_v0_(exp_avg_sq.view(-1), scale, seed, param_index)
+        draw_random_v0_(target.view(-1), scale, seed, param_index)
     else:
         generator = torch.Generator(device=exp_avg_sq.device).manual_seed(hash((seed, param_index)) % 2**63)
-        exp_avg_sq.normal_(generator=generator).square_().mul_(scale)
+        target.normal_(generator=generator).square_().mul_(scale)
+    if target is not exp_avg_sq:
+        exp_avg_sq.copy_(target)
