@@ -42,9 +42,8 @@ def main(argv=None) -> int:
             if name == "torch compile" and args.quick and case.name != QUICK_COMPILE_CASE:
                 continue  # compiling takes ~a minute per case; the quick run compiles one
             print(f"  {case.name:<22} {name:<15}", end=" ", flush=True)
-            step, state_dtype = build(case, device)
+            step, per_element = build(case, device)
             ms = timing.median_ms(step, device, steps=steps, warmup=3)
-            per_element = cases.bytes_per_element(case.dtype, state_dtype, case.amsgrad)
             rows.append(report.make_row(case, name, per_element, ms, copy_gbps))
             print(f"{ms:8.3f} ms  {rows[-1].gbps:7.0f} GB/s", flush=True)
             del step

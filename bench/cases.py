@@ -13,6 +13,7 @@ class Case:
     shapes: tuple[tuple[int, ...], ...]
     dtype: torch.dtype = torch.float32
     amsgrad: bool = False
+    precision: tuple[tuple[str, object], ...] = ()  # v0adam's mixed-precision options, as (name, value) pairs
 
     @property
     def numel(self) -> int:
@@ -49,7 +50,11 @@ def gpu_cases(quick: bool) -> list[Case]:
     cases = [Case(f"fp32 {size}M", ((size * M,),)) for size in sizes]
     cases.append(Case("GPT-2 small fp32", gpt2_small_shapes()))
     cases.append(Case("GPT-2 small AMSGrad", gpt2_small_shapes(), amsgrad=True))
-    cases.append(Case("GPT-2 small bf16", gpt2_small_shapes(), dtype=torch.bfloat16))
+    bf16 = dict(shapes=gpt2_small_shapes(), dtype=torch.bfloat16)
+    cases.append(Case("GPT-2 small bf16", **bf16))
+    cases.append(Case("GPT-2 bf16 master", **bf16, precision=(("master_weights", True),)))
+    cases.append(Case("GPT-2 bf16 stochastic", **bf16, precision=(("stochastic_rounding", True),)))
+    cases.append(Case("GPT-2 bf16 bf16-states", **bf16, precision=(("state_dtype", torch.bfloat16),)))
     cases.append(Case("Llama 1B fp32", llama_1b_shapes()))
     return cases
 
@@ -61,8 +66,11 @@ def cpu_cases(quick: bool) -> list[Case]:
     return cases
 
 
-def bytes_per_element(param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool) -> int:
-    """Minimum traffic of one step (SPEC §3): param read+write, grad read, each state read+write."""
+def bytes_per_element(param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool, master: bool = False) -> int:
+    """Minimum traffic of one step (SPEC §3): param read (unless a master is) and written, grad read, each state
+    read and written, the fp32 master read and written."""
     param, state = param_dtype.itemsize, state_dtype.itemsize
     states = 3 if amsgrad else 2
+    if master:
+        return param + param + 2 * state * states + 2 * 4
     return 2 * param + param + 2 * state * states

@@ -3,6 +3,7 @@
 import torch
 
 import v0adam
+from bench.cases import bytes_per_element
 
 LR = 1e-4
 
@@ -18,10 +19,12 @@ def _params_and_grads(case, device):
 
 def build_v0adam(case, device):
     params, grads = _params_and_grads(case, device)
-    opt = v0adam.V0AdamW(params, lr=LR, amsgrad=case.amsgrad, v0="zero")
+    precision = dict(case.precision)
+    opt = v0adam.V0AdamW(params, lr=LR, amsgrad=case.amsgrad, v0="zero", **precision)
     for param, grad in zip(params, grads):
         param.grad.copy_(grad)  # the grads autograd would have accumulated into the flat buffer
-    return opt.step, torch.float32
+    master = precision.get("master_weights", False) and case.dtype != torch.float32
+    return opt.step, bytes_per_element(case.dtype, precision.get("state_dtype", torch.float32), case.amsgrad, master)
 
 
 def _torch_adamw(**implementation):
@@ -30,7 +33,7 @@ def _torch_adamw(**implementation):
         for param, grad in zip(params, grads):
             param.grad = grad
         opt = torch.optim.AdamW(params, lr=LR, amsgrad=case.amsgrad, **implementation)
-        return opt.step, case.dtype
+        return opt.step, bytes_per_element(case.dtype, case.dtype, case.amsgrad)
 
     return build
 
@@ -40,11 +43,11 @@ def build_compiled(case, device):
     for param, grad in zip(params, grads):
         param.grad = grad
     opt = torch.optim.AdamW(params, lr=LR, amsgrad=case.amsgrad)
-    return torch.compile(opt.step), case.dtype
+    return torch.compile(opt.step), bytes_per_element(case.dtype, case.dtype, case.amsgrad)
 
 
 def variants(device: torch.device, with_compile: bool):
-    """name -> builder(case, device) -> (step callable, state dtype)."""
+    """name -> builder(case, device) -> (step callable, minimum bytes per element of that implementation)."""
     if device.type == "cuda":
         found = {
             "v0adam": build_v0adam,

@@ -1,5 +1,6 @@
 """Run by test_resume.py in fresh processes: train, save, load, continue. Usage:
-python resume_worker.py BACKEND PHASE PATH, PHASE one of full (8 steps), first (5 steps, save), second (load, 3 steps).
+python resume_worker.py BACKEND PRECISION PHASE PATH, PRECISION fp32 (with AMSGrad) or bf16-stochastic, PHASE one
+of full (8 steps), first (5 steps, save), second (load, 3 steps).
 """
 
 import sys
@@ -11,10 +12,15 @@ import v0adam
 FIRST, SECOND = 5, 3
 
 
-def build(backend):
+def build(backend, precision):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
-    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, amsgrad=True, v0="random", v0_seed=7, backend=backend)
+    if precision == "fp32":
+        options = dict(amsgrad=True)
+    else:
+        model = model.to(torch.bfloat16)
+        options = dict(stochastic_rounding=True)
+    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, v0="random", v0_seed=7, backend=backend, **options)
     return model, opt
 
 
@@ -23,12 +29,13 @@ def train(model, opt, steps, start):
         generator = torch.Generator().manual_seed(step)
         x, y = torch.randn(16, 6, generator=generator), torch.randn(16, 3, generator=generator)
         opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
+        dtype = model[0].weight.dtype
+        torch.nn.functional.mse_loss(model(x.to(dtype)), y.to(dtype)).backward()
         opt.step()
 
 
-def main(backend, phase, path):
-    model, opt = build(backend)
+def main(backend, precision, phase, path):
+    model, opt = build(backend, precision)
     if phase == "second":
         saved = torch.load(path, weights_only=True)
         model.load_state_dict(saved["model"])

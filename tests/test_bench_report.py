@@ -13,6 +13,7 @@ def test_bytes_per_element_match_the_spec_table():
     assert cases.bytes_per_element(torch.float32, torch.float32, amsgrad=True) == 36
     assert cases.bytes_per_element(torch.bfloat16, torch.float32, amsgrad=False) == 22
     assert cases.bytes_per_element(torch.bfloat16, torch.bfloat16, amsgrad=False) == 14
+    assert cases.bytes_per_element(torch.bfloat16, torch.float32, amsgrad=False, master=True) == 28
 
 
 def test_model_shapes_have_the_published_sizes():

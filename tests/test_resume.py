@@ -1,5 +1,5 @@
 """Exact resume: N steps, torch.save of model and optimizer, torch.load in a fresh process, M more steps — bitwise
-equal to an uninterrupted N + M run (random v0 and AMSGrad included)."""
+equal to an uninterrupted N + M run (random v0, AMSGrad and stochastic rounding included)."""
 
 import subprocess
 import sys
@@ -12,16 +12,19 @@ from conftest import BACKENDS
 WORKER = Path(__file__).with_name("resume_worker.py")
 
 
-def run_worker(backend, phase, path):
-    result = subprocess.run([sys.executable, str(WORKER), backend, phase, str(path)], capture_output=True, text=True)
+def run_worker(backend, precision, phase, path):
+    result = subprocess.run(
+        [sys.executable, str(WORKER), backend, precision, phase, str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_resume_in_a_fresh_process_is_bitwise_exact(backend, tmp_path):
-    run_worker(backend, "full", tmp_path / "full.pt")
-    run_worker(backend, "first", tmp_path / "resumed.pt")
-    run_worker(backend, "second", tmp_path / "resumed.pt")
+@pytest.mark.parametrize("precision", ["fp32", "bf16-stochastic"])
+def test_resume_in_a_fresh_process_is_bitwise_exact(backend, precision, tmp_path):
+    run_worker(backend, precision, "full", tmp_path / "full.pt")
+    run_worker(backend, precision, "first", tmp_path / "resumed.pt")
+    run_worker(backend, precision, "second", tmp_path / "resumed.pt")
     full = torch.load(tmp_path / "full.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
     for key, value in full["model"].items():
