@@ -42,7 +42,11 @@ def main(argv=None) -> int:
             if name == "torch compile" and args.quick and case.name != QUICK_COMPILE_CASE:
                 continue  # compiling takes ~a minute per case; the quick run compiles one
             print(f"  {case.name:<22} {name:<15}", end=" ", flush=True)
-            step, per_element = build(case, device)
+            built = build(case, device)
+            if built is None:
+                print("n/a", flush=True)
+                continue
+            step, per_element = built
             ms = timing.median_ms(step, device, steps=steps, warmup=3)
             rows.append(report.make_row(case, name, per_element, ms, copy_gbps))
             print(f"{ms:8.3f} ms  {rows[-1].gbps:7.0f} GB/s", flush=True)

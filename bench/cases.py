@@ -14,6 +14,7 @@ class Case:
     dtype: torch.dtype = torch.float32
     amsgrad: bool = False
     precision: tuple[tuple[str, object], ...] = ()  # v0adam's mixed-precision options, as (name, value) pairs
+    optimizer: str = "adamw"  # adamw, radam, adabelief or adabound
 
     @property
     def numel(self) -> int:
@@ -56,6 +57,8 @@ def gpu_cases(quick: bool) -> list[Case]:
     cases.append(Case("GPT-2 bf16 stochastic", **bf16, precision=(("stochastic_rounding", True),)))
     cases.append(Case("GPT-2 bf16 bf16-states", **bf16, precision=(("state_dtype", torch.bfloat16),)))
     cases.append(Case("Llama 1B fp32", llama_1b_shapes()))
+    for optimizer in ("radam", "adabelief", "adabound"):
+        cases.append(Case(f"GPT-2 small {optimizer}", gpt2_small_shapes(), optimizer=optimizer))
     return cases
 
 

@@ -19,7 +19,10 @@ def synchronize():
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_step(benchmark, case, variant):
-    step, _ = VARIANTS[variant](case, DEVICE)
+    built = VARIANTS[variant](case, DEVICE)
+    if built is None:
+        pytest.skip(f"torch has no {variant} implementation of {case.optimizer}")
+    step, _ = built
     benchmark.group = case.name
 
     def timed_step():

@@ -1,5 +1,7 @@
 """The optimizers under test, each built over a fresh copy of the case's params with grads in place."""
 
+import inspect
+
 import torch
 
 import v0adam
@@ -17,22 +19,46 @@ def _params_and_grads(case, device):
     return params, grads
 
 
+OURS = {
+    "adamw": v0adam.V0AdamW,
+    "radam": v0adam.V0RAdam,
+    "adabelief": v0adam.V0AdaBelief,
+    "adabound": v0adam.V0AdaBound,
+}
+# torch's counterpart of each; AdaBelief and AdaBound have none, so they are timed against AdamW, the same traffic.
+THEIRS = {
+    "adamw": torch.optim.AdamW,
+    "radam": torch.optim.RAdam,
+    "adabelief": torch.optim.AdamW,
+    "adabound": torch.optim.AdamW,
+}
+
+
 def build_v0adam(case, device):
     params, grads = _params_and_grads(case, device)
     precision = dict(case.precision)
-    opt = v0adam.V0AdamW(params, lr=LR, amsgrad=case.amsgrad, v0="zero", **precision)
+    if case.amsgrad:
+        precision["amsgrad"] = True
+    opt = OURS[case.optimizer](params, lr=LR, v0="zero", **precision)
     for param, grad in zip(params, grads):
         param.grad.copy_(grad)  # the grads autograd would have accumulated into the flat buffer
     master = precision.get("master_weights", False) and case.dtype != torch.float32
     return opt.step, bytes_per_element(case.dtype, precision.get("state_dtype", torch.float32), case.amsgrad, master)
 
 
-def _torch_adamw(**implementation):
+def _torch_optimizer(**implementation):
+    """A builder for torch's counterpart with this implementation; it returns None where torch has none (no
+    fused RAdam)."""
+
     def build(case, device):
+        cls = THEIRS[case.optimizer]
+        if not set(implementation) <= set(inspect.signature(cls).parameters):
+            return None
         params, grads = _params_and_grads(case, device)
         for param, grad in zip(params, grads):
             param.grad = grad
-        opt = torch.optim.AdamW(params, lr=LR, amsgrad=case.amsgrad, **implementation)
+        options = dict(amsgrad=True) if case.amsgrad else {}
+        opt = cls(params, lr=LR, **options, **implementation)
         return opt.step, bytes_per_element(case.dtype, case.dtype, case.amsgrad)
 
     return build
@@ -42,24 +68,26 @@ def build_compiled(case, device):
     params, grads = _params_and_grads(case, device)
     for param, grad in zip(params, grads):
         param.grad = grad
-    opt = torch.optim.AdamW(params, lr=LR, amsgrad=case.amsgrad)
+    options = dict(amsgrad=True) if case.amsgrad else {}
+    opt = THEIRS[case.optimizer](params, lr=LR, **options)
     return torch.compile(opt.step), bytes_per_element(case.dtype, case.dtype, case.amsgrad)
 
 
 def variants(device: torch.device, with_compile: bool):
-    """name -> builder(case, device) -> (step callable, minimum bytes per element of that implementation)."""
+    """name -> builder(case, device) -> (step callable, minimum bytes per element of that implementation), or
+    None where that implementation does not exist for the case's optimizer."""
     if device.type == "cuda":
         found = {
             "v0adam": build_v0adam,
-            "torch for-loop": _torch_adamw(foreach=False),
-            "torch foreach": _torch_adamw(foreach=True),
-            "torch fused": _torch_adamw(fused=True),
+            "torch for-loop": _torch_optimizer(foreach=False),
+            "torch foreach": _torch_optimizer(foreach=True),
+            "torch fused": _torch_optimizer(fused=True),
         }
         if with_compile:
             found["torch compile"] = build_compiled
         return found
     return {
         "v0adam": build_v0adam,
-        "torch foreach": _torch_adamw(foreach=True),
-        "torch fused": _torch_adamw(fused=True),
+        "torch foreach": _torch_optimizer(foreach=True),
+        "torch fused": _torch_optimizer(fused=True),
     }

@@ -19,8 +19,16 @@ SEGMENT_FIELDS = tl.constexpr(7)
 
 # Columns of the hyperparameter table (float64, shape [num_groups, HYPER_FIELDS]). float64 because 1 - beta2 in
 # float32 is off by 1.3e-5 relative for beta2 = 0.999; torch also keeps betas as Python doubles.
-LR, BETA1, BETA2, EPS, WEIGHT_DECAY, MAXIMIZE, AMSGRAD, DECOUPLED = (tl.constexpr(i) for i in range(8))
-HYPER_FIELDS = tl.constexpr(8)
+# FINAL_LR, BASE_LR and GAMMA are AdaBound's bounds (unused by the other algorithms).
+LR, BETA1, BETA2, EPS, WEIGHT_DECAY, MAXIMIZE, AMSGRAD, DECOUPLED, FINAL_LR, BASE_LR, GAMMA = (
+    tl.constexpr(i) for i in range(11)
+)
+HYPER_FIELDS = tl.constexpr(11)
+
+# The update rules one kernel implements (its ALGORITHM switch): Adam(W) and the members of the family the
+# v0 paper applies its initialisation to. They share everything but the second moment and the final step.
+ADAM, ADABELIEF, RADAM, ADABOUND = (tl.constexpr(i) for i in range(4))
+ALGORITHMS = {"adam": ADAM.value, "adabelief": ADABELIEF.value, "radam": RADAM.value, "adabound": ADABOUND.value}
 
 # ALIGNED launches promise: every address a multiple of ALIGN_BYTES, every numel and state offset a multiple of
 # ALIGN_ELEMENTS. Without the promise, addresses read from memory have unknown alignment and Triton emits 32-bit
@@ -61,16 +69,21 @@ def _adam_step_kernel(
     HAS_FOUND_INF: tl.constexpr,
     HAS_MASTER: tl.constexpr,  # update the fp32 master, store the param as its rounding
     STOCHASTIC_ROUNDING: tl.constexpr,  # bfloat16 params rounded stochastically (counter-based, seeded per step)
+    ALGORITHM: tl.constexpr,  # ADAM, ADABELIEF, RADAM or ADABOUND
     ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise
     BLOCK: tl.constexpr,  # elements per program
 ):
-    """One Adam step over BLOCK elements of one segment. Equivalent PyTorch (per element, fp32 math):
+    """One step over BLOCK elements of one segment. Equivalent PyTorch (per element, fp32 math), with
+    bc1 = 1 - beta1**t and bc2 = 1 - beta2**t:
 
     g = grad / grad_scale;  g = -g if maximize
     if decoupled: p = p * (1 - lr * wd)  else: g = g + wd * p
-    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g                   AdaBelief: v = beta2 * v + (1 - beta2) * (g - m)**2 + eps
     if amsgrad: vmax = max(vmax, v); v = vmax
-    p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+    Adam, AdaBelief: p = p - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+    RAdam:    p = p - lr * m / bc1 * (rect * sqrt(bc2) / (sqrt(v) + eps) if rho_t > 5 else 1)   (torch.optim.RAdam)
+    AdaBound: p = p - clamp(lr * sqrt(bc2) / bc1 / (sqrt(v) + eps), lower(t), upper(t)) * m
 
     p is read from the fp32 master when there is one, and every value is rounded once, on store.
     """
@@ -99,8 +112,10 @@ def _adam_step_kernel(
     amsgrad = tl.load(hyper + AMSGRAD) != 0
     decoupled = tl.load(hyper + DECOUPLED) != 0
     # Scalars in float64 (as torch computes them on the host), then one rounding to float32.
-    step_size = (lr / (1.0 - _power(beta1, step))).to(tl.float32)
-    bias_correction2_sqrt = tl.sqrt(1.0 - _power(beta2, step)).to(tl.float32)
+    bias_correction1 = 1.0 - _power(beta1, step)
+    bias_correction2 = 1.0 - _power(beta2, step)
+    step_size = (lr / bias_correction1).to(tl.float32)
+    bias_correction2_sqrt = tl.sqrt(bias_correction2).to(tl.float32)
     decay_factor = (1.0 - lr * weight_decay).to(tl.float32)
     l2_weight_decay = weight_decay.to(tl.float32)
     one_minus_beta1 = (1.0 - beta1).to(tl.float32)
@@ -132,15 +147,36 @@ def _adam_step_kernel(
     else:
         g = g + l2_weight_decay * p
     m = beta1 * m + one_minus_beta1 * g
-    v = beta2 * v + one_minus_beta2 * g * g
+    if ALGORITHM == ADABELIEF:
+        belief = g - m  # how far the gradient is from its prediction
+        v = beta2 * v + one_minus_beta2 * belief * belief + eps
+    else:
+        v = beta2 * v + one_minus_beta2 * g * g
     tl.store(exp_avg_ptr + state_offsets, round_from_float32(m, state_dtype), mask=mask)
     tl.store(exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
     if amsgrad:
         v = tl.maximum(v, widen_to_float32(tl.load(max_exp_avg_sq_ptr + state_offsets, mask=mask)))
         tl.store(max_exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
-    # Correctly rounded sqrt and division (the defaults are approximate), in torch's order of operations.
-    denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
-    p = p - step_size * tl.div_rn(m, denom)
+    # Correctly rounded sqrt and division (the defaults are approximate), in the reference's order of operations.
+    if ALGORITHM == RADAM:
+        rho_inf = 2.0 / (1.0 - tl.load(hyper + BETA2)) - 1.0
+        rho_t = rho_inf - 2.0 * step * (1.0 - bias_correction2) / bias_correction2
+        rect = tl.sqrt(tl.maximum((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t), 0.0))
+        update = tl.div_rn(m, bias_correction1.to(tl.float32)) * lr.to(tl.float32)
+        if rho_t > 5.0:  # the variance of the adaptive step is tractable: rectify it
+            adaptive = tl.div_rn(bias_correction2_sqrt, tl.sqrt_rn(v) + eps)
+            update = update * adaptive * rect.to(tl.float32)
+    elif ALGORITHM == ADABOUND:
+        final_lr = tl.load(hyper + FINAL_LR) * lr / tl.load(hyper + BASE_LR)
+        gamma_t = tl.load(hyper + GAMMA) * step
+        lower = (final_lr * (1.0 - 1.0 / (gamma_t + 1.0))).to(tl.float32)
+        upper = (final_lr * (1.0 + 1.0 / gamma_t)).to(tl.float32)
+        bounded_step = (lr * tl.sqrt(bias_correction2) / bias_correction1).to(tl.float32)
+        update = tl.minimum(tl.maximum(tl.div_rn(bounded_step, tl.sqrt_rn(v) + eps), lower), upper) * m
+    else:
+        denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
+        update = step_size * tl.div_rn(m, denom)
+    p = p - update
 
     if HAS_MASTER:
         tl.store(master_ptr + state_offsets, p, mask=mask)
@@ -169,6 +205,7 @@ def adam_step(
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     rounding_seed: torch.Tensor | None = None,
+    algorithm: str = "adam",
 ) -> None:
     """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`).
 
@@ -207,6 +244,7 @@ def adam_step(
         HAS_FOUND_INF=found_inf is not None,
         HAS_MASTER=master is not None,
         STOCHASTIC_ROUNDING=rounding_seed is not None,
+        ALGORITHM=ALGORITHMS[algorithm],
         ALIGNED=aligned,
         BLOCK=block,
         num_warps=num_warps,

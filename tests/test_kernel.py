@@ -71,7 +71,9 @@ signature = dict(segments_ptr="*i64", block_segment_ptr="*i32", hyper_ptr="*fp64
                  grad_scale_ptr="*fp32", found_inf_ptr="*fp32", rounding_seed_ptr="*i64")
 constexprs = dict(PARAM_DTYPE=dtype, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, HAS_MASTER=mode == "master",
                   STOCHASTIC_ROUNDING=mode == "rounding", ALIGNED=aligned, BLOCK=1024)
-ptx = compile_for_h100(adam._adam_step_kernel, signature, constexprs)
+ptx = compile_for_h100(adam._adam_step_kernel, signature, {**constexprs, "ALGORITHM": adam.ADAM.value})
+for algorithm in (adam.ADABELIEF, adam.RADAM, adam.ADABOUND):
+    compile_for_h100(adam._adam_step_kernel, signature, {**constexprs, "ALGORITHM": algorithm.value})
 compile_for_h100(v0_init._random_v0_kernel, dict(out_ptr="*fp32", numel="i32", scale="fp32", seed="i64",
                  param_index="i32", element_offset="i64"), dict(BLOCK=1024))
 table = dict(segments_ptr="*i64", block_segment_ptr="*i32")

@@ -1,6 +1,7 @@
 """v0adam: a fused Triton Adam/AdamW for PyTorch with a non-zero initial second moment v0."""
 
+from v0adam.family import V0AdaBelief, V0AdaBound, V0RAdam
 from v0adam.optimizer import V0Adam, V0AdamW
 
-__all__ = ["V0Adam", "V0AdamW"]
+__all__ = ["V0Adam", "V0AdamW", "V0AdaBelief", "V0RAdam", "V0AdaBound"]
 __version__ = "0.1.0"

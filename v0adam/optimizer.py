@@ -65,6 +65,7 @@ class V0Adam(Optimizer):
         v0_scale: σ of the random and data modes (defaults 100 and 1).
         v0_seed: seed of the random mode (default: drawn from torch's global generator).
         backend: "triton", "torch", or "auto" (Triton for CUDA tensors and under TRITON_INTERPRET=1, else torch).
+        decoupled_weight_decay: as torch.optim.Adam's (AdamW's weight decay); always on in V0AdamW.
         skip_nonfinite: check every gradient each step (one fused pass); a step with an inf or NaN gradient
             changes nothing (params, states, step counters) and is counted in ``opt.skipped_steps``.
         master_weights: keep an fp32 master copy of bfloat16/float16 params (state key "master_param"); the step
@@ -78,6 +79,7 @@ class V0Adam(Optimizer):
     """
 
     _DECOUPLED_WEIGHT_DECAY = False
+    _ALGORITHM = "adam"
 
     def __init__(
         self,
@@ -93,6 +95,7 @@ class V0Adam(Optimizer):
         v0_scale=None,
         v0_seed=None,
         backend="auto",
+        decoupled_weight_decay=False,
         skip_nonfinite=False,
         master_weights=False,
         stochastic_rounding=False,
@@ -111,7 +114,7 @@ class V0Adam(Optimizer):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             maximize=maximize,
-            decoupled_weight_decay=self._DECOUPLED_WEIGHT_DECAY,
+            decoupled_weight_decay=decoupled_weight_decay or self._DECOUPLED_WEIGHT_DECAY,
             v0=v0,
             v0_scale=v0_scale,
             v0_seed=v0_seed,
@@ -291,11 +294,11 @@ class V0Adam(Optimizer):
                 if rounding_seed is not None:
                     rounding_seed = self._device_seed(rounding_seed, bucket.device)
                 triton_backend.step_bucket(
-                    bucket, bucket.segment_table, work, hyper, bucket_scale, bucket_found_inf, rounding_seed
+                    bucket, work, hyper, bucket_scale, bucket_found_inf, rounding_seed, self._ALGORITHM
                 )
             else:
                 torch_backend.step_bucket(
-                    bucket, work, self.param_groups, bucket_scale, bucket_found_inf, rounding_seed
+                    bucket, work, self.param_groups, bucket_scale, bucket_found_inf, rounding_seed, self._ALGORITHM
                 )
             for original, contiguous in work.writebacks:
                 original.copy_(contiguous)

@@ -1,38 +1,19 @@
-"""Plain PyTorch reference of one Adam/AdamW step, readable as the specification (SPEC §1).
+"""Plain PyTorch references of one step of Adam/AdamW and of the family members, readable as the specification
+(SPEC §1 and the original papers). Any floating dtype (tests run them in float64). They update their tensor
+arguments in place, like `torch.optim._functional`, one tensor at a time with no fusion or layout tricks.
 
-Works in any floating dtype (tests run it in float64). Updates its tensor arguments in place, like
-`torch.optim._functional.adam`, one tensor at a time and with no fusion or layout tricks.
+`exp_avg_sq` holds v0 before the first step: a non-zero v0 is the only change the v0 paper makes; bias
+correction is unchanged.
 """
+
+import math
 
 import torch
 
 
-def adam_step_reference(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    max_exp_avg_sq: torch.Tensor | None,
-    step: int,
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    amsgrad: bool,
-    maximize: bool,
-    grad_scale: float | None = None,
-    found_inf: bool = False,
-) -> None:
-    """Apply step number `step` (the first step is 1) to `param` and its states.
-
-    `exp_avg_sq` holds v0 before the first step: a non-zero v0 is the only change the paper makes; bias
-    correction is unchanged.
-    """
-    if found_inf:
-        return
+def _gradient(param, grad, *, lr, weight_decay, decoupled_weight_decay, maximize, grad_scale):
+    """The gradient the moments see: unscaled, negated for maximize, plus L2 decay; decoupled decay is applied to
+    the param here instead."""
     g = grad / grad_scale if grad_scale is not None else grad.clone()
     if maximize:
         g = -g
@@ -41,12 +22,167 @@ def adam_step_reference(
             param.mul_(1 - lr * weight_decay)
         else:
             g = g + weight_decay * param
-    exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
-    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
-    v = exp_avg_sq
+    return g
+
+
+def _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad):
     if amsgrad:
         max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq, exp_avg_sq))
-        v = max_exp_avg_sq
+        return max_exp_avg_sq
+    return exp_avg_sq
+
+
+def adam_step_reference(
+    param,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    max_exp_avg_sq,
+    step,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    decoupled_weight_decay,
+    amsgrad,
+    maximize,
+    grad_scale=None,
+    found_inf=False,
+) -> None:
+    """Adam (Kingma & Ba) / AdamW (Loshchilov & Hutter), step number `step` (the first step is 1)."""
+    if found_inf:
+        return
+    g = _gradient(
+        param,
+        grad,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize,
+        grad_scale=grad_scale,
+    )
+    exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
+    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
+    v = _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     param.sub_(lr * (exp_avg / bias_correction1) / ((v / bias_correction2).sqrt() + eps))
+
+
+def adabelief_step_reference(
+    param,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    max_exp_avg_sq,
+    step,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    decoupled_weight_decay,
+    amsgrad,
+    maximize,
+    grad_scale=None,
+) -> None:
+    """AdaBelief (Zhuang et al. 2020, Algorithm 2): s tracks the belief (g - m_t)^2, plus eps; `exp_avg_sq` is s."""
+    g = _gradient(
+        param,
+        grad,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize,
+        grad_scale=grad_scale,
+    )
+    exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
+    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * (g - exp_avg) ** 2 + eps)
+    s = _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    param.sub_(lr * (exp_avg / bias_correction1) / ((s / bias_correction2).sqrt() + eps))
+
+
+def radam_step_reference(
+    param,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    step,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    decoupled_weight_decay,
+    maximize,
+    grad_scale=None,
+) -> None:
+    """RAdam (Liu et al. 2020) as torch.optim.RAdam: momentum SGD while the variance of the adaptive step is
+    intractable (rho_t <= 5), then the adaptive step times the rectification term."""
+    g = _gradient(
+        param,
+        grad,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize,
+        grad_scale=grad_scale,
+    )
+    exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
+    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * beta2**step / bias_correction2
+    update = lr * exp_avg / bias_correction1
+    if rho_t > 5:
+        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        update = update * rect * math.sqrt(bias_correction2) / (exp_avg_sq.sqrt() + eps)
+    param.sub_(update)
+
+
+def adabound_step_reference(
+    param,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    max_exp_avg_sq,
+    step,
+    *,
+    lr,
+    base_lr,
+    final_lr,
+    gamma,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    decoupled_weight_decay,
+    amsgrad,
+    maximize,
+    grad_scale=None,
+) -> None:
+    """AdaBound (Luo et al. 2019): Adam's per-element step clipped into [lower(t), upper(t)], bounds that close in
+    on final_lr * lr / base_lr at speed gamma. `amsgrad` is AMSBound."""
+    g = _gradient(
+        param,
+        grad,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize,
+        grad_scale=grad_scale,
+    )
+    exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
+    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
+    v = _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad)
+    step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    bound = final_lr * lr / base_lr
+    lower, upper = bound * (1 - 1 / (gamma * step + 1)), bound * (1 + 1 / (gamma * step))
+    param.sub_((step_size / (v.sqrt() + eps)).clamp(lower, upper) * exp_avg)

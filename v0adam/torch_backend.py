@@ -13,14 +13,18 @@ import math
 import torch
 
 
-def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed) -> None:
+def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
     if found_inf is not None and found_inf.item() != 0:
         return
     by_group = {}
     for segment in work.segments:
         by_group.setdefault(segment.group, []).append(segment)
     fusable = (
-        grad_scale is None and bucket.dtype == bucket.state_dtype and bucket.master is None and rounding_seed is None
+        algorithm == "adam"
+        and grad_scale is None
+        and bucket.dtype == bucket.state_dtype
+        and bucket.master is None
+        and rounding_seed is None
     )
     for group_index, segments in by_group.items():
         group = param_groups[group_index]
@@ -37,7 +41,7 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
                 generator = torch.Generator(bucket.device).manual_seed(
                     hash((rounding_seed, int(step), segment.state_offset)) % 2**63
                 )
-            _update_(segment.param, segment.grad, state, step, group, grad_scale, master, generator)
+            _update_(segment.param, segment.grad, state, step, group, grad_scale, algorithm, master, generator)
 
 
 def _segment_slice(buffer, segment):
@@ -79,9 +83,9 @@ def _hyper(value) -> float:
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
 
-def _update_(param, grad, states, step, group, grad_scale, master=None, generator=None) -> None:
-    """One Adam step with in-place ops in float32 (float64 for float64 params), rounded once into storage:
-    from the fp32 `master` when given, stochastically when a `generator` is given, else to nearest even."""
+def _update_(param, grad, states, step, group, grad_scale, algorithm, master=None, generator=None) -> None:
+    """One step of `algorithm` with in-place ops in float32 (float64 for float64 params), rounded once into
+    storage: from the fp32 `master` when given, stochastically when a `generator` is given, else to nearest even."""
     compute_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
     exp_avg, exp_avg_sq, max_exp_avg_sq = (None if s is None else s.to(compute_dtype) for s in states)
     lr = _hyper(group["lr"])
@@ -99,16 +103,17 @@ def _update_(param, grad, states, step, group, grad_scale, master=None, generato
         else:
             grad = grad.add(working, alpha=weight_decay)
     exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    if algorithm == "adabelief":
+        belief = grad - exp_avg
+        exp_avg_sq.mul_(beta2).addcmul_(belief, belief, value=1 - beta2).add_(group["eps"])
+    else:
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     if max_exp_avg_sq is not None:
         torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         second_moment = max_exp_avg_sq
     else:
         second_moment = exp_avg_sq
-    step_size = lr / (1 - beta1**step)
-    bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-    denom = second_moment.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
-    working.addcdiv_(exp_avg, denom, value=-step_size)
+    working.sub_(_final_update(exp_avg, second_moment, step, lr, beta1, beta2, group, algorithm))
     for stored, value in zip(states, (exp_avg, exp_avg_sq, max_exp_avg_sq)):
         if stored is not None and stored is not value:
             stored.copy_(value)
@@ -116,6 +121,28 @@ def _update_(param, grad, states, step, group, grad_scale, master=None, generato
         param.copy_(stochastic_round_to_bfloat16(working, generator))
     elif working is not param:
         param.copy_(working)
+
+
+def _final_update(exp_avg, second_moment, step, lr, beta1, beta2, group, algorithm) -> torch.Tensor:
+    """The amount subtracted from the param (see the kernel's docstring for the four rules)."""
+    eps = group["eps"]
+    bias_correction1, bias_correction2 = 1 - beta1**step, 1 - beta2**step
+    if algorithm == "radam":
+        update = exp_avg / bias_correction1 * lr
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * step * beta2**step / bias_correction2
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            update = update * (math.sqrt(bias_correction2) / second_moment.sqrt().add_(eps)) * rect
+        return update
+    if algorithm == "adabound":
+        final_lr = group["final_lr"] * lr / group["base_lr"]
+        lower = final_lr * (1 - 1 / (group["gamma"] * step + 1))
+        upper = final_lr * (1 + 1 / (group["gamma"] * step))
+        step_size = lr * math.sqrt(bias_correction2) / bias_correction1
+        return (step_size / second_moment.sqrt().add_(eps)).clamp_(lower, upper).mul_(exp_avg)
+    denom = second_moment.sqrt().div_(math.sqrt(bias_correction2)).add_(eps)
+    return exp_avg.div(denom).mul_(lr / bias_correction1)
 
 
 def stochastic_round_to_bfloat16(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

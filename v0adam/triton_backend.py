@@ -59,9 +59,10 @@ class SegmentTable:
         self._key = rows
 
 
-def step_bucket(bucket, table: SegmentTable, work, hyper: torch.Tensor, grad_scale, found_inf, rounding_seed) -> None:
+def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
     """One fused launch over every segment of the bucket; step counters were advanced by the caller.
     `rounding_seed` (a device int64 tensor) switches stochastic rounding on."""
+    table = bucket.segment_table
     table.update(work.segments)
     adam_kernel.adam_step(
         table.segments,
@@ -79,6 +80,7 @@ def step_bucket(bucket, table: SegmentTable, work, hyper: torch.Tensor, grad_sca
         grad_scale=grad_scale,
         found_inf=found_inf,
         rounding_seed=rounding_seed,
+        algorithm=algorithm,
     )
 
 
@@ -124,4 +126,7 @@ def _hyper_values(group):
         (adam_kernel.MAXIMIZE.value, group["maximize"]),
         (adam_kernel.AMSGRAD.value, group["amsgrad"]),
         (adam_kernel.DECOUPLED.value, group["decoupled_weight_decay"]),
+        (adam_kernel.FINAL_LR.value, group.get("final_lr", 0.0)),
+        (adam_kernel.BASE_LR.value, group.get("base_lr", 1.0)),
+        (adam_kernel.GAMMA.value, group.get("gamma", 0.0)),
     )
