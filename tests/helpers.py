@@ -46,3 +46,14 @@ def assert_states_close(opt, params, ref_opt, ref_params, rtol, atol, check_para
                 torch.testing.assert_close(ours[key], expected, rtol=0, atol=0)
             else:
                 torch.testing.assert_close(ours[key], expected, rtol=rtol, atol=atol)
+
+
+def step_both(opt, params, ref, ref_params, steps, grad_mode="assign", tolerance=None, start=0):
+    """Give both optimizers the same gradients for `steps` steps; compare params and states after each."""
+    for step in range(start, start + steps):
+        grads = gradients(params, step)
+        set_grads(params, grads, grad_mode)
+        set_grads(ref_params, grads, grad_mode)
+        opt.step()
+        ref.step()
+        assert_states_close(opt, params, ref, ref_params, **(tolerance or dict(rtol=1e-5, atol=1e-6)))

@@ -4,7 +4,7 @@ all three with a non-zero v0 against runs whose second-moment state was pre-fill
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE
-from helpers import MIXED_SHAPES, assert_states_close, clone_params, gradients, make_params, set_grads
+from helpers import MIXED_SHAPES, clone_params, gradients, make_params, set_grads, step_both
 
 import v0adam
 from v0adam.reference import adabelief_step_reference, adabound_step_reference
@@ -30,13 +30,7 @@ def test_radam_matches_torch(backend, decoupled, v0, maximize):
             "exp_avg": torch.zeros_like(q),
             "exp_avg_sq": opt.state[p]["exp_avg_sq"].clone(),
         }
-    for step in range(20):
-        grads = gradients(params, step)
-        set_grads(params, grads, "assign")
-        set_grads(ref_params, grads, "assign")
-        opt.step()
-        ref.step()
-        assert_states_close(opt, params, ref, ref_params, **TOL)
+    step_both(opt, params, ref, ref_params, steps=20)
 
 
 def reference_run(name, params, initial_v0, steps, amsgrad, decoupled, **hyper):

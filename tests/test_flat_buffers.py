@@ -4,7 +4,7 @@ into the flat grad buffer, and every way a user can replace params or grads stay
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE
-from helpers import assert_states_close, clone_params, gradients, make_params, set_grads
+from helpers import assert_states_close, clone_params, gradients, make_params, set_grads, step_both
 
 import v0adam
 
@@ -105,13 +105,7 @@ def test_replaced_and_non_contiguous_params_are_stepped_in_place(backend):
     # A user swaps the data for a non-contiguous tensor with the same values: no longer in the flat buffer.
     params[0].data = params[0].detach().t().contiguous().t()
     assert not params[0].is_contiguous()
-    for step in range(4):
-        grads = gradients(params, step)
-        set_grads(params, grads, "assign")
-        set_grads(ref_params, grads, "assign")
-        opt.step()
-        ref.step()
-        assert_states_close(opt, params, ref, ref_params, **TOL)
+    step_both(opt, params, ref, ref_params, steps=4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

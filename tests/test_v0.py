@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE
-from helpers import clone_params, gradients, make_params, set_grads
+from helpers import clone_params, make_params, step_both
 from v0adam.kernels.v0_init import draw_random_v0_
 
 import v0adam
@@ -95,16 +95,7 @@ def test_matches_torch_with_prefilled_exp_avg_sq(backend, name, mode):
         if mode != "random":
             assert torch.equal(start, supplied)
         ref.state[q] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(q), "exp_avg_sq": start}
-    for step in range(20):
-        grads = gradients(params, step)
-        set_grads(params, grads, "assign")
-        set_grads(ref_params, grads, "assign")
-        opt.step()
-        ref.step()
-        for p, q in zip(params, ref_params):
-            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
-            for key in ("exp_avg", "exp_avg_sq"):
-                torch.testing.assert_close(opt.state[p][key], ref.state[q][key], rtol=1e-5, atol=1e-6)
+    step_both(opt, params, ref, ref_params, steps=20)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

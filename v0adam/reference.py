@@ -54,24 +54,33 @@ def adam_step_reference(
     """Adam (Kingma & Ba) / AdamW (Loshchilov & Hutter), step number `step` (the first step is 1)."""
     if found_inf:
         return
-    g = _gradient(
+    _adaptive_step(
         param,
         grad,
+        exp_avg,
+        exp_avg_sq,
+        max_exp_avg_sq,
+        step,
+        belief=False,
         lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
         weight_decay=weight_decay,
         decoupled_weight_decay=decoupled_weight_decay,
+        amsgrad=amsgrad,
         maximize=maximize,
         grad_scale=grad_scale,
     )
-    exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
-    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
-    v = _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    param.sub_(lr * (exp_avg / bias_correction1) / ((v / bias_correction2).sqrt() + eps))
 
 
-def adabelief_step_reference(
+def adabelief_step_reference(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, **hyperparameters) -> None:
+    """AdaBelief (Zhuang et al. 2020, Algorithm 2): Adam with s (in `exp_avg_sq`) tracking the belief
+    (g - m_t)^2 plus eps instead of g^2. Same keyword arguments as `adam_step_reference`."""
+    _adaptive_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, belief=True, **hyperparameters)
+
+
+def _adaptive_step(
     param,
     grad,
     exp_avg,
@@ -79,6 +88,7 @@ def adabelief_step_reference(
     max_exp_avg_sq,
     step,
     *,
+    belief,
     lr,
     beta1,
     beta2,
@@ -89,7 +99,6 @@ def adabelief_step_reference(
     maximize,
     grad_scale=None,
 ) -> None:
-    """AdaBelief (Zhuang et al. 2020, Algorithm 2): s tracks the belief (g - m_t)^2, plus eps; `exp_avg_sq` is s."""
     g = _gradient(
         param,
         grad,
@@ -100,11 +109,14 @@ def adabelief_step_reference(
         grad_scale=grad_scale,
     )
     exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
-    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * (g - exp_avg) ** 2 + eps)
-    s = _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad)
+    if belief:
+        exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * (g - exp_avg) ** 2 + eps)
+    else:
+        exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
+    v = _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
-    param.sub_(lr * (exp_avg / bias_correction1) / ((s / bias_correction2).sqrt() + eps))
+    param.sub_(lr * (exp_avg / bias_correction1) / ((v / bias_correction2).sqrt() + eps))
 
 
 def radam_step_reference(
