@@ -12,9 +12,12 @@ import v0adam
 FIRST, SECOND = 5, 3
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build(backend, precision):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3)).to(DEVICE)
     if precision == "fp32":
         options = dict(amsgrad=True)
     else:
@@ -27,7 +30,7 @@ def build(backend, precision):
 def train(model, opt, steps, start):
     for step in range(start, start + steps):
         generator = torch.Generator().manual_seed(step)
-        x, y = torch.randn(16, 6, generator=generator), torch.randn(16, 3, generator=generator)
+        x, y = (torch.randn(16, size, generator=generator).to(DEVICE) for size in (6, 3))
         opt.zero_grad()
         dtype = model[0].weight.dtype
         torch.nn.functional.mse_loss(model(x.to(dtype)), y.to(dtype)).backward()
