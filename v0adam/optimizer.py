@@ -261,6 +261,8 @@ class V0Adam(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One optimizer step: one fused launch per (device, dtype) bucket on the Triton backend, nothing read back
+        to the host. Consumes a GradScaler's `grad_scale`/`found_inf` and a pending `clip_grad_norm_`."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
