@@ -11,7 +11,7 @@ import math
 import torch
 
 
-def _gradient(param, grad, *, lr, weight_decay, decoupled_weight_decay, maximize, grad_scale):
+def _gradient(param, grad, *, lr, weight_decay, decoupled_weight_decay, maximize, grad_scale=None):
     """The gradient the moments see: unscaled, negated for maximize, plus L2 decay; decoupled decay is applied to
     the param here instead."""
     g = grad / grad_scale if grad_scale is not None else grad.clone()
@@ -81,73 +81,32 @@ def adabelief_step_reference(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s
 
 
 def _adaptive_step(
-    param,
-    grad,
-    exp_avg,
-    exp_avg_sq,
-    max_exp_avg_sq,
-    step,
-    *,
-    belief,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    weight_decay,
-    decoupled_weight_decay,
-    amsgrad,
-    maximize,
-    grad_scale=None,
+    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, belief, lr, beta1, beta2, eps, amsgrad, **options
 ) -> None:
-    g = _gradient(
-        param,
-        grad,
-        lr=lr,
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        maximize=maximize,
-        grad_scale=grad_scale,
+    _update_moments(
+        param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, belief_eps=eps if belief else None, **options
     )
-    exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
-    if belief:
-        exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * (g - exp_avg) ** 2 + eps)
-    else:
-        exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
     v = _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     param.sub_(lr * (exp_avg / bias_correction1) / ((v / bias_correction2).sqrt() + eps))
 
 
-def radam_step_reference(
-    param,
-    grad,
-    exp_avg,
-    exp_avg_sq,
-    step,
-    *,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    weight_decay,
-    decoupled_weight_decay,
-    maximize,
-    grad_scale=None,
-) -> None:
-    """RAdam (Liu et al. 2020) as torch.optim.RAdam: momentum SGD while the variance of the adaptive step is
-    intractable (rho_t <= 5), then the adaptive step times the rectification term."""
-    g = _gradient(
-        param,
-        grad,
-        lr=lr,
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        maximize=maximize,
-        grad_scale=grad_scale,
-    )
+def _update_moments(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, belief_eps=None, **gradient_options):
+    """m and v after this gradient; with `belief_eps`, AdaBelief's s = beta2 s + (1 - beta2)(g - m)^2 + eps."""
+    g = _gradient(param, grad, lr=lr, **gradient_options)
     exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
-    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
+    if belief_eps is None:
+        exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
+    else:
+        exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * (g - exp_avg) ** 2 + belief_eps)
+
+
+def radam_step_reference(param, grad, exp_avg, exp_avg_sq, step, *, lr, beta1, beta2, eps, **options) -> None:
+    """RAdam (Liu et al. 2020) as torch.optim.RAdam: momentum SGD while the variance of the adaptive step is
+    intractable (rho_t <= 5), then the adaptive step times the rectification term. `options`: weight_decay,
+    decoupled_weight_decay, maximize, grad_scale."""
+    _update_moments(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, **options)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     rho_inf = 2 / (1 - beta2) - 1
@@ -174,25 +133,13 @@ def adabound_step_reference(
     beta1,
     beta2,
     eps,
-    weight_decay,
-    decoupled_weight_decay,
     amsgrad,
-    maximize,
-    grad_scale=None,
+    **options,
 ) -> None:
     """AdaBound (Luo et al. 2019): Adam's per-element step clipped into [lower(t), upper(t)], bounds that close in
-    on final_lr * lr / base_lr at speed gamma. `amsgrad` is AMSBound."""
-    g = _gradient(
-        param,
-        grad,
-        lr=lr,
-        weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
-        maximize=maximize,
-        grad_scale=grad_scale,
-    )
-    exp_avg.copy_(beta1 * exp_avg + (1 - beta1) * g)
-    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * g * g)
+    on final_lr * lr / base_lr at speed gamma. `amsgrad` is AMSBound. `options`: weight_decay,
+    decoupled_weight_decay, maximize, grad_scale."""
+    _update_moments(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, **options)
     v = _second_moment(exp_avg_sq, max_exp_avg_sq, amsgrad)
     step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
     bound = final_lr * lr / base_lr
