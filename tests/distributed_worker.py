@@ -1,5 +1,14 @@
-"""Run by test_distributed.py: one rank of a 2-process gloo job training a small model with v0adam inside DDP or
-ZeroRedundancyOptimizer. Usage: python distributed_worker.py RANK WORLD STORE MODE BACKEND OUT"""
+"""Run by test_distributed.py: one rank of a gloo job using v0adam inside a training framework.
+Usage: python distributed_worker.py RANK WORLD STORE SCENARIO BACKEND OUT
+
+Scenarios (rank 0 saves a list of tensors to OUT):
+  ddp, ddp-bucket-view, zero, fsdp: train STEPS steps on this rank's share of each global batch; the params.
+  fsdp-dcp: train RESUME_AT steps under FSDP2, save model and optimizer with torch.distributed.checkpoint, load
+      them into a fresh model and optimizer, train the remaining steps there; the params.
+  fsdp-save, fsdp-resume: the two halves of fsdp-dcp as separate jobs (which may differ in world size).
+  random-v0-fsdp: random v0 under FSDP2 (uneven and empty shards); every param's whole exp_avg_sq.
+  data-v0-ddp, data-v0-fsdp: init_v0_from_data on this rank's share of the batches; every whole exp_avg_sq.
+"""
 
 import faulthandler
 import os
@@ -7,15 +16,27 @@ import sys
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import v0adam
 
-STEPS, GLOBAL_BATCH = 6, 16
+STEPS, RESUME_AT, GLOBAL_BATCH = 6, 3, 16
+TRAINING = dict(lr=1e-2, weight_decay=0.1, v0="zero")
+V0_SEED, DATA_SAMPLES = 7, 3 * GLOBAL_BATCH
 
 
 def model_and_data():
+    """A small model whose layers split unevenly over two ranks (12 rows: 6/6, 3 rows: 2/1) and its batches."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
     generator = torch.Generator().manual_seed(1)
@@ -26,26 +47,95 @@ def model_and_data():
     return model, batches
 
 
-def main(rank, world, store, mode, backend, out):
-    faulthandler.dump_traceback_later(60, exit=True)  # a hung rank reports where, instead of stalling the suite
+def random_v0_model():
+    """Shards that cut the PyTorch backend's draw chunks mid-way (500 x 300 rows: 250/250), a 2/1 split and an
+    empty shard (1 row over two ranks)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(300, 500), torch.nn.Linear(500, 3), torch.nn.Linear(3, 1))
+
+
+def loss_of(model, batch):
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+def local_batches(batches, rank, world):
+    share = GLOBAL_BATCH // world
+    return [(x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]) for x, y in batches]
+
+
+def shard(model):
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def whole(tensor):
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach()
+
+
+def train(model, opt, batches):
+    for batch in batches:
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+
+
+def run(scenario, backend, rank, world, checkpoint_dir):
+    model, batches = model_and_data()
+    batches = local_batches(batches, rank, world)
+    if scenario == "zero":
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=v0adam.V0AdamW, backend=backend, **TRAINING)
+        train(DistributedDataParallel(model), opt, batches)
+    elif scenario.startswith("ddp"):
+        wrapped = DistributedDataParallel(model, gradient_as_bucket_view=scenario == "ddp-bucket-view")
+        train(wrapped, v0adam.V0AdamW(model.parameters(), backend=backend, **TRAINING), batches)
+    elif scenario == "fsdp":
+        shard(model)
+        train(model, v0adam.V0AdamW(model.parameters(), backend=backend, **TRAINING), batches)
+    elif scenario in ("fsdp-dcp", "fsdp-save", "fsdp-resume"):
+        if scenario != "fsdp-resume":
+            shard(model)
+            opt = v0adam.V0AdamW(model.parameters(), backend=backend, **TRAINING)
+            train(model, opt, batches[:RESUME_AT])
+            saved = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+            dcp.save(saved, checkpoint_id=checkpoint_dir)
+            if scenario == "fsdp-save":
+                return []
+        model, _ = model_and_data()
+        shard(model)
+        opt = v0adam.V0AdamW(model.parameters(), backend=backend, lr=0.5, v0="random")  # overwritten by the load
+        loaded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+        dcp.load(loaded, checkpoint_id=checkpoint_dir)
+        set_model_state_dict(model, loaded["model"])
+        set_optimizer_state_dict(model, opt, loaded["optim"])
+        train(model, opt, batches[RESUME_AT:])
+    elif scenario == "random-v0-fsdp":
+        model = shard(random_v0_model())
+        opt = v0adam.V0AdamW(model.parameters(), v0="random", v0_seed=V0_SEED, backend=backend)
+        return [whole(opt.state[p]["exp_avg_sq"]) for p in model.parameters()]
+    elif scenario.startswith("data-v0"):
+        if scenario == "data-v0-fsdp":
+            wrapped = shard(model)
+        else:
+            wrapped = DistributedDataParallel(model)
+        opt = v0adam.V0AdamW(model.parameters(), v0="data", backend=backend)
+        seen = opt.init_v0_from_data(batches, lambda batch: loss_of(wrapped, batch), num_samples=DATA_SAMPLES)
+        assert seen == DATA_SAMPLES, seen
+        return [whole(opt.state[p]["exp_avg_sq"]) for p in model.parameters()]
+    else:
+        raise ValueError(f"unknown scenario {scenario}")
+    return [whole(p) for p in model.parameters()]
+
+
+def main(rank, world, store, scenario, backend, out):
+    faulthandler.dump_traceback_later(100, exit=True)  # a hung rank reports where, instead of stalling the suite
     rank, world = int(rank), int(world)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    model, batches = model_and_data()
-    options = dict(lr=1e-2, weight_decay=0.1, v0="zero", backend=backend)
-    if mode == "zero":
-        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=v0adam.V0AdamW, **options)
-        wrapped = DistributedDataParallel(model)
-    else:
-        wrapped = DistributedDataParallel(model, gradient_as_bucket_view=mode == "ddp-bucket-view")
-        opt = v0adam.V0AdamW(model.parameters(), **options)
-    share = GLOBAL_BATCH // world
-    for x, y in batches:
-        opt.zero_grad()
-        local = slice(rank * share, (rank + 1) * share)
-        torch.nn.functional.mse_loss(wrapped(x[local]), y[local]).backward()
-        opt.step()
+    result = run(scenario, backend, rank, world, os.path.join(os.path.dirname(out), "checkpoint"))
     if rank == 0:
-        torch.save([p.detach() for p in model.parameters()], out)
+        torch.save(result, out)
     dist.barrier()
     # Tearing down the process group, DDP's reducer or ZeRO (their destructors, when main returns) sometimes hangs
     # in a native gloo thread here, about one run in three, after the results were written: leave without it.

@@ -1,5 +1,7 @@
-"""Two processes on gloo (CPU): v0adam inside DDP (with and without gradient_as_bucket_view) and inside
-ZeroRedundancyOptimizer follows single-process torch.optim.AdamW on the global batch."""
+"""gloo jobs on CPU (see distributed_worker.py): v0adam inside DDP (with and without gradient_as_bucket_view),
+ZeroRedundancyOptimizer and FSDP2 follows single-process torch.optim.AdamW on the global batch, also across a
+torch.distributed.checkpoint save and load (also into another world size); random v0 does not depend on the
+world size; data v0 under DDP and FSDP2 is the single-process value on the global batches."""
 
 import os
 import subprocess
@@ -8,35 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BACKENDS
+from conftest import BACKENDS, DEVICE
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 sys.path.insert(0, str(WORKER.parent))
-from distributed_worker import model_and_data  # noqa: E402
+from distributed_worker import DATA_SAMPLES, TRAINING, loss_of, model_and_data  # noqa: E402
 
-WORLD = 2
-
-
-def single_process_reference():
-    model, batches = model_and_data()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
-    for x, y in batches:
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-    return [p.detach() for p in model.parameters()]
+import v0adam  # noqa: E402
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["ddp", "ddp-bucket-view", "zero"])
-def test_two_processes_follow_one(backend, mode, tmp_path):
-    out = tmp_path / "params.pt"
+def run_job(tmp_path, scenario, backend, world=2):
+    """Run `scenario` on `world` gloo processes; what rank 0 saved."""
+    out = tmp_path / f"{scenario}-{world}.pt"
     # gloo runs on CPU tensors: there the Triton backend needs the interpreter, GPU or not.
     environment = {**os.environ, "TRITON_INTERPRET": "1"} if backend == "triton" else dict(os.environ)
-    logs = [open(tmp_path / f"rank{rank}.log", "w") for rank in range(WORLD)]  # pipes could fill and deadlock
+    store = tmp_path / f"store-{scenario}-{world}"
+    logs = [open(tmp_path / f"{scenario}-{world}-rank{rank}.log", "w") for rank in range(world)]  # pipes could fill
     workers = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), str(WORLD), str(tmp_path / "store"), mode, backend, str(out)],
+            [sys.executable, str(WORKER), str(rank), str(world), str(store), scenario, backend, str(out)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,
@@ -44,8 +36,61 @@ def test_two_processes_follow_one(backend, mode, tmp_path):
         for rank, log in enumerate(logs)
     ]
     for rank, worker in enumerate(workers):
-        worker.wait(timeout=120)
+        worker.wait(timeout=180)
         logs[rank].close()
-        assert worker.returncode == 0, (tmp_path / f"rank{rank}.log").read_text()[-3000:]
-    for ours, expected in zip(torch.load(out, weights_only=True), single_process_reference()):
-        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+        assert worker.returncode == 0, Path(logs[rank].name).read_text()[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+def single_process_training():
+    model, batches = model_and_data()
+    opt = torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"], weight_decay=TRAINING["weight_decay"])
+    for batch in batches:
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+    return [p.detach() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scenario", ["ddp", "ddp-bucket-view", "zero", "fsdp", "fsdp-dcp"])
+def test_two_processes_follow_one(backend, scenario, tmp_path):
+    ours = run_job(tmp_path, scenario, backend)
+    expected = single_process_training()
+    assert len(ours) == len(expected)
+    for param, reference in zip(ours, expected):
+        torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checkpoint_resumes_at_another_world_size(backend, tmp_path):
+    """Saved by two ranks with torch.distributed.checkpoint, resumed by one: the states are resharded."""
+    run_job(tmp_path, "fsdp-save", backend)
+    ours = run_job(tmp_path, "fsdp-resume", backend, world=1)
+    for param, reference in zip(ours, single_process_training()):
+        torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_v0_does_not_depend_on_world_size(backend, tmp_path):
+    one, two = run_job(tmp_path, "random-v0-fsdp", backend, world=1), run_job(tmp_path, "random-v0-fsdp", backend)
+    assert [v.shape for v in one] == [torch.Size([500, 300]), (500,), (3, 500), (3,), (1, 3), (1,)]
+    for v0_one, v0_two in zip(one, two):
+        assert torch.equal(v0_one, v0_two)
+    assert all(bool((v0 > 0).all()) for v0 in one if v0.dim() == 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+def test_data_v0_is_the_single_process_value(backend, wrapper, tmp_path):
+    ours = run_job(tmp_path, f"data-v0-{wrapper}", backend)
+    model, batches = model_and_data()
+    model.to(DEVICE)
+    opt = v0adam.V0AdamW(model.parameters(), v0="data", backend=backend)
+    on_device = [tuple(t.to(DEVICE) for t in batch) for batch in batches]
+    seen = opt.init_v0_from_data(on_device, lambda batch: loss_of(model, batch), num_samples=DATA_SAMPLES)
+    assert seen == DATA_SAMPLES
+    for v0, param in zip(ours, model.parameters()):
+        expected = opt.state[param]["exp_avg_sq"].cpu()
+        assert bool((expected > 0).any())
+        torch.testing.assert_close(v0, expected, rtol=1e-5, atol=1e-12)

@@ -32,13 +32,18 @@ def test_invalid_hyperparameters(kwargs, message):
     assert torch.equal(params[0].detach(), before)
 
 
+class SubclassedTensor(torch.Tensor):
+    pass
+
+
 @pytest.mark.parametrize(
     "param, message",
     [
         (torch.zeros(3, dtype=torch.complex64), "complex parameters"),
         (torch.zeros(3, dtype=torch.int64), "floating-point parameters"),
+        (torch.zeros(3).as_subclass(SubclassedTensor), "plain tensors, nn.Parameter and DTensor"),
     ],
-    ids=["complex", "integer"],
+    ids=["complex", "integer", "subclass"],
 )
 def test_unsupported_parameters(param, message):
     with pytest.raises(ValueError, match=message):

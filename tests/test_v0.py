@@ -10,6 +10,8 @@ from helpers import clone_params, make_params, step_both
 from v0adam.kernels.v0_init import draw_random_v0_
 
 import v0adam
+from v0adam.sharding import is_one_run
+from v0adam.v0 import TORCH_DRAW_CHUNK, draw_random_
 
 
 def initial_v0(opt, params):
@@ -188,3 +190,33 @@ def test_data_v0_needs_a_data_group_and_no_step_yet():
     opt.step()
     with pytest.raises(RuntimeError, match="before the first step"):
         opt.init_v0_from_data([torch.ones(2, 3)], lambda batch: (params[0] @ batch.T).sum())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_shard_draws_what_the_whole_param_has_there(backend):
+    """The random v0 of a slice of a param (an FSDP2 shard) is that slice of the whole param's, on both backends:
+    the PyTorch backend's generator chunks are cut at the start, inside and at the end of a shard."""
+    shape = torch.Size((3 * TORCH_DRAW_CHUNK // 64, 64))
+    options = dict(sigma=100.0, seed=5, param_index=2, use_triton=backend == "triton")
+    whole = torch.empty(shape, device=DEVICE)
+    draw_random_(whole, shape, **options)
+    for start, stop in [(0, 100), (TORCH_DRAW_CHUNK - 10, TORCH_DRAW_CHUNK + 10), (70_000, shape.numel())]:
+        shard = torch.empty(stop - start, device=DEVICE)
+        draw_random_(shard, shape, element_offset=start, **options)
+        assert torch.equal(shard, whole.view(-1)[start:stop])
+
+
+@pytest.mark.parametrize(
+    "box, shape, expected",
+    [
+        ((2, 5), (3, 5), True),  # Shard(0)
+        ((3, 5), (3, 5), True),  # Replicate
+        ((0, 5), (1, 5), True),  # an empty shard
+        ((1, 2, 4), (3, 2, 4), True),
+        ((1, 1, 4), (3, 2, 4), True),  # one row of one plane
+        ((3, 2), (3, 5), False),  # Shard(1)
+        ((2, 1, 4), (3, 2, 4), False),
+    ],
+)
+def test_which_shards_are_one_run_of_the_param(box, shape, expected):
+    assert is_one_run(box, shape) == expected

@@ -9,12 +9,17 @@ Each step the bucket describes its work as *segments* (runs of elements sharing 
 counter). When everything is home, one segment covers a whole param group. A param or grad that lives elsewhere
 (grads set to None and re-created by autograd, DDP bucket views, user-assigned tensors) becomes a segment of its
 own, reached through its address: still one launch, no copy, unless the tensor is non-contiguous.
+
+DTensor params (FSDP2) form buckets of their own that are never re-homed: FSDP owns their storage and re-creates
+their grads each backward, so their local shards are always reached by address (see `v0adam.sharding`).
 """
 
 import operator
 from dataclasses import dataclass
 
 import torch
+
+from v0adam.sharding import is_dtensor, like_param, local
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -72,7 +77,8 @@ class FlatBucket:
     """Params of one device and dtype, re-homed into flat buffers, with their grads and states.
 
     `entries` is a list of (param, group index), in the order of the param groups; `backend` ("triton" or
-    "torch") is the backend that steps it.
+    "torch") is the backend that steps it. Either all or none of the params are DTensors; only plain params are
+    re-homed into the flat param and grad buffers.
     """
 
     def __init__(
@@ -90,14 +96,18 @@ class FlatBucket:
         self.segment_table = None  # the Triton backend's launch tables, cached between steps
         self.params = [param for param, _ in entries]
         self.groups = [group for _, group in entries]
+        self.rehomed = not any(map(is_dtensor, self.params))
+        self.local_shapes = [local(param).shape for param in self.params]
         self.offsets = []
         total = 0
-        for param in self.params:
+        for shape in self.local_shapes:
             self.offsets.append(total)
-            total += _padded(param.numel())
+            total += _padded(shape.numel())
         self.total = total
-        self.flat_param = torch.zeros(total, dtype=dtype, device=device)
-        self.flat_grad = torch.zeros(total, dtype=dtype, device=device)
+        self.flat_param = self.flat_grad = None
+        if self.rehomed:
+            self.flat_param = torch.zeros(total, dtype=dtype, device=device)
+            self.flat_grad = torch.zeros(total, dtype=dtype, device=device)
         self.state_dtype = precision.state_dtype_for(dtype)
         self.exp_avg = torch.zeros(total, dtype=self.state_dtype, device=device)
         self.exp_avg_sq = torch.zeros(total, dtype=self.state_dtype, device=device)
@@ -112,14 +122,19 @@ class FlatBucket:
         self.step_history = [0] * len(self.params)
         self._home_grads = [None] * len(self.params)  # the grad view objects handed to autograd
         self._home_work = None  # this step's work when everything is home, cached: the common case costs no scan
-        self._rehome()
+        if self.rehomed:
+            self._rehome()
+        elif self.master is not None:
+            for index, param in enumerate(self.params):
+                self.slot(self.master, index).copy_(local(param.detach()))
         self._home_param_addresses = [param.data_ptr() for param in self.params]
         self._home_grad_addresses = [None if grad is None else grad.data_ptr() for grad in self._home_grads]
         self._trainable = sum(grad is not None for grad in self._home_grads)
 
     def slot(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
         offset = self.offsets[index]
-        return buffer[offset : offset + self.params[index].numel()].view(self.params[index].shape)
+        shape = self.local_shapes[index]
+        return buffer[offset : offset + shape.numel()].view(shape)
 
     def _rehome(self) -> None:
         for index, param in enumerate(self.params):
@@ -139,27 +154,47 @@ class FlatBucket:
             self.max_exp_avg_sq = torch.zeros_like(self.exp_avg_sq)
 
     def state_views(self, index: int, amsgrad: bool) -> dict[str, torch.Tensor]:
-        """torch.optim.Adam's per-param state, as views into the flat buffers."""
-        state = {
-            "step": self.steps[index],
-            "exp_avg": self.slot(self.exp_avg, index),
-            "exp_avg_sq": self.slot(self.exp_avg_sq, index),
-        }
+        """torch.optim.Adam's per-param state, as views into the flat buffers (DTensors for a DTensor param)."""
+        buffers = {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
         if amsgrad:
             self.ensure_max_exp_avg_sq()
-            state["max_exp_avg_sq"] = self.slot(self.max_exp_avg_sq, index)
+            buffers["max_exp_avg_sq"] = self.max_exp_avg_sq
         if self.master is not None:
-            state["master_param"] = self.slot(self.master, index)
+            buffers["master_param"] = self.master
+        state = {"step": self.steps[index]}
+        for key, buffer in buffers.items():
+            state[key] = like_param(self.params[index], self.slot(buffer, index))
         return state
 
-    def zero_grad(self) -> None:
-        """One memset for the whole bucket; grads that were replaced or set to None get their views back."""
+    def zero_grad(self, set_to_none: bool) -> None:
+        """One memset for the whole bucket; grads that were replaced or set to None get their views back.
+        Grads of DTensor params belong to FSDP and are set to None or zeroed, as torch does."""
+        if not self.rehomed:
+            grads = [param.grad for param in self.params if param.grad is not None]
+            if set_to_none:
+                for param in self.params:
+                    param.grad = None
+            else:
+                torch._foreach_zero_(grads)
+            return
+        if torch.compiler.is_compiling() and self.grads_are_handed_out():
+            # Traced, the same memset through the grads: torch.compile (2.13) fails on a write to the flat buffer
+            # while the grads that view it are graph inputs. Padding between slots is never written, so stays 0.
+            torch._foreach_zero_([grad for grad in self._home_grads if grad is not None])
+            return
         self.flat_grad.zero_()
         if not self._grads_are_home():
             for param, grad in zip(self.params, self._home_grads):
                 param.grad = grad
 
+    def grads_are_handed_out(self) -> bool:
+        """Whether every param's grad is the view `zero_grad` hands out (None for params without one); checks
+        identities only, so torch.compile can trace it."""
+        return self.rehomed and all(map(operator.is_, [param.grad for param in self.params], self._home_grads))
+
     def _grads_are_home(self) -> bool:
+        if not self.rehomed:
+            return False
         grads = [param.grad for param in self.params]
         return (
             all(map(operator.is_, grads, self._home_grads))
@@ -172,7 +207,8 @@ class FlatBucket:
     def _is_home(self, index: int) -> bool:
         param, grad = self.params[index], self.params[index].grad
         return (
-            grad is self._home_grads[index]
+            self.rehomed
+            and grad is self._home_grads[index]
             and grad.data_ptr() == self._home_grad_addresses[index]
             and param.data_ptr() == self._home_param_addresses[index]
         )
@@ -220,16 +256,25 @@ class FlatBucket:
                         )
                     )
             else:
-                param_data = param.detach()
+                param_data = local(param.detach())
+                if not param_data.numel():
+                    previous_home = False
+                    continue  # an empty shard: its step counter advances, nothing else to do
                 if not param_data.is_contiguous():
                     contiguous = param_data.contiguous()
                     writebacks.append((param_data, contiguous))
                     param_data = contiguous
                 segments.append(
-                    Segment(param_data.view(-1), grad.contiguous().view(-1), offset, self.groups[index], index)
+                    Segment(param_data.view(-1), local(grad).contiguous().view(-1), offset, self.groups[index], index)
                 )
             previous_home = home
         return BucketWork(segments, stepped, writebacks)
+
+    def traced_work(self) -> BucketWork:
+        """The work of a traced step: every trainable param, each its own segment. No address is read (the
+        caller vouches that everything is home, see `grads_are_handed_out`); the launch builds its tables."""
+        stepped = [index for index, grad in enumerate(self._home_grads) if grad is not None]
+        return BucketWork([], stepped, [])
 
     def _check(self, index: int, grad: torch.Tensor) -> None:
         param = self.params[index]

@@ -5,9 +5,14 @@ The sums of g and g^2 accumulate in the optimizer's own exp_avg and exp_avg_sq b
 bucket and batch on the Triton backend), so the pass needs no parameter-sized memory of its own. The variance is
 the population variance of the K mini-batch gradients; a param that got no gradient (None) in some batches is
 averaged over the batches where it had one.
+
+Under DDP or FSDP2 every rank's gradient is already the average over the global batch, so B and the sample count
+are global: each rank adds the batch sizes of all ranks (one small collective per batch), and every rank ends with
+the v0 that one process would compute on the same global batches.
 """
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from v0adam import triton_backend, v0
@@ -26,7 +31,16 @@ def batch_size(batch) -> int:
     return batch.shape[0]
 
 
-def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, model) -> int:
+def global_batch_size(size: int, process_group) -> int:
+    """The sum of `size` over the ranks of `process_group` (None: the default group, when there is one)."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(process_group) == 1:
+        return size
+    sizes = [None] * dist.get_world_size(process_group)
+    dist.all_gather_object(sizes, size, group=process_group)
+    return sum(sizes)
+
+
+def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, model, process_group=None) -> int:
     data_groups = {index for index, group in enumerate(optimizer.param_groups) if group["v0"] == v0.DATA}
     if not data_groups:
         raise ValueError("init_v0_from_data needs at least one param group with v0='data'")
@@ -50,7 +64,7 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
                     loss_fn(batch).backward()
                 for bucket in optimizer._buckets:
                     _accumulate(bucket, tables[bucket], data_groups, counts[bucket], *sums[bucket])
-                size = batch_size(batch)
+                size = global_batch_size(batch_size(batch), process_group)
                 seen += size
                 batches_seen += 1
                 progress.update(size)
@@ -68,12 +82,11 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
         for index in _data_params(bucket, data_groups):
             group = optimizer.param_groups[bucket.groups[index]]
             sigma = v0.resolve_scale(v0.DATA, group["v0_scale"] if scale is None else scale)
-            state = optimizer.state[bucket.params[index]]
             grad_sum, grad_sum_sq = (bucket.slot(buffer, index) for buffer in sums[bucket])
             _finalise_(grad_sum, grad_sum_sq, counts[bucket][index], mean_batch_size, sigma)
-            if grad_sum_sq.data_ptr() != state["exp_avg_sq"].data_ptr():
-                state["exp_avg_sq"].copy_(grad_sum_sq)
-                state["exp_avg"].zero_()
+            if sums[bucket][1] is not bucket.exp_avg_sq:  # bfloat16 states: the sums were float32 temporaries
+                bucket.slot(bucket.exp_avg_sq, index).copy_(grad_sum_sq)
+                bucket.slot(bucket.exp_avg, index).zero_()
     return seen
 
 

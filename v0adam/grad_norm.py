@@ -8,7 +8,7 @@ is read back to the host: the result is a 0-d float32 tensor on the first bucket
 import torch
 
 from v0adam import triton_backend
-from v0adam.kernels.grad_norm import FUSED_NORM_TYPES, grad_norm_partials, reduce_partials
+from v0adam.kernels.grad_norm import FUSED_NORM_TYPES, reduce_partials
 
 
 def global_grad_norm(works, norm_type: float) -> torch.Tensor:
@@ -17,14 +17,7 @@ def global_grad_norm(works, norm_type: float) -> torch.Tensor:
     powered = []  # per bucket: sum of |g|^p, or max |g| for inf
     for bucket, work in works:
         if bucket.backend == "triton" and norm_type in FUSED_NORM_TYPES:
-            bucket.segment_table.update(work.segments)
-            partials = grad_norm_partials(
-                bucket.segment_table.segments,
-                bucket.segment_table.block_segment,
-                param_dtype=bucket.dtype,
-                norm_type=norm_type,
-                block=triton_backend.BLOCK,
-            )
+            partials = triton_backend.grad_norm_partials_of(bucket, work, norm_type)
             powered.append(reduce_partials(partials, norm_type))
         else:
             norms = [torch.linalg.vector_norm(s.grad, norm_type, dtype=torch.float32) for s in work.segments]

@@ -8,13 +8,22 @@ from itertools import chain
 import torch
 from torch.optim import Optimizer
 
-from v0adam import data_v0, grad_norm, torch_backend, triton_backend
+from v0adam import data_v0, grad_norm, sharding, torch_backend, triton_backend
 from v0adam import v0 as v0_modes
-from v0adam.buckets import FlatBucket, Precision
+from v0adam.buckets import BucketWork, FlatBucket, Precision
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
+from v0adam.sharding import is_dtensor, local, local_part
 
 BACKENDS = ("auto", "triton", "torch")
-_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+@torch.compiler.disable
+def _eagerly(function, *args):
+    """function(*args) as without torch.compile: a graph break when traced (an error under fullgraph=True)."""
+    return function(*args)
+
+
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
 
 
 def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
@@ -48,8 +57,8 @@ def _check_param(param: torch.Tensor) -> None:
         raise ValueError(f"V0Adam can only optimize floating-point parameters, got {param.dtype}")
     if param.is_sparse:
         raise ValueError("V0Adam does not support sparse parameters")
-    if type(param) not in (torch.Tensor, torch.nn.Parameter):
-        raise ValueError(f"V0Adam supports plain tensors and nn.Parameter, got {type(param).__name__}")
+    if type(param) not in (torch.Tensor, torch.nn.Parameter) and not is_dtensor(param):
+        raise ValueError(f"V0Adam supports plain tensors, nn.Parameter and DTensor, got {type(param).__name__}")
 
 
 class V0Adam(Optimizer):
@@ -202,9 +211,9 @@ class V0Adam(Optimizer):
                 if param in param_indices:
                     continue  # torch warned about the duplicate; step it once
                 param_indices[param] = len(param_indices)
-                entries.setdefault((param.device, param.dtype), []).append((param, group_index))
+                entries.setdefault((param.device, param.dtype, is_dtensor(param)), []).append((param, group_index))
         buckets = []
-        for (device, dtype), bucket_entries in entries.items():
+        for (device, dtype, _), bucket_entries in entries.items():
             if self.precision.stochastic_rounding and dtype == torch.float16:
                 raise ValueError("stochastic_rounding supports bfloat16 params; use master_weights=True for float16")
             bucket = FlatBucket(bucket_entries, device, dtype, self._backend_for(device, dtype), self.precision)
@@ -225,22 +234,40 @@ class V0Adam(Optimizer):
             buckets.append(bucket)
         self._buckets = buckets
         self._param_indices = param_indices
-        self._hyper_tables = {}
+        # Device tables built now, not at the first step: a first step traced by torch.compile finds them and
+        # later steps do not recompile.
+        self._hyper_tables = {
+            bucket.device: triton_backend.HyperTable(bucket.device) for bucket in buckets if bucket.backend == "triton"
+        }
+        for table in self._hyper_tables.values():
+            table.update(self.param_groups)
+        for bucket in buckets:
+            if bucket.backend == "triton" and self.precision.stochastic_for(bucket.dtype):
+                self._device_seed(self.param_groups[0]["rounding_seed"], bucket.device)
         self._amsgrad_flags = [group["amsgrad"] for group in self.param_groups]
 
-    def init_v0_from_data(self, batches, loss_fn, *, num_samples: int = 5000, scale=None, model=None) -> int:
+    def init_v0_from_data(
+        self, batches, loss_fn, *, num_samples: int = 5000, scale=None, model=None, process_group=None
+    ) -> int:
         """Paper eq. 10 for the param groups with v0="data": v0 = scale * (mean(g)^2 + B * var(g)) over mini-batch
         gradients g, B the batch size. Runs forward/backward on `batches` until `num_samples` samples were seen;
-        returns how many were. See `v0adam.data_v0`."""
-        seen = data_v0.init_v0_from_data(self, batches, loss_fn, num_samples=num_samples, scale=scale, model=model)
+        returns how many were. See `v0adam.data_v0`.
+
+        In a distributed job (DDP, FSDP2, ZeRO) every rank calls it on its own batches; B and the samples are counted
+        over `process_group` (default: the default group), whose ranks' gradients the wrapper averages.
+        """
+        seen = data_v0.init_v0_from_data(
+            self, batches, loss_fn, num_samples=num_samples, scale=scale, model=model, process_group=process_group
+        )
         self._awaiting_data_v0 = False
         return seen
 
     def _initialise_v0(self, bucket, param, exp_avg_sq, group_index: int, param_index: int) -> None:
         """exp_avg_sq of a param with no state yet starts at its group's v0 ("data" waits for its data pass)."""
         group = self.param_groups[group_index]
+        exp_avg_sq = local(exp_avg_sq)
         if param in self._pending_v0:
-            exp_avg_sq.copy_(self._pending_v0.pop(param))
+            exp_avg_sq.copy_(local_part(param, self._pending_v0.pop(param)))
         elif group["v0"] == v0_modes.RANDOM:
             v0_modes.draw_random_(
                 exp_avg_sq,
@@ -248,6 +275,7 @@ class V0Adam(Optimizer):
                 sigma=v0_modes.resolve_scale(v0_modes.RANDOM, group["v0_scale"]),
                 seed=group["v0_seed"],
                 param_index=param_index,
+                element_offset=sharding.global_element_offset(param),
                 use_triton=bucket.backend == "triton",
             )
         else:
@@ -255,18 +283,40 @@ class V0Adam(Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero every grad with one memset per bucket. Grads stay allocated as views of the flat grad buffer
-        whatever `set_to_none` says: autograd then accumulates into them and the next step needs no copy."""
+        whatever `set_to_none` says: autograd then accumulates into them and the next step needs no copy.
+        Grads of DTensor params (FSDP2 creates them) follow `set_to_none` as in torch."""
         for bucket in self._buckets:
-            bucket.zero_grad()
+            bucket.zero_grad(set_to_none)
 
     @torch.no_grad()
     def step(self, closure=None):
         """One optimizer step: one fused launch per (device, dtype) bucket on the Triton backend, nothing read back
-        to the host. Consumes a GradScaler's `grad_scale`/`found_inf` and a pending `clip_grad_norm_`."""
+        to the host. Consumes a GradScaler's `grad_scale`/`found_inf` and a pending `clip_grad_norm_`.
+
+        torch.compile traces it whole (custom ops around the launches; a tensor lr changes without a recompile)
+        when every bucket is on the Triton backend and every grad is the view this optimizer handed out, as after
+        `zero_grad()` and autograd. Otherwise the step runs eagerly: a graph break, an error under fullgraph=True.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling() and not self._traceable():
+            _eagerly(self._step)
+        else:
+            self._step()
+        return loss
+
+    def _traceable(self) -> bool:
+        return all(bucket.backend == "triton" and bucket.grads_are_handed_out() for bucket in self._buckets)
+
+    def _works(self) -> list[tuple[FlatBucket, BucketWork]]:
+        """This step's work per bucket; while torch.compile traces, the all-home work that `_traceable` vouched for."""
+        if torch.compiler.is_compiling():
+            return [(bucket, bucket.traced_work()) for bucket in self._buckets]
+        return [(bucket, bucket.collect_work()) for bucket in self._buckets]
+
+    def _step(self) -> None:
         if self._awaiting_data_v0:
             raise RuntimeError(
                 "v0='data' needs opt.init_v0_from_data(batches, loss_fn) before the first step(); see its docstring"
@@ -278,7 +328,7 @@ class V0Adam(Optimizer):
         if amsgrad_flags != self._amsgrad_flags:  # amsgrad switched on after construction
             self._add_max_exp_avg_sq_states()
             self._amsgrad_flags = amsgrad_flags
-        works = [(bucket, bucket.collect_work()) for bucket in self._buckets]
+        works = self._works()
         found_inf = self._found_nonfinite(works, found_inf)
         grad_scale = self._grad_divisor(grad_scale)
         self._step_calls += 1
@@ -304,8 +354,9 @@ class V0Adam(Optimizer):
                 )
             for original, contiguous in work.writebacks:
                 original.copy_(contiguous)
-            bucket.record_step(work.stepped, self._step_calls)
-        return loss
+            if not torch.compiler.is_compiling():
+                # A traced step steps every trainable param: histories keep their (in)equalities without it.
+                bucket.record_step(work.stepped, self._step_calls)
 
     @torch.no_grad()
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
@@ -316,7 +367,9 @@ class V0Adam(Optimizer):
         gradient by it as it reads it: the grads themselves are not rewritten. Returns the norm as a 0-d tensor,
         without reading it on the host. With a GradScaler, call `scaler.unscale_(opt)` first, as with torch.
         """
-        norm = grad_norm.global_grad_norm([(b, b.collect_work()) for b in self._buckets], norm_type)
+        if torch.compiler.is_compiling() and not self._traceable():
+            return _eagerly(self.clip_grad_norm_, max_norm, norm_type)
+        norm = grad_norm.global_grad_norm(self._works(), norm_type)
         self._clip_coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         self._clip_norm = norm
         return norm
@@ -352,10 +405,7 @@ class V0Adam(Optimizer):
         return self._seed_tensors[key]
 
     def _hyper_table(self, device: torch.device) -> torch.Tensor:
-        table = self._hyper_tables.get(device)
-        if table is None:
-            table = self._hyper_tables[device] = triton_backend.HyperTable(device)
-        return table.update(self.param_groups)
+        return self._hyper_tables[device].update(self.param_groups)
 
     def _advance_steps(self, bucket, stepped: list[int], found_inf) -> None:
         """steps += 1 for the params stepped now, unless found_inf; never read on the host."""
@@ -408,6 +458,11 @@ class V0Adam(Optimizer):
                     )
             if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
                 raise ValueError("loaded state 'step' must be a single number")
+            # This rank's part of each value (a DTensor param's shard), taken now: a layout mismatch raises here.
+            saved_state[param] = {
+                key: local_part(param, torch.as_tensor(value)) if key in _STATE_KEYS else value
+                for key, value in values.items()
+            }
 
         new_groups = []
         for group, saved in zip(self.param_groups, saved_groups):
@@ -424,11 +479,11 @@ class V0Adam(Optimizer):
                 values = saved_state.get(param, {})
                 for key, view in state.items():
                     if key in values:
-                        view.copy_(torch.as_tensor(values[key]))
+                        local(view).copy_(torch.as_tensor(values[key]))
                     else:
-                        view.zero_()
+                        local(view).zero_()
                 if "master_param" in state and "master_param" not in values:  # a checkpoint without masters
-                    state["master_param"].copy_(param.detach())
+                    local(state["master_param"]).copy_(local(param.detach()))
                 if "exp_avg_sq" not in values:  # torch creates state at a param's first step: this one starts fresh
                     group_index = bucket.groups[index]
                     self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, self._param_indices[param])

@@ -66,14 +66,27 @@ def xavier_fans(shape: torch.Size) -> tuple[int, int]:
     return shape[1] * receptive_field, shape[0] * receptive_field
 
 
-def draw_random_(
-    exp_avg_sq: torch.Tensor, shape: torch.Size, *, sigma: float, seed: int, param_index: int, use_triton: bool
-) -> None:
-    """Write eq. 11's random v0 for a param of `shape` into its exp_avg_sq slice (contiguous, 1-D or shaped).
+# The PyTorch backend draws each run of this many elements of a param from a generator of its own.
+TORCH_DRAW_CHUNK = 1 << 16
 
-    The draw depends only on (seed, param_index, element index). The Triton kernel uses a counter-based Philox
-    stream; the PyTorch backend a torch.Generator seeded from (seed, param_index). The two backends give
-    different (each reproducible) draws with the same distribution.
+
+def draw_random_(
+    exp_avg_sq: torch.Tensor,
+    shape: torch.Size,
+    *,
+    sigma: float,
+    seed: int,
+    param_index: int,
+    element_offset: int = 0,
+    use_triton: bool,
+) -> None:
+    """Write eq. 11's random v0 for a param of `shape` into its exp_avg_sq slice (contiguous, 1-D or shaped):
+    the elements from `element_offset` on (in the param's row-major order; non-zero for a shard).
+
+    The draw for an element depends only on (seed, param_index, element index), so a shard gets the values the
+    whole param would have there. The Triton kernel uses a counter-based Philox stream; the PyTorch backend a
+    torch.Generator per (seed, param_index, run of TORCH_DRAW_CHUNK elements). The two backends give different
+    (each reproducible) draws with the same distribution.
     """
     if len(shape) < 2:
         exp_avg_sq.zero_()
@@ -83,9 +96,21 @@ def draw_random_(
     # Drawn in float32; bfloat16 states get it rounded once (through a temporary, at initialisation only).
     target = exp_avg_sq if exp_avg_sq.dtype == torch.float32 else torch.empty_like(exp_avg_sq, dtype=torch.float32)
     if use_triton:
-        draw_random_v0_(target.view(-1), scale, seed, param_index)
+        draw_random_v0_(target.view(-1), scale, seed, param_index, element_offset)
     else:
-        generator = torch.Generator(device=exp_avg_sq.device).manual_seed(hash((seed, param_index)) % 2**63)
-        target.normal_(generator=generator).square_().mul_(scale)
+        _draw_chunked_(target.view(-1), seed, param_index, element_offset)
+        target.square_().mul_(scale)
     if target is not exp_avg_sq:
         exp_avg_sq.copy_(target)
+
+
+def _draw_chunked_(out: torch.Tensor, seed: int, param_index: int, element_offset: int) -> None:
+    """out <- N(0, 1) draws for elements [element_offset, element_offset + out.numel()) of a param; each chunk is
+    drawn whole, so a value does not depend on where the range starts or ends."""
+    end = element_offset + out.numel()
+    for chunk in range(element_offset // TORCH_DRAW_CHUNK, -(-end // TORCH_DRAW_CHUNK)):
+        chunk_start = chunk * TORCH_DRAW_CHUNK
+        generator = torch.Generator(device=out.device).manual_seed(hash((seed, param_index, chunk)) % 2**63)
+        draw = torch.randn(TORCH_DRAW_CHUNK, generator=generator, device=out.device)
+        start, stop = max(chunk_start, element_offset), min(chunk_start + TORCH_DRAW_CHUNK, end)
+        out[start - element_offset : stop - element_offset] = draw[start - chunk_start : stop - chunk_start]

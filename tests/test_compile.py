@@ -1,0 +1,135 @@
+"""torch.compile: a training step (forward, backward, clipping, step, zero_grad) compiled with fullgraph=True
+follows the same step run eagerly and compiles once while a tensor lr follows a schedule; a step that cannot be
+traced runs eagerly behind a graph break. Inductor on CUDA; on CPU aot_eager (the kernels run in the
+interpreter)."""
+
+import pytest
+import torch
+from conftest import DEVICE
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import v0adam
+
+COMPILER = "inductor" if DEVICE == "cuda" else "aot_eager"
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def trace_backward():
+    """Let dynamo trace loss.backward() inside the compiled function (torch >= 2.12)."""
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        pytest.skip("this torch cannot trace backward() inside a compiled function")
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        yield
+
+
+def build_model(dtype=torch.float32):
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)]
+    return torch.nn.Sequential(*layers).to(device=DEVICE, dtype=dtype)
+
+
+def batch(step, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(step)
+    x, y = torch.randn(8, 6, generator=generator), torch.randn(8, 3, generator=generator)
+    return x.to(DEVICE, dtype), y.to(DEVICE, dtype)
+
+
+def train_step(model, opt, x, y):
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    opt.clip_grad_norm_(0.5)
+    opt.step()
+    opt.zero_grad()
+    return loss.detach()
+
+
+def assert_same_training(model, opt, reference_model, reference_opt, rtol, atol):
+    for param, reference in zip(model.parameters(), reference_model.parameters()):
+        torch.testing.assert_close(param, reference, rtol=rtol, atol=atol)
+        for key, value in reference_opt.state[reference].items():
+            torch.testing.assert_close(opt.state[param][key], value, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize(
+    "precision",
+    [
+        dict(dtype=torch.float32, amsgrad=True, skip_nonfinite=True),
+        dict(dtype=torch.bfloat16, master_weights=True),
+        dict(dtype=torch.bfloat16, stochastic_rounding=True),
+    ],
+    ids=["fp32-amsgrad-guard", "bf16-master", "bf16-stochastic"],
+)
+def test_compiled_training_step_follows_eager(trace_backward, precision):
+    dtype = precision.pop("dtype")
+    models = build_model(dtype), build_model(dtype)
+    opts = [
+        v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0_seed=3, backend="triton", **precision)
+        for model in models
+    ]
+    if "rounding_seed" in opts[0].param_groups[0]:
+        opts[1].param_groups[0]["rounding_seed"] = opts[0].param_groups[0]["rounding_seed"]
+    counter = CompileCounterWithBackend(COMPILER)
+    compiled_step = torch.compile(train_step, fullgraph=True, backend=counter)
+    for step in range(4):
+        x, y = batch(step, dtype)
+        loss = compiled_step(models[0], opts[0], x, y)
+        torch.testing.assert_close(loss, train_step(models[1], opts[1], x, y))
+        for opt in opts:
+            opt.param_groups[0]["lr"].fill_(1e-2 * 0.7 ** (step + 1))
+    assert counter.frame_count == 1, "a new lr (a tensor) must not recompile"
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    assert_same_training(models[0], opts[0], models[1], opts[1], **tolerance)
+
+
+def test_compiled_step_follows_torch_adamw(trace_backward):
+    models = build_model(), build_model()
+    opt = v0adam.V0AdamW(models[0].parameters(), lr=torch.tensor(1e-2), v0="zero", backend="triton")
+    reference = torch.optim.AdamW(models[1].parameters(), lr=1e-2, foreach=False)
+    compiled_step = torch.compile(train_step, fullgraph=True, backend=COMPILER)
+
+    def reference_step(x, y):
+        torch.nn.functional.mse_loss(models[1](x), y).backward()
+        torch.nn.utils.clip_grad_norm_(models[1].parameters(), 0.5)
+        reference.step()
+        reference.zero_grad()
+
+    for step in range(4):
+        x, y = batch(step)
+        compiled_step(models[0], opt, x, y)
+        reference_step(x, y)
+    assert_same_training(models[0], opt, models[1], reference, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_step_alone():
+    """Only opt.step() compiled (any torch version): same as eager."""
+    models = build_model(), build_model()
+    opts = [v0adam.V0Adam(model.parameters(), lr=torch.tensor(1e-2), v0_seed=1, backend="triton") for model in models]
+    counter = CompileCounterWithBackend(COMPILER)
+    compiled = torch.compile(lambda opt: opt.step(), fullgraph=True, backend=counter)
+    for step in range(3):
+        for model, opt, run in zip(models, opts, (compiled, lambda opt: opt.step())):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(batch(step)[0]), batch(step)[1]).backward()
+            run(opt)
+    assert counter.frame_count == 1
+    assert_same_training(models[0], opts[0], models[1], opts[1], rtol=1e-5, atol=1e-6)
+
+
+def test_an_untraceable_step_runs_eagerly():
+    """The PyTorch backend is not traced: a graph break (an error under fullgraph=True), and the right result."""
+    models = build_model(), build_model()
+    opts = [v0adam.V0AdamW(model.parameters(), v0_seed=1, backend="torch") for model in models]
+    step = torch.compile(lambda opt: opt.step(), backend=COMPILER)
+    for model, opt, run in zip(models, opts, (step, lambda opt: opt.step())):
+        torch.nn.functional.mse_loss(model(batch(0)[0]), batch(0)[1]).backward()
+        run(opt)
+    assert_same_training(models[0], opts[0], models[1], opts[1], rtol=0, atol=0)
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        torch.compile(lambda opt: opt.step(), fullgraph=True, backend=COMPILER)(opts[0])

@@ -1,0 +1,84 @@
+"""DTensor params (FSDP2's `fully_shard`, tensor parallelism): the optimizer steps each rank's local shard.
+
+A DTensor param is never re-homed, its storage belongs to FSDP; its local shard is stepped through its address
+like any param that lives outside the flat buffers, and its states are local slots of the flat state buffers,
+shown to users (and to torch.distributed.checkpoint) as DTensors with the param's layout.
+"""
+
+import math
+
+import torch
+
+try:
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # a torch build without torch.distributed
+    DTensor = None
+
+
+def is_dtensor(tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of `tensor`: the local shard of a DTensor, else the tensor itself."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def like_param(param: torch.Tensor, local_view: torch.Tensor) -> torch.Tensor:
+    """`local_view` (this rank's values) shown with the layout of `param`: a DTensor sharing its storage when the
+    param is one, else the view itself."""
+    if not is_dtensor(param):
+        return local_view
+    return DTensor.from_local(
+        local_view, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+    )
+
+
+def _local_box(param: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(local shape, global offset of its first element along each dim) of a DTensor param."""
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return tuple(shape), tuple(offset)
+
+
+def is_one_run(box: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a box of extents `box`, cut from a tensor of `shape`, is one run of its row-major flattening: the
+    dims after the last cut dim are whole and those before it hold one index each (or the box is empty)."""
+    cut = [dim for dim, (size, full) in enumerate(zip(box, shape)) if size != full]
+    return not cut or math.prod(box) == 0 or math.prod(box[: cut[-1]]) == 1
+
+
+def global_element_offset(param: torch.Tensor) -> int:
+    """Index, in the row-major flattening of the whole param, of this rank's first element.
+
+    Defined when the local shard is one contiguous run of that flattening (FSDP2's default Shard(0), replicas);
+    raises ValueError otherwise, e.g. for a Shard(1) layout.
+    """
+    if not is_dtensor(param):
+        return 0
+    if not all(isinstance(p, (Shard, Replicate)) for p in param.placements):
+        raise ValueError(f"unsupported DTensor placements {param.placements}")
+    shape, offset = _local_box(param)
+    if not is_one_run(shape, tuple(param.shape)):
+        raise ValueError(
+            f"the local shard of a DTensor param with placements {param.placements} is not a contiguous part of the "
+            "param; random v0 needs shards along dim 0 (FSDP2's default)"
+        )
+    return sum(o * math.prod(param.shape[d + 1 :]) for d, o in enumerate(offset))
+
+
+def local_part(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a value shaped like `param`: the local shard of a DTensor value (checked to have the
+    param's layout), the matching slice of a whole plain tensor."""
+    if not is_dtensor(param):
+        return local(value)
+    if is_dtensor(value):
+        if value.placements != param.placements or value.device_mesh != param.device_mesh:
+            raise ValueError(
+                f"a DTensor with placements {value.placements} cannot be loaded into a param sharded as "
+                f"{param.placements}"
+            )
+        return value.to_local()
+    shape, offset = _local_box(param)
+    index = tuple(slice(o, o + s) for o, s in zip(offset, shape))
+    return value[index]
