@@ -31,7 +31,9 @@ export PYTHONUNBUFFERED=1
   python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warning
   python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)"
   echo "== tests (native CUDA)"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -25
+  # The gloo jobs of test_distributed.py run on CPU tensors on any machine, and CI runs them: left out here.
+  # In: torch.compile with inductor and CUDA graphs (test_compile.py, test_cuda_graphs.py), GPU-only.
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_distributed.py -rs 2>&1 | tail -30
   echo "== one step past 2^31 elements"
   timeout 120 python3 -m bench.huge_step
   if [ "$tune" = 1 ]; then

@@ -2,7 +2,9 @@
 Usage: python distributed_worker.py RANK WORLD STORE SCENARIO BACKEND OUT
 
 Scenarios (rank 0 saves a list of tensors to OUT):
-  ddp, ddp-bucket-view, zero, fsdp: train STEPS steps on this rank's share of each global batch; the params.
+  ddp, ddp-bucket-view, zero, fsdp: train STEPS steps on this rank's share of each global batch, clipping the
+      gradients to MAX_NORM (with the non-finite guard on under FSDP2: both need the norm over all shards); the
+      params.
   fsdp-dcp: train RESUME_AT steps under FSDP2, save model and optimizer with torch.distributed.checkpoint, load
       them into a fresh model and optimizer, train the remaining steps there; the params.
   fsdp-save, fsdp-resume: the two halves of fsdp-dcp as separate jobs (which may differ in world size).
@@ -31,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 import v0adam
 
 STEPS, RESUME_AT, GLOBAL_BATCH = 6, 3, 16
+MAX_NORM = 0.3  # gradients are clipped to it (their norms are about 0.8 to 1 here)
 TRAINING = dict(lr=1e-2, weight_decay=0.1, v0="zero")
 V0_SEED, DATA_SAMPLES = 7, 3 * GLOBAL_BATCH
 
@@ -79,6 +82,10 @@ def train(model, opt, batches):
     for batch in batches:
         opt.zero_grad()
         loss_of(model, batch).backward()
+        if isinstance(opt, ZeroRedundancyOptimizer):  # its local optimizer sees this rank's params only
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+        else:
+            opt.clip_grad_norm_(MAX_NORM)
         opt.step()
 
 
@@ -93,7 +100,7 @@ def run(scenario, backend, rank, world, checkpoint_dir):
         train(wrapped, v0adam.V0AdamW(model.parameters(), backend=backend, **TRAINING), batches)
     elif scenario == "fsdp":
         shard(model)
-        train(model, v0adam.V0AdamW(model.parameters(), backend=backend, **TRAINING), batches)
+        train(model, v0adam.V0AdamW(model.parameters(), backend=backend, skip_nonfinite=True, **TRAINING), batches)
     elif scenario in ("fsdp-dcp", "fsdp-save", "fsdp-resume"):
         if scenario != "fsdp-resume":
             shard(model)

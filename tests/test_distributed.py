@@ -1,5 +1,6 @@
 """gloo jobs on CPU (see distributed_worker.py): v0adam inside DDP (with and without gradient_as_bucket_view),
-ZeroRedundancyOptimizer and FSDP2 follows single-process torch.optim.AdamW on the global batch, also across a
+ZeroRedundancyOptimizer and FSDP2 follows single-process torch.optim.AdamW on the global batch, clipped gradients
+included, also across a
 torch.distributed.checkpoint save and load (also into another world size); random v0 does not depend on the
 world size; data v0 under DDP and FSDP2 is the single-process value on the global batches."""
 
@@ -14,7 +15,7 @@ from conftest import BACKENDS, DEVICE
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 sys.path.insert(0, str(WORKER.parent))
-from distributed_worker import DATA_SAMPLES, TRAINING, loss_of, model_and_data  # noqa: E402
+from distributed_worker import DATA_SAMPLES, MAX_NORM, TRAINING, loss_of, model_and_data  # noqa: E402
 
 import v0adam  # noqa: E402
 
@@ -48,6 +49,7 @@ def single_process_training():
     for batch in batches:
         opt.zero_grad()
         loss_of(model, batch).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
         opt.step()
     return [p.detach() for p in model.parameters()]
 

@@ -1,4 +1,5 @@
-"""The global gradient norm over an optimizer's grads, for `clip_grad_norm_` and the non-finite guard.
+"""The global gradient norm over an optimizer's grads, for `clip_grad_norm_` and the non-finite guard; over the
+whole params, on every rank, when they are DTensor shards.
 
 On the Triton backend one launch per bucket writes per-block partial norms (norm types 1, 2 and inf) that a torch
 reduction adds up; other norm types, and the PyTorch backend, use torch.linalg.vector_norm per segment. Nothing
@@ -9,6 +10,7 @@ import torch
 
 from v0adam import triton_backend
 from v0adam.kernels.grad_norm import FUSED_NORM_TYPES, reduce_partials
+from v0adam.sharding import reduce_over_shards_
 
 
 def global_grad_norm(works, norm_type: float) -> torch.Tensor:
@@ -22,6 +24,9 @@ def global_grad_norm(works, norm_type: float) -> torch.Tensor:
         else:
             norms = [torch.linalg.vector_norm(s.grad, norm_type, dtype=torch.float32) for s in work.segments]
             powered.append(_combine([n if norm_type == float("inf") else n**norm_type for n in norms], norm_type))
+        if not bucket.rehomed:  # DTensor shards: every rank adds the other ranks' part
+            powered[-1] = powered[-1].to(bucket.device)
+            reduce_over_shards_(powered[-1], bucket.params[0], norm_type)
     device = works[0][0].device if works else torch.device("cpu")
     total = _combine([value.to(device) for value in powered], norm_type)
     return total if norm_type in (1.0, float("inf")) else total ** (1.0 / norm_type)

@@ -211,7 +211,8 @@ class V0Adam(Optimizer):
                 if param in param_indices:
                     continue  # torch warned about the duplicate; step it once
                 param_indices[param] = len(param_indices)
-                entries.setdefault((param.device, param.dtype, is_dtensor(param)), []).append((param, group_index))
+                key = (param.device, param.dtype, sharding.layout_of(param))
+                entries.setdefault(key, []).append((param, group_index))
         buckets = []
         for (device, dtype, _), bucket_entries in entries.items():
             if self.precision.stochastic_rounding and dtype == torch.float16:
