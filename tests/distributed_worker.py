@@ -8,6 +8,8 @@ Scenarios (rank 0 saves a list of tensors to OUT):
   fsdp-dcp: train RESUME_AT steps under FSDP2, save model and optimizer with torch.distributed.checkpoint, load
       them into a fresh model and optimizer, train the remaining steps there; the params.
   fsdp-save, fsdp-resume: the two halves of fsdp-dcp as separate jobs (which may differ in world size).
+  fsdp-from-torch: every rank trains RESUME_AT steps with torch.optim.AdamW on the whole model and batch; its
+      plain state_dict is loaded into V0AdamW over the FSDP2-sharded model, which trains the rest; the params.
   random-v0-fsdp: random v0 under FSDP2 (uneven and empty shards); every param's whole exp_avg_sq.
   data-v0-ddp, data-v0-fsdp: init_v0_from_data on this rank's share of the batches; every whole exp_avg_sq.
 """
@@ -117,6 +119,18 @@ def run(scenario, backend, rank, world, checkpoint_dir):
         dcp.load(loaded, checkpoint_id=checkpoint_dir)
         set_model_state_dict(model, loaded["model"])
         set_optimizer_state_dict(model, opt, loaded["optim"])
+        train(model, opt, batches[RESUME_AT:])
+    elif scenario == "fsdp-from-torch":
+        full_batches = model_and_data()[1]
+        reference = torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"], weight_decay=TRAINING["weight_decay"])
+        for batch in full_batches[:RESUME_AT]:
+            reference.zero_grad()
+            loss_of(model, batch).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+            reference.step()
+        shard(model)
+        opt = v0adam.V0AdamW(model.parameters(), backend=backend, lr=0.5, v0="random")  # overwritten by the load
+        opt.load_state_dict(reference.state_dict())
         train(model, opt, batches[RESUME_AT:])
     elif scenario == "random-v0-fsdp":
         model = shard(random_v0_model())
