@@ -108,9 +108,19 @@ def test_compiled_step_follows_torch_adamw(trace_backward):
 
 
 def test_compiled_step_alone():
-    """Only opt.step() compiled (any torch version): same as eager."""
+    """Only opt.step() compiled (any torch version), two param groups, one of them frozen in part: same as eager."""
     models = build_model(), build_model()
-    opts = [v0adam.V0Adam(model.parameters(), lr=torch.tensor(1e-2), v0_seed=1, backend="triton") for model in models]
+    for model in models:
+        model[2].bias.requires_grad_(False)
+    opts = [
+        v0adam.V0Adam(
+            [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": torch.tensor(3e-2)}],
+            lr=torch.tensor(1e-2),
+            v0_seed=1,
+            backend="triton",
+        )
+        for model in models
+    ]
     counter = CompileCounterWithBackend(COMPILER)
     compiled = torch.compile(lambda opt: opt.step(), fullgraph=True, backend=counter)
     for step in range(3):

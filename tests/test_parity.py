@@ -22,8 +22,8 @@ def run_pair(name, backend, grad_mode, shapes=MIXED_SHAPES, steps=STEPS, groups=
         opt = ours_cls(params, lr=ours_lr, v0="zero", backend=backend, **kwargs)
         ref = torch_cls(ref_params, lr=lr, foreach=False, **kwargs)
     else:
-        opt = ours_cls(
-            [dict(params=params[i::groups], lr=lr * (i + 1)) for i in range(groups)],
+        opt = ours_cls(  # params of a group as an iterator, as model.parameters() gives them
+            [dict(params=iter(params[i::groups]), lr=lr * (i + 1)) for i in range(groups)],
             lr=ours_lr,
             v0="zero",
             backend=backend,
@@ -34,6 +34,7 @@ def run_pair(name, backend, grad_mode, shapes=MIXED_SHAPES, steps=STEPS, groups=
         )
     ordered = [p for g in opt.param_groups for p in g["params"]]
     ref_ordered = [p for g in ref.param_groups for p in g["params"]]
+    assert len(ordered) == len(ref_ordered) == len(shapes)
     for step in range(steps):
         grads = gradients(ordered, step)
         opt.zero_grad()

@@ -171,7 +171,8 @@ class V0Adam(Optimizer):
             raise ValueError(f"Invalid v0_scale value: {group['v0_scale']}")
         mode, source = v0_modes.split_v0(group["v0"])
         params = group["params"]
-        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        # Materialised once: a generator (model.parameters()) would be empty by the time torch's method reads it.
+        group["params"] = params = [params] if isinstance(params, torch.Tensor) else list(params)
         # Named params come as (name, tensor); anything else is left for torch's own checks.
         tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
         tensors = [p for p in tensors if isinstance(p, torch.Tensor)]
