@@ -83,10 +83,11 @@ def global_element_offset(param: torch.Tensor) -> int:
 
 
 def local_part(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a value shaped like `param`: the local shard of a DTensor value (checked to have the
-    param's layout), the matching slice of a whole plain tensor."""
+    """This rank's part of a value shaped like `param`: for a DTensor param, the local shard of a DTensor value
+    (checked to have the param's layout) or the matching slice of a whole plain tensor; for a plain param, the
+    whole value (gathered from all ranks if it is a DTensor)."""
     if not is_dtensor(param):
-        return local(value)
+        return value.full_tensor() if is_dtensor(value) else value
     if is_dtensor(value):
         if value.placements != param.placements or value.device_mesh != param.device_mesh:
             raise ValueError(
