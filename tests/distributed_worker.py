@@ -11,6 +11,7 @@ Scenarios (rank 0 saves a list of tensors to OUT):
   fsdp-from-torch: every rank trains RESUME_AT steps with torch.optim.AdamW on the whole model and batch; its
       plain state_dict is loaded into V0AdamW over the FSDP2-sharded model, which trains the rest; the params.
   random-v0-fsdp: random v0 under FSDP2 (uneven and empty shards); every param's whole exp_avg_sq.
+  random-v0-zero: random v0 under ZeroRedundancyOptimizer, numbered by align_random_v0; the same.
   data-v0-ddp, data-v0-fsdp: init_v0_from_data on this rank's share of the batches; every whole exp_avg_sq.
 """
 
@@ -136,6 +137,17 @@ def run(scenario, backend, rank, world, checkpoint_dir):
         model = shard(random_v0_model())
         opt = v0adam.V0AdamW(model.parameters(), v0="random", v0_seed=V0_SEED, backend=backend)
         return [whole(opt.state[p]["exp_avg_sq"]) for p in model.parameters()]
+    elif scenario == "random-v0-zero":
+        model = random_v0_model()
+        opt = ZeroRedundancyOptimizer(
+            model.parameters(), optimizer_class=v0adam.V0AdamW, v0="random", v0_seed=V0_SEED, backend=backend
+        )
+        v0adam.align_random_v0(opt)
+        opt.consolidate_state_dict(to=0)
+        if rank != 0:
+            return []
+        state = opt.state_dict()["state"]
+        return [state[index]["exp_avg_sq"] for index in range(len(list(model.parameters())))]
     elif scenario.startswith("data-v0"):
         if scenario == "data-v0-fsdp":
             wrapped = shard(model)

@@ -75,8 +75,10 @@ def test_checkpoint_resumes_at_another_world_size(backend, tmp_path):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_random_v0_does_not_depend_on_world_size(backend, tmp_path):
-    one, two = run_job(tmp_path, "random-v0-fsdp", backend, world=1), run_job(tmp_path, "random-v0-fsdp", backend)
+@pytest.mark.parametrize("wrapper", ["fsdp", "zero"])
+def test_random_v0_does_not_depend_on_world_size(backend, wrapper, tmp_path):
+    scenario = f"random-v0-{wrapper}"
+    one, two = run_job(tmp_path, scenario, backend, world=1), run_job(tmp_path, scenario, backend)
     assert [v.shape for v in one] == [torch.Size([500, 300]), (500,), (3, 500), (3,), (1, 3), (1,)]
     for v0_one, v0_two in zip(one, two):
         assert torch.equal(v0_one, v0_two)

@@ -220,3 +220,28 @@ def test_a_shard_draws_what_the_whole_param_has_there(backend):
 )
 def test_which_shards_are_one_run_of_the_param(box, shape, expected):
     assert is_one_run(box, shape) == expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_share_numbered_as_the_whole_draws_the_whole_models_v0(backend):
+    """What align_random_v0 relies on under ZeRO: an optimizer over some params, numbered by their positions in
+    the whole list, draws the v0 an optimizer over the whole list draws for them."""
+    params = make_params([(6, 5), (4,), (7, 3), (2, 9)], device=DEVICE)
+    whole = v0adam.V0Adam(params, v0_seed=2, backend=backend)
+    copies = clone_params(params)
+    share = v0adam.V0Adam(copies[2:], v0_seed=2, backend=backend)
+    assert not torch.equal(share.state[copies[2]]["exp_avg_sq"], whole.state[params[2]]["exp_avg_sq"])
+    share.number_params_as(copies)
+    for param, copy in zip(params[2:], copies[2:]):
+        assert torch.equal(share.state[copy]["exp_avg_sq"], whole.state[param]["exp_avg_sq"])
+
+
+def test_numbering_needs_every_param_and_no_step_yet():
+    params = make_params([(3, 3), (2, 2)])
+    opt = v0adam.V0Adam(params, backend="torch")
+    with pytest.raises(ValueError, match="every param of this optimizer"):
+        opt.number_params_as(params[:1])
+    params[0].grad = torch.ones(3, 3)
+    opt.step()
+    with pytest.raises(RuntimeError, match="before the first step"):
+        opt.number_params_as(params)

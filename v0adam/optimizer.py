@@ -264,6 +264,28 @@ class V0Adam(Optimizer):
         self._awaiting_data_v0 = False
         return seen
 
+    @torch.no_grad()
+    def number_params_as(self, params) -> None:
+        """Number this optimizer's params by their positions in `params`, a list holding them all (and maybe more),
+        and redraw the random v0 with these numbers. Before the first step, after the last `add_param_group`.
+
+        Under ZeroRedundancyOptimizer each rank's optimizer holds a share of the model's params, numbered from 0:
+        numbered as in the whole model, the random v0 no longer depends on the world size. See
+        `v0adam.align_random_v0`.
+        """
+        if self._step_calls:
+            raise RuntimeError("number_params_as must run before the first step(): it redraws exp_avg_sq")
+        position = {param: index for index, param in enumerate(params)}
+        if any(param not in position for param in self._param_indices):
+            raise ValueError("number_params_as needs a list holding every param of this optimizer")
+        self._param_indices = {param: position[param] for param in self._param_indices}
+        for bucket in self._buckets:
+            for index, param in enumerate(bucket.params):
+                group_index = bucket.groups[index]
+                if self.param_groups[group_index]["v0"] == v0_modes.RANDOM:
+                    exp_avg_sq = self.state[param]["exp_avg_sq"]
+                    self._initialise_v0(bucket, param, exp_avg_sq, group_index, self._param_indices[param])
+
     def _initialise_v0(self, bucket, param, exp_avg_sq, group_index: int, param_index: int) -> None:
         """exp_avg_sq of a param with no state yet starts at its group's v0 ("data" waits for its data pass)."""
         group = self.param_groups[group_index]
