@@ -6,7 +6,8 @@ Scenarios (rank 0 saves a list of tensors to OUT):
       gradients to MAX_NORM (with the non-finite guard on under FSDP2: both need the norm over all shards); the
       params.
   fsdp-dcp: train RESUME_AT steps under FSDP2, save model and optimizer with torch.distributed.checkpoint, load
-      them into a fresh model and optimizer, train the remaining steps there; the params.
+      them into a fresh model and optimizer (checking the full optimizer state dict before and after, and loading
+      that full state dict into a third optimizer), train the remaining steps there; the params.
   fsdp-save, fsdp-resume: the two halves of fsdp-dcp as separate jobs (which may differ in world size).
   fsdp-from-torch: every rank trains RESUME_AT steps with torch.optim.AdamW on the whole model and batch; its
       plain state_dict is loaded into V0AdamW over the FSDP2-sharded model, which trains the rest; the params.
@@ -23,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -39,6 +41,7 @@ STEPS, RESUME_AT, GLOBAL_BATCH = 6, 3, 16
 MAX_NORM = 0.3  # gradients are clipped to it (their norms are about 0.8 to 1 here)
 TRAINING = dict(lr=1e-2, weight_decay=0.1, v0="zero")
 V0_SEED, DATA_SAMPLES = 7, 3 * GLOBAL_BATCH
+FULL = StateDictOptions(full_state_dict=True)  # whole tensors on every rank
 
 
 def model_and_data():
@@ -81,6 +84,15 @@ def whole(tensor):
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach()
 
 
+def assert_same_state(state_dict, expected):
+    assert state_dict["state"].keys() == expected["state"].keys()
+    for name, values in expected["state"].items():
+        assert state_dict["state"][name].keys() == values.keys(), name
+        for key, value in values.items():
+            assert torch.equal(state_dict["state"][name][key], value), (name, key)
+    assert [g["lr"] for g in state_dict["param_groups"]] == [g["lr"] for g in expected["param_groups"]]
+
+
 def train(model, opt, batches):
     for batch in batches:
         opt.zero_grad()
@@ -113,6 +125,7 @@ def run(scenario, backend, rank, world, checkpoint_dir):
             dcp.save(saved, checkpoint_id=checkpoint_dir)
             if scenario == "fsdp-save":
                 return []
+            full_before = get_optimizer_state_dict(model, opt, options=FULL)
         model, _ = model_and_data()
         shard(model)
         opt = v0adam.V0AdamW(model.parameters(), backend=backend, lr=0.5, v0="random")  # overwritten by the load
@@ -120,6 +133,11 @@ def run(scenario, backend, rank, world, checkpoint_dir):
         dcp.load(loaded, checkpoint_id=checkpoint_dir)
         set_model_state_dict(model, loaded["model"])
         set_optimizer_state_dict(model, opt, loaded["optim"])
+        if scenario == "fsdp-dcp":
+            assert_same_state(get_optimizer_state_dict(model, opt, options=FULL), full_before)
+            other = v0adam.V0AdamW(model.parameters(), backend=backend, lr=0.5, v0="random")
+            set_optimizer_state_dict(model, other, full_before, options=FULL)
+            assert_same_state(get_optimizer_state_dict(model, other, options=FULL), full_before)
         train(model, opt, batches[RESUME_AT:])
     elif scenario == "fsdp-from-torch":
         full_batches = model_and_data()[1]
