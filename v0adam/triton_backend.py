@@ -198,7 +198,9 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
 
 def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
     """Per-block partial norms of the bucket's grads (one launch; see `v0adam.kernels.grad_norm`)."""
-    if torch.compiler.is_compiling() and work.stepped:
+    if torch.compiler.is_compiling():
+        if not work.stepped:
+            return torch.zeros(0, dtype=torch.float32, device=bucket.device)
         _, grads, flat_layout = _traced_layout(bucket, work)
         return _grad_norm_partials_op(grads, flat_layout, norm_type)
     table = bucket.segment_table
