@@ -196,11 +196,12 @@ def test_data_v0_needs_a_data_group_and_no_step_yet():
 def test_a_shard_draws_what_the_whole_param_has_there(backend):
     """The random v0 of a slice of a param (an FSDP2 shard) is that slice of the whole param's, on both backends:
     the PyTorch backend's generator chunks are cut at the start, inside and at the end of a shard."""
-    shape = torch.Size((3 * TORCH_DRAW_CHUNK // 64, 64))
+    shape = torch.Size((3 * TORCH_DRAW_CHUNK // 64 + 5, 64))  # three whole draw chunks and part of a fourth
     options = dict(sigma=100.0, seed=5, param_index=2, use_triton=backend == "triton")
     whole = torch.empty(shape, device=DEVICE)
     draw_random_(whole, shape, **options)
-    for start, stop in [(0, 100), (TORCH_DRAW_CHUNK - 10, TORCH_DRAW_CHUNK + 10), (70_000, shape.numel())]:
+    numel = shape.numel()
+    for start, stop in [(0, 100), (TORCH_DRAW_CHUNK - 10, TORCH_DRAW_CHUNK + 10), (70_000, numel), (numel - 90, numel)]:
         shard = torch.empty(stop - start, device=DEVICE)
         draw_random_(shard, shape, element_offset=start, **options)
         assert torch.equal(shard, whole.view(-1)[start:stop])

@@ -98,19 +98,20 @@ def draw_random_(
     if use_triton:
         draw_random_v0_(target.view(-1), scale, seed, param_index, element_offset)
     else:
-        _draw_chunked_(target.view(-1), seed, param_index, element_offset)
+        _draw_chunked_(target.view(-1), seed, param_index, element_offset, shape.numel())
         target.square_().mul_(scale)
     if target is not exp_avg_sq:
         exp_avg_sq.copy_(target)
 
 
-def _draw_chunked_(out: torch.Tensor, seed: int, param_index: int, element_offset: int) -> None:
-    """out <- N(0, 1) draws for elements [element_offset, element_offset + out.numel()) of a param; each chunk is
-    drawn whole, so a value does not depend on where the range starts or ends."""
+def _draw_chunked_(out: torch.Tensor, seed: int, param_index: int, element_offset: int, param_numel: int) -> None:
+    """out <- N(0, 1) draws for elements [element_offset, element_offset + out.numel()) of a param of param_numel
+    elements. Each chunk is drawn whole (its size depends only on param_numel), so a value does not depend on
+    where the range starts or ends."""
     end = element_offset + out.numel()
     for chunk in range(element_offset // TORCH_DRAW_CHUNK, -(-end // TORCH_DRAW_CHUNK)):
         chunk_start = chunk * TORCH_DRAW_CHUNK
         generator = torch.Generator(device=out.device).manual_seed(hash((seed, param_index, chunk)) % 2**63)
-        draw = torch.randn(TORCH_DRAW_CHUNK, generator=generator, device=out.device)
+        draw = torch.randn(min(TORCH_DRAW_CHUNK, param_numel - chunk_start), generator=generator, device=out.device)
         start, stop = max(chunk_start, element_offset), min(chunk_start + TORCH_DRAW_CHUNK, end)
         out[start - element_offset : stop - element_offset] = draw[start - chunk_start : stop - chunk_start]
