@@ -256,7 +256,7 @@ class FlatBucket:
                         )
                     )
             else:
-                param_data = local(param.detach())
+                param_data = local(param).detach()  # detach() of a DTensor would cost a dispatch
                 if not param_data.numel():
                     previous_home = False
                     continue  # an empty shard: its step counter advances, nothing else to do
