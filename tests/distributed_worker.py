@@ -8,6 +8,7 @@ Scenarios (rank 0 saves a list of tensors to OUT):
   fsdp-dcp: train RESUME_AT steps under FSDP2, save model and optimizer with torch.distributed.checkpoint, load
       them into a fresh model and optimizer (checking the full optimizer state dict before and after, and loading
       that full state dict into a third optimizer), train the remaining steps there; the params.
+  fsdp-compiled: fsdp with clipping and step compiled by torch.compile(fullgraph=True, backend="aot_eager").
   fsdp-save, fsdp-resume: the two halves of fsdp-dcp as separate jobs (which may differ in world size).
   fsdp-from-torch: every rank trains RESUME_AT steps with torch.optim.AdamW on the whole model and batch; its
       plain state_dict is loaded into V0AdamW over the FSDP2-sharded model, which trains the rest; the params.
@@ -93,15 +94,19 @@ def assert_same_state(state_dict, expected):
     assert [g["lr"] for g in state_dict["param_groups"]] == [g["lr"] for g in expected["param_groups"]]
 
 
-def train(model, opt, batches):
+def clip_and_step(opt):
+    if isinstance(opt, ZeroRedundancyOptimizer):  # its local optimizer sees this rank's params only
+        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], MAX_NORM)
+    else:
+        opt.clip_grad_norm_(MAX_NORM)
+    opt.step()
+
+
+def train(model, opt, batches, update=clip_and_step):
     for batch in batches:
         opt.zero_grad()
         loss_of(model, batch).backward()
-        if isinstance(opt, ZeroRedundancyOptimizer):  # its local optimizer sees this rank's params only
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
-        else:
-            opt.clip_grad_norm_(MAX_NORM)
-        opt.step()
+        update(opt)
 
 
 def run(scenario, backend, rank, world, checkpoint_dir):
@@ -113,9 +118,14 @@ def run(scenario, backend, rank, world, checkpoint_dir):
     elif scenario.startswith("ddp"):
         wrapped = DistributedDataParallel(model, gradient_as_bucket_view=scenario == "ddp-bucket-view")
         train(wrapped, v0adam.V0AdamW(model.parameters(), backend=backend, **TRAINING), batches)
-    elif scenario == "fsdp":
+    elif scenario in ("fsdp", "fsdp-compiled"):
         shard(model)
-        train(model, v0adam.V0AdamW(model.parameters(), backend=backend, skip_nonfinite=True, **TRAINING), batches)
+        opt = v0adam.V0AdamW(model.parameters(), backend=backend, skip_nonfinite=True, **TRAINING)
+        update = clip_and_step
+        if scenario == "fsdp-compiled":
+            opt.param_groups[0]["lr"] = torch.tensor(TRAINING["lr"])
+            update = torch.compile(clip_and_step, fullgraph=True, backend="aot_eager")
+        train(model, opt, batches, update)
     elif scenario in ("fsdp-dcp", "fsdp-save", "fsdp-resume"):
         if scenario != "fsdp-resume":
             shard(model)

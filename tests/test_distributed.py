@@ -65,6 +65,13 @@ def test_two_processes_follow_one(backend, scenario, tmp_path):
         torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_step_under_fsdp(tmp_path):
+    """Clipping and step compiled with fullgraph=True over DTensor params (the Triton backend is traced)."""
+    ours = run_job(tmp_path, "fsdp-compiled", "triton")
+    for param, reference in zip(ours, single_process_training()):
+        torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_checkpoint_resumes_at_another_world_size(backend, tmp_path):
     """Saved by two ranks with torch.distributed.checkpoint, resumed by one: the states are resharded."""

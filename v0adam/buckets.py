@@ -190,7 +190,9 @@ class FlatBucket:
     def grads_are_handed_out(self) -> bool:
         """Whether every param's grad is the view `zero_grad` hands out (None for params without one); checks
         identities only, so torch.compile can trace it."""
-        return self.rehomed and all(map(operator.is_, [param.grad for param in self.params], self._home_grads))
+        if not self.rehomed:
+            return True  # DTensor grads are FSDP's, never handed out: any grad of the right kind is stepped
+        return all(map(operator.is_, [param.grad for param in self.params], self._home_grads))
 
     def _grads_are_home(self) -> bool:
         if not self.rehomed:
@@ -271,9 +273,12 @@ class FlatBucket:
         return BucketWork(segments, stepped, writebacks)
 
     def traced_work(self) -> BucketWork:
-        """The work of a traced step: every trainable param, each its own segment. No address is read (the
-        caller vouches that everything is home, see `grads_are_handed_out`); the launch builds its tables."""
-        stepped = [index for index, grad in enumerate(self._home_grads) if grad is not None]
+        """The work of a traced step: every param with a grad, each its own segment. No address is read (the
+        caller vouches for the grads, see `grads_are_handed_out`); the launch builds its tables."""
+        if self.rehomed:
+            stepped = [index for index, grad in enumerate(self._home_grads) if grad is not None]
+        else:
+            stepped = [index for index, param in enumerate(self.params) if param.grad is not None]
         return BucketWork([], stepped, [])
 
     def _check(self, index: int, grad: torch.Tensor) -> None:

@@ -318,8 +318,9 @@ class V0Adam(Optimizer):
         to the host. Consumes a GradScaler's `grad_scale`/`found_inf` and a pending `clip_grad_norm_`.
 
         torch.compile traces it whole (custom ops around the launches; a tensor lr changes without a recompile)
-        when every bucket is on the Triton backend and every grad is the view this optimizer handed out, as after
-        `zero_grad()` and autograd. Otherwise the step runs eagerly: a graph break, an error under fullgraph=True.
+        when every bucket is on the Triton backend and every grad of a plain param is the view this optimizer
+        handed out, as after `zero_grad()` and autograd (DTensor params take any grad). Otherwise the step runs
+        eagerly: a graph break, an error under fullgraph=True.
         """
         loss = None
         if closure is not None:

@@ -13,6 +13,7 @@ import torch
 
 from v0adam.kernels import adam as adam_kernel
 from v0adam.kernels.grad_norm import grad_norm_partials
+from v0adam.sharding import local
 
 
 def interpreter_enabled() -> bool:
@@ -85,9 +86,9 @@ def _traced_layout(bucket, work) -> tuple[list[torch.Tensor], list[torch.Tensor]
     flat_layout = [
         value
         for index in work.stepped
-        for value in (bucket.offsets[index], bucket.params[index].numel(), bucket.groups[index], index)
+        for value in (bucket.offsets[index], local(bucket.params[index]).numel(), bucket.groups[index], index)
     ]
-    return params, [param.grad for param in params], flat_layout
+    return [local(param) for param in params], [local(param.grad) for param in params], flat_layout
 
 
 @functools.lru_cache(maxsize=16)
