@@ -177,7 +177,7 @@ class FlatBucket:
             else:
                 torch._foreach_zero_(grads)
             return
-        if torch.compiler.is_compiling() and self.grads_are_handed_out():
+        if torch.compiler.is_compiling() and self.grads_are_traceable():
             # Traced, the same memset through the grads: torch.compile (2.13) fails on a write to the flat buffer
             # while the grads that view it are graph inputs. Padding between slots is never written, so stays 0.
             torch._foreach_zero_([grad for grad in self._home_grads if grad is not None])
@@ -187,11 +187,12 @@ class FlatBucket:
             for param, grad in zip(self.params, self._home_grads):
                 param.grad = grad
 
-    def grads_are_handed_out(self) -> bool:
-        """Whether every param's grad is the view `zero_grad` hands out (None for params without one); checks
-        identities only, so torch.compile can trace it."""
+    def grads_are_traceable(self) -> bool:
+        """Whether a traced step may take the grads as they are: for re-homed params, whether every grad is the
+        view `zero_grad` hands out (None for params without one), checked by identity only, which torch.compile
+        can trace; DTensor grads are FSDP's own, taken whatever they are."""
         if not self.rehomed:
-            return True  # DTensor grads are FSDP's, never handed out: any grad of the right kind is stepped
+            return True
         return all(map(operator.is_, [param.grad for param in self.params], self._home_grads))
 
     def _grads_are_home(self) -> bool:
@@ -274,7 +275,7 @@ class FlatBucket:
 
     def traced_work(self) -> BucketWork:
         """The work of a traced step: every param with a grad, each its own segment. No address is read (the
-        caller vouches for the grads, see `grads_are_handed_out`); the launch builds its tables."""
+        caller vouches for the grads, see `grads_are_traceable`); the launch builds its tables."""
         if self.rehomed:
             stepped = [index for index, grad in enumerate(self._home_grads) if grad is not None]
         else:

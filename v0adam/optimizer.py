@@ -333,7 +333,7 @@ class V0Adam(Optimizer):
         return loss
 
     def _traceable(self) -> bool:
-        return all(bucket.backend == "triton" and bucket.grads_are_handed_out() for bucket in self._buckets)
+        return all(bucket.backend == "triton" and bucket.grads_are_traceable() for bucket in self._buckets)
 
     def _works(self) -> list[tuple[FlatBucket, BucketWork]]:
         """This step's work per bucket; while torch.compile traces, the all-home work that `_traceable` vouched for."""
