@@ -280,6 +280,8 @@ class FlatBucket:
             stepped = [index for index, grad in enumerate(self._home_grads) if grad is not None]
         else:
             stepped = [index for index, param in enumerate(self.params) if param.grad is not None]
+            for index in stepped:
+                self._check(index, self.params[index].grad)
         return BucketWork([], stepped, [])
 
     def _check(self, index: int, grad: torch.Tensor) -> None:
