@@ -22,6 +22,7 @@ import v0adam
         (dict(v0=3.0), "Invalid v0 value: 3.0"),
         (dict(v0="zero", v0_scale=-1.0), "Invalid v0_scale value: -1.0"),
         (dict(v0="zero", backend="cuda"), "Invalid backend: 'cuda'"),
+        (dict(differentiable=True), "does not support differentiable=True"),
     ],
 )
 def test_invalid_hyperparameters(kwargs, message):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE
-from helpers import MIXED_SHAPES, assert_states_close, clone_params, gradients, make_params, set_grads
+from helpers import MIXED_SHAPES, assert_states_close, clone_params, gradients, make_params, set_grads, step_both
 
 import v0adam
 
@@ -97,3 +97,13 @@ def test_lr_schedule_matches_torch(backend):
         for schedule in schedules:
             schedule.step()
         assert_states_close(opt, params, ref, ref_params, **FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_implementation_switches_are_accepted(backend):
+    """A call site written for torch.optim.AdamW (foreach=, fused=, capturable=) works unchanged."""
+    params = make_params(MIXED_SHAPES, device=DEVICE)
+    ref_params = clone_params(params)
+    opt = v0adam.V0AdamW(params, lr=1e-2, v0="zero", backend=backend, foreach=False, fused=True, capturable=True)
+    ref = torch.optim.AdamW(ref_params, lr=1e-2, foreach=False)
+    step_both(opt, params, ref, ref_params, steps=3)

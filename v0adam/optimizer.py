@@ -82,6 +82,9 @@ class V0Adam(Optimizer):
         stochastic_rounding: without a master copy, round updated bfloat16 params stochastically (unbiased,
             counter-based, reproducible) instead of to nearest even.
         state_dtype: dtype of exp_avg / exp_avg_sq (and v0): torch.float32 (default) or torch.bfloat16.
+        foreach, fused, capturable: torch.optim.Adam's, accepted so that its call sites work unchanged and
+            ignored: the step is always one fused launch per bucket, with step counters and hyperparameters on
+            the device (capturable). differentiable=True is refused.
 
     Parameters are re-homed into flat per-(device, dtype) buffers when the optimizer is built, and their grads
     become views of a flat grad buffer that ``zero_grad`` zeroes in one pass and keeps allocated.
@@ -109,7 +112,13 @@ class V0Adam(Optimizer):
         master_weights=False,
         stochastic_rounding=False,
         state_dtype=None,
+        foreach=None,
+        fused=None,
+        capturable=False,
+        differentiable=False,
     ):
+        if differentiable:
+            raise ValueError("V0Adam does not support differentiable=True: its step is a kernel, not autograd ops")
         if backend not in BACKENDS:
             raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
         if state_dtype not in (None, torch.float32, torch.bfloat16):
