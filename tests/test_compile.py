@@ -50,11 +50,12 @@ def train_step(model, opt, x, y):
     return loss.detach()
 
 
-def assert_same_training(model, opt, reference_model, reference_opt, rtol, atol):
+def assert_same_training(model, opt, reference_model, reference_opt, **tolerance):
+    """Params and every state; torch.testing's tolerances for each tensor's dtype unless given."""
     for param, reference in zip(model.parameters(), reference_model.parameters()):
-        torch.testing.assert_close(param, reference, rtol=rtol, atol=atol)
+        torch.testing.assert_close(param, reference, **tolerance)
         for key, value in reference_opt.state[reference].items():
-            torch.testing.assert_close(opt.state[param][key], value, rtol=rtol, atol=atol)
+            torch.testing.assert_close(opt.state[param][key], value, **tolerance)
 
 
 @pytest.mark.parametrize(
@@ -84,8 +85,7 @@ def test_compiled_training_step_follows_eager(trace_backward, precision):
         for opt in opts:
             opt.param_groups[0]["lr"].fill_(1e-2 * 0.7 ** (step + 1))
     assert counter.frame_count == 1, "a new lr (a tensor) must not recompile"
-    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
-    assert_same_training(models[0], opts[0], models[1], opts[1], **tolerance)
+    assert_same_training(models[0], opts[0], models[1], opts[1])
 
 
 def test_compiled_step_follows_torch_adamw(trace_backward):
@@ -129,7 +129,7 @@ def test_compiled_step_alone():
             torch.nn.functional.mse_loss(model(batch(step)[0]), batch(step)[1]).backward()
             run(opt)
     assert counter.frame_count == 1
-    assert_same_training(models[0], opts[0], models[1], opts[1], rtol=1e-5, atol=1e-6)
+    assert_same_training(models[0], opts[0], models[1], opts[1])
 
 
 def test_an_untraceable_step_runs_eagerly():
