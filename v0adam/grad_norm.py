@@ -8,7 +8,7 @@ is read back to the host: the result is a 0-d float32 tensor on the first bucket
 
 import torch
 
-from v0adam import triton_backend
+from v0adam import traced_ops, triton_backend
 from v0adam.kernels.grad_norm import FUSED_NORM_TYPES, reduce_partials
 from v0adam.sharding import reduce_over_shards_
 
@@ -19,7 +19,8 @@ def global_grad_norm(works, norm_type: float) -> torch.Tensor:
     powered = []  # per bucket: sum of |g|^p, or max |g| for inf
     for bucket, work in works:
         if bucket.backend == "triton" and norm_type in FUSED_NORM_TYPES:
-            partials = triton_backend.grad_norm_partials_of(bucket, work, norm_type)
+            launcher = traced_ops if torch.compiler.is_compiling() else triton_backend
+            partials = launcher.grad_norm_partials_of(bucket, work, norm_type)
             powered.append(reduce_partials(partials, norm_type))
         else:
             norms = [torch.linalg.vector_norm(s.grad, norm_type, dtype=torch.float32) for s in work.segments]

@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 from torch.optim import Optimizer
 
-from v0adam import data_v0, grad_norm, sharding, torch_backend, triton_backend
+from v0adam import data_v0, grad_norm, sharding, torch_backend, traced_ops, triton_backend
 from v0adam import v0 as v0_modes
 from v0adam.buckets import BucketWork, FlatBucket, Precision
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
@@ -379,7 +379,8 @@ class V0Adam(Optimizer):
                 hyper = self._hyper_table(bucket.device)
                 if rounding_seed is not None:
                     rounding_seed = self._device_seed(rounding_seed, bucket.device)
-                triton_backend.step_bucket(
+                launcher = traced_ops if torch.compiler.is_compiling() else triton_backend
+                launcher.step_bucket(
                     bucket, work, hyper, bucket_scale, bucket_found_inf, rounding_seed, self._ALGORITHM
                 )
             else:
