@@ -14,7 +14,8 @@ Scenarios (rank 0 saves a list of tensors to OUT):
       plain state_dict is loaded into V0AdamW over the FSDP2-sharded model, which trains the rest; the params.
   random-v0-fsdp: random v0 under FSDP2 (uneven and empty shards); every param's whole exp_avg_sq.
   random-v0-zero: random v0 under ZeroRedundancyOptimizer, numbered by align_random_v0; the same.
-  data-v0-ddp, data-v0-fsdp: init_v0_from_data on this rank's share of the batches; every whole exp_avg_sq.
+  data-v0-ddp, data-v0-fsdp, data-v0-zero: init_v0_from_data on this rank's share of the batches; every whole
+      exp_avg_sq.
 """
 
 import faulthandler
@@ -37,6 +38,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import v0adam
+from v0adam import zero
 
 STEPS, RESUME_AT, GLOBAL_BATCH = 6, 3, 16
 MAX_NORM = 0.3  # gradients are clipped to it (their norms are about 0.8 to 1 here)
@@ -83,6 +85,15 @@ def shard(model):
 
 def whole(tensor):
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach()
+
+
+def consolidated_exp_avg_sq(opt, model, rank):
+    """Every param's exp_avg_sq from all ranks of a ZeroRedundancyOptimizer, on rank 0 (else [])."""
+    opt.consolidate_state_dict(to=0)
+    if rank != 0:
+        return []
+    state = opt.state_dict()["state"]
+    return [state[index]["exp_avg_sq"] for index in range(len(list(model.parameters())))]
 
 
 def assert_same_state(state_dict, expected):
@@ -171,11 +182,13 @@ def run(scenario, backend, rank, world, checkpoint_dir):
             model.parameters(), optimizer_class=v0adam.V0AdamW, v0="random", v0_seed=V0_SEED, backend=backend
         )
         v0adam.align_random_v0(opt)
-        opt.consolidate_state_dict(to=0)
-        if rank != 0:
-            return []
-        state = opt.state_dict()["state"]
-        return [state[index]["exp_avg_sq"] for index in range(len(list(model.parameters())))]
+        return consolidated_exp_avg_sq(opt, model, rank)
+    elif scenario == "data-v0-zero":
+        wrapped = DistributedDataParallel(model)
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=v0adam.V0AdamW, v0="data", backend=backend)
+        seen = zero.init_v0_from_data(opt, batches, lambda batch: loss_of(wrapped, batch), num_samples=DATA_SAMPLES)
+        assert seen == DATA_SAMPLES, seen
+        return consolidated_exp_avg_sq(opt, model, rank)
     elif scenario.startswith("data-v0"):
         if scenario == "data-v0-fsdp":
             wrapped = shard(model)

@@ -93,7 +93,7 @@ def test_random_v0_does_not_depend_on_world_size(backend, wrapper, tmp_path):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp", "zero"])
 def test_data_v0_is_the_single_process_value(backend, wrapper, tmp_path):
     ours = run_job(tmp_path, f"data-v0-{wrapper}", backend)
     model, batches = model_and_data()
