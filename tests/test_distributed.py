@@ -1,9 +1,8 @@
 """gloo jobs on CPU (see distributed_worker.py): v0adam inside DDP (with and without gradient_as_bucket_view),
 ZeroRedundancyOptimizer and FSDP2 follows single-process torch.optim.AdamW on the global batch, clipped gradients
-included, also across a
-torch.distributed.checkpoint save and load (also into another world size) and from a plain torch.optim.AdamW
-state_dict into sharded params; random v0 does not depend on the
-world size; data v0 under DDP and FSDP2 is the single-process value on the global batches."""
+included, also across a torch.distributed.checkpoint save and load (also into another world size) and from a
+plain torch.optim.AdamW state_dict into sharded params; random v0 does not depend on the world size; data v0
+under DDP, FSDP2 and ZeRO is the single-process value on the global batches."""
 
 import os
 import subprocess
