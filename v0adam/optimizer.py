@@ -15,15 +15,13 @@ from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
 from v0adam.sharding import is_dtensor, local, local_part
 
 BACKENDS = ("auto", "triton", "torch")
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
 
 
 @torch.compiler.disable
 def _eagerly(function, *args):
     """function(*args) as without torch.compile: a graph break when traced (an error under fullgraph=True)."""
     return function(*args)
-
-
-_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
 
 
 def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
