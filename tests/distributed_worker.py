@@ -21,6 +21,7 @@ Scenarios (rank 0 saves a list of tensors to OUT):
 import faulthandler
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 import v0adam
 from v0adam import zero
+
+
+@dataclass(frozen=True)
+class Job:
+    scenario: str
+    backend: str
+    rank: int
+    world: int
+    directory: str  # where OUT goes; checkpoints too
+
 
 STEPS, RESUME_AT, GLOBAL_BATCH = 6, 3, 16
 MAX_NORM = 0.3  # gradients are clipped to it (their norms are about 0.8 to 1 here)
@@ -71,9 +82,10 @@ def loss_of(model, batch):
     return torch.nn.functional.mse_loss(model(x), y)
 
 
-def local_batches(batches, rank, world):
-    share = GLOBAL_BATCH // world
-    return [(x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]) for x, y in batches]
+def local_batches(batches, job):
+    share = GLOBAL_BATCH // job.world
+    rows = slice(job.rank * share, (job.rank + 1) * share)
+    return [(x[rows], y[rows]) for x, y in batches]
 
 
 def shard(model):
@@ -120,94 +132,133 @@ def train(model, opt, batches, update=clip_and_step):
         update(opt)
 
 
-def run(scenario, backend, rank, world, checkpoint_dir):
-    model, batches = model_and_data()
-    batches = local_batches(batches, rank, world)
-    if scenario == "zero":
-        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=v0adam.V0AdamW, backend=backend, **TRAINING)
-        train(DistributedDataParallel(model), opt, batches)
-    elif scenario.startswith("ddp"):
-        wrapped = DistributedDataParallel(model, gradient_as_bucket_view=scenario == "ddp-bucket-view")
-        train(wrapped, v0adam.V0AdamW(model.parameters(), backend=backend, **TRAINING), batches)
-    elif scenario in ("fsdp", "fsdp-compiled"):
-        shard(model)
-        opt = v0adam.V0AdamW(model.parameters(), backend=backend, skip_nonfinite=True, **TRAINING)
-        update = clip_and_step
-        if scenario == "fsdp-compiled":
-            opt.param_groups[0]["lr"] = torch.tensor(TRAINING["lr"])
-            update = torch.compile(clip_and_step, fullgraph=True, backend="aot_eager")
-        train(model, opt, batches, update)
-    elif scenario in ("fsdp-dcp", "fsdp-save", "fsdp-resume"):
-        if scenario != "fsdp-resume":
-            shard(model)
-            opt = v0adam.V0AdamW(model.parameters(), backend=backend, **TRAINING)
-            train(model, opt, batches[:RESUME_AT])
-            saved = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-            dcp.save(saved, checkpoint_id=checkpoint_dir)
-            if scenario == "fsdp-save":
-                return []
-            full_before = get_optimizer_state_dict(model, opt, options=FULL)
-        model, _ = model_and_data()
-        shard(model)
-        opt = v0adam.V0AdamW(model.parameters(), backend=backend, lr=0.5, v0="random")  # overwritten by the load
-        loaded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-        dcp.load(loaded, checkpoint_id=checkpoint_dir)
-        set_model_state_dict(model, loaded["model"])
-        set_optimizer_state_dict(model, opt, loaded["optim"])
-        if scenario == "fsdp-dcp":
-            assert_same_state(get_optimizer_state_dict(model, opt, options=FULL), full_before)
-            other = v0adam.V0AdamW(model.parameters(), backend=backend, lr=0.5, v0="random")
-            set_optimizer_state_dict(model, other, full_before, options=FULL)
-            assert_same_state(get_optimizer_state_dict(model, other, options=FULL), full_before)
-        train(model, opt, batches[RESUME_AT:])
-    elif scenario == "fsdp-from-torch":
-        full_batches = model_and_data()[1]
-        reference = torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"], weight_decay=TRAINING["weight_decay"])
-        for batch in full_batches[:RESUME_AT]:
-            reference.zero_grad()
-            loss_of(model, batch).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
-            reference.step()
-        shard(model)
-        opt = v0adam.V0AdamW(model.parameters(), backend=backend, lr=0.5, v0="random")  # overwritten by the load
-        opt.load_state_dict(reference.state_dict())
-        train(model, opt, batches[RESUME_AT:])
-    elif scenario == "random-v0-fsdp":
-        model = shard(random_v0_model())
-        opt = v0adam.V0AdamW(model.parameters(), v0="random", v0_seed=V0_SEED, backend=backend)
-        return [whole(opt.state[p]["exp_avg_sq"]) for p in model.parameters()]
-    elif scenario == "random-v0-zero":
-        model = random_v0_model()
-        opt = ZeroRedundancyOptimizer(
-            model.parameters(), optimizer_class=v0adam.V0AdamW, v0="random", v0_seed=V0_SEED, backend=backend
-        )
-        v0adam.align_random_v0(opt)
-        return consolidated_exp_avg_sq(opt, model, rank)
-    elif scenario == "data-v0-zero":
-        wrapped = DistributedDataParallel(model)
-        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=v0adam.V0AdamW, v0="data", backend=backend)
-        seen = zero.init_v0_from_data(opt, batches, lambda batch: loss_of(wrapped, batch), num_samples=DATA_SAMPLES)
-        assert seen == DATA_SAMPLES, seen
-        return consolidated_exp_avg_sq(opt, model, rank)
-    elif scenario.startswith("data-v0"):
-        if scenario == "data-v0-fsdp":
-            wrapped = shard(model)
-        else:
-            wrapped = DistributedDataParallel(model)
-        opt = v0adam.V0AdamW(model.parameters(), v0="data", backend=backend)
-        seen = opt.init_v0_from_data(batches, lambda batch: loss_of(wrapped, batch), num_samples=DATA_SAMPLES)
-        assert seen == DATA_SAMPLES, seen
-        return [whole(opt.state[p]["exp_avg_sq"]) for p in model.parameters()]
-    else:
-        raise ValueError(f"unknown scenario {scenario}")
+def trained_params(model):
     return [whole(p) for p in model.parameters()]
+
+
+def ddp(job):
+    model, batches = model_and_data()
+    wrapped = DistributedDataParallel(model, gradient_as_bucket_view=job.scenario == "ddp-bucket-view")
+    train(wrapped, v0adam.V0AdamW(model.parameters(), backend=job.backend, **TRAINING), local_batches(batches, job))
+    return trained_params(model)
+
+
+def zero_redundancy(job):
+    model, batches = model_and_data()
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=v0adam.V0AdamW, backend=job.backend, **TRAINING)
+    train(DistributedDataParallel(model), opt, local_batches(batches, job))
+    return trained_params(model)
+
+
+def fsdp(job):
+    model, batches = model_and_data()
+    shard(model)
+    opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, skip_nonfinite=True, **TRAINING)
+    update = clip_and_step
+    if job.scenario == "fsdp-compiled":
+        opt.param_groups[0]["lr"] = torch.tensor(TRAINING["lr"])
+        update = torch.compile(clip_and_step, fullgraph=True, backend="aot_eager")
+    train(model, opt, local_batches(batches, job), update)
+    return trained_params(model)
+
+
+def fsdp_checkpoint(job):
+    """fsdp-dcp, or its halves fsdp-save and fsdp-resume."""
+    model, batches = model_and_data()
+    batches = local_batches(batches, job)
+    checkpoint = os.path.join(job.directory, "checkpoint")
+    if job.scenario != "fsdp-resume":
+        shard(model)
+        opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, **TRAINING)
+        train(model, opt, batches[:RESUME_AT])
+        saved = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+        dcp.save(saved, checkpoint_id=checkpoint)
+        if job.scenario == "fsdp-save":
+            return []
+        full_before = get_optimizer_state_dict(model, opt, options=FULL)
+    model = shard(model_and_data()[0])
+    opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, lr=0.5, v0="random")  # overwritten by the load
+    loaded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    dcp.load(loaded, checkpoint_id=checkpoint)
+    set_model_state_dict(model, loaded["model"])
+    set_optimizer_state_dict(model, opt, loaded["optim"])
+    if job.scenario == "fsdp-dcp":
+        assert_same_state(get_optimizer_state_dict(model, opt, options=FULL), full_before)
+        other = v0adam.V0AdamW(model.parameters(), backend=job.backend, lr=0.5, v0="random")
+        set_optimizer_state_dict(model, other, full_before, options=FULL)
+        assert_same_state(get_optimizer_state_dict(model, other, options=FULL), full_before)
+    train(model, opt, batches[RESUME_AT:])
+    return trained_params(model)
+
+
+def fsdp_from_torch(job):
+    model, batches = model_and_data()
+    reference = torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"], weight_decay=TRAINING["weight_decay"])
+    for batch in batches[:RESUME_AT]:
+        reference.zero_grad()
+        loss_of(model, batch).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+        reference.step()
+    shard(model)
+    opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, lr=0.5, v0="random")  # overwritten by the load
+    opt.load_state_dict(reference.state_dict())
+    train(model, opt, local_batches(batches, job)[RESUME_AT:])
+    return trained_params(model)
+
+
+def random_v0(job):
+    model = random_v0_model()
+    if job.scenario == "random-v0-zero":
+        options = dict(optimizer_class=v0adam.V0AdamW, v0="random", v0_seed=V0_SEED, backend=job.backend)
+        opt = ZeroRedundancyOptimizer(model.parameters(), **options)
+        v0adam.align_random_v0(opt)
+        return consolidated_exp_avg_sq(opt, model, job.rank)
+    shard(model)
+    opt = v0adam.V0AdamW(model.parameters(), v0="random", v0_seed=V0_SEED, backend=job.backend)
+    return [whole(opt.state[p]["exp_avg_sq"]) for p in model.parameters()]
+
+
+def data_v0(job):
+    model, batches = model_and_data()
+    batches = local_batches(batches, job)
+    wrapped = shard(model) if job.scenario == "data-v0-fsdp" else DistributedDataParallel(model)
+
+    def loss_fn(batch):
+        return loss_of(wrapped, batch)
+
+    if job.scenario == "data-v0-zero":
+        options = dict(optimizer_class=v0adam.V0AdamW, v0="data", backend=job.backend)
+        opt = ZeroRedundancyOptimizer(model.parameters(), **options)
+        assert zero.init_v0_from_data(opt, batches, loss_fn, num_samples=DATA_SAMPLES) == DATA_SAMPLES
+        return consolidated_exp_avg_sq(opt, model, job.rank)
+    opt = v0adam.V0AdamW(model.parameters(), v0="data", backend=job.backend)
+    assert opt.init_v0_from_data(batches, loss_fn, num_samples=DATA_SAMPLES) == DATA_SAMPLES
+    return [whole(opt.state[p]["exp_avg_sq"]) for p in model.parameters()]
+
+
+SCENARIOS = {
+    "ddp": ddp,
+    "ddp-bucket-view": ddp,
+    "zero": zero_redundancy,
+    "fsdp": fsdp,
+    "fsdp-compiled": fsdp,
+    "fsdp-dcp": fsdp_checkpoint,
+    "fsdp-save": fsdp_checkpoint,
+    "fsdp-resume": fsdp_checkpoint,
+    "fsdp-from-torch": fsdp_from_torch,
+    "random-v0-fsdp": random_v0,
+    "random-v0-zero": random_v0,
+    "data-v0-ddp": data_v0,
+    "data-v0-fsdp": data_v0,
+    "data-v0-zero": data_v0,
+}
 
 
 def main(rank, world, store, scenario, backend, out):
     faulthandler.dump_traceback_later(100, exit=True)  # a hung rank reports where, instead of stalling the suite
     rank, world = int(rank), int(world)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    result = run(scenario, backend, rank, world, os.path.join(os.path.dirname(out), "checkpoint"))
+    result = SCENARIOS[scenario](Job(scenario, backend, rank, world, os.path.dirname(out)))
     if rank == 0:
         torch.save(result, out)
     dist.barrier()
