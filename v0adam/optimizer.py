@@ -343,7 +343,7 @@ class V0Adam(Optimizer):
         return all(bucket.backend == "triton" and bucket.grads_are_traceable() for bucket in self._buckets)
 
     def _works(self) -> list[tuple[FlatBucket, BucketWork]]:
-        """This step's work per bucket; while torch.compile traces, the all-home work that `_traceable` vouched for."""
+        """This step's work per bucket; while torch.compile traces, the work `_traceable` vouched for."""
         if torch.compiler.is_compiling():
             return [(bucket, bucket.traced_work()) for bucket in self._buckets]
         return [(bucket, bucket.collect_work()) for bucket in self._buckets]
@@ -388,7 +388,8 @@ class V0Adam(Optimizer):
             for original, contiguous in work.writebacks:
                 original.copy_(contiguous)
             if not torch.compiler.is_compiling():
-                # A traced step steps every trainable param: histories keep their (in)equalities without it.
+                # A traced step steps every trainable param of a re-homed bucket, so its histories keep their
+                # (in)equalities without it; DTensor buckets never merge segments.
                 bucket.record_step(work.stepped, self._step_calls)
 
     @torch.no_grad()
