@@ -10,8 +10,6 @@ import functools
 import torch
 
 from v0adam import triton_backend
-from v0adam.kernels import adam as adam_kernel
-from v0adam.kernels.grad_norm import grad_norm_partials
 from v0adam.sharding import local
 from v0adam.triton_backend import SegmentTable
 
@@ -70,10 +68,8 @@ def _adam_step_op(
 ) -> None:
     if not params:
         return
-    table = _table_of(params, grads, flat_layout)
-    adam_kernel.adam_step(
-        table.segments,
-        table.block_segment,
+    triton_backend.launch_step(
+        _table_of(params, grads, flat_layout),
         hyper,
         steps,
         exp_avg,
@@ -81,9 +77,6 @@ def _adam_step_op(
         max_exp_avg_sq,
         master,
         param_dtype=params[0].dtype,
-        aligned=table.aligned,
-        block=triton_backend.BLOCK,
-        num_warps=triton_backend.NUM_WARPS,
         grad_scale=grad_scale,
         found_inf=found_inf,
         rounding_seed=rounding_seed,
@@ -99,9 +92,7 @@ def _(*args) -> None:
 @torch.library.custom_op("v0adam::grad_norm_partials", mutates_args=())
 def _grad_norm_partials_op(grads: list[torch.Tensor], flat_layout: list[int], norm_type: float) -> torch.Tensor:
     table = _table_of(grads, grads, flat_layout)  # the norm kernel reads no param: their addresses are not needed
-    return grad_norm_partials(
-        table.segments, table.block_segment, param_dtype=grads[0].dtype, norm_type=norm_type, block=triton_backend.BLOCK
-    )
+    return triton_backend.partials_over(table, grads[0].dtype, norm_type)
 
 
 @_grad_norm_partials_op.register_fake

@@ -77,9 +77,8 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
     `rounding_seed` (a device int64 tensor) switches stochastic rounding on."""
     table = bucket.segment_table
     table.update(work.segments)
-    adam_kernel.adam_step(
-        table.segments,
-        table.block_segment,
+    launch_step(
+        table,
         hyper,
         bucket.steps,
         bucket.exp_avg,
@@ -87,9 +86,6 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
         bucket.max_exp_avg_sq,
         bucket.master,
         param_dtype=bucket.dtype,
-        aligned=table.aligned,
-        block=BLOCK,
-        num_warps=NUM_WARPS,
         grad_scale=grad_scale,
         found_inf=found_inf,
         rounding_seed=rounding_seed,
@@ -97,12 +93,34 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
     )
 
 
+def launch_step(table: SegmentTable, hyper, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
+    """The kernel launch over `table` with this backend's block size and warps; `options` as `adam_step`'s."""
+    adam_kernel.adam_step(
+        table.segments,
+        table.block_segment,
+        hyper,
+        steps,
+        exp_avg,
+        exp_avg_sq,
+        max_exp_avg_sq,
+        master,
+        aligned=table.aligned,
+        block=BLOCK,
+        num_warps=NUM_WARPS,
+        **options,
+    )
+
+
 def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
     """Per-block partial norms of the bucket's grads (one launch; see `v0adam.kernels.grad_norm`)."""
     table = bucket.segment_table
     table.update(work.segments)
+    return partials_over(table, bucket.dtype, norm_type)
+
+
+def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: float) -> torch.Tensor:
     return grad_norm_partials(
-        table.segments, table.block_segment, param_dtype=bucket.dtype, norm_type=norm_type, block=BLOCK
+        table.segments, table.block_segment, param_dtype=param_dtype, norm_type=norm_type, block=BLOCK
     )
 
 
