@@ -1,6 +1,6 @@
 """A DeepSpeed-style flat fp32 partition: the optimizer steps one flat master tensor whose grad is assigned each
 step (the model's grads flattened) and whose values are copied back into the model; training follows
-torch.optim.AdamW on the model itself."""
+torch.optim.AdamW on the model itself, params and states."""
 
 import pytest
 import torch
@@ -41,3 +41,7 @@ def test_flat_partition_follows_torch_adamw(backend):
     train(reference_model, reference.step)
     for param, expected in zip(model.parameters(), reference_model.parameters()):
         torch.testing.assert_close(param, expected, rtol=1e-5, atol=1e-6)
+    for key in ("exp_avg", "exp_avg_sq"):
+        expected = torch.cat([reference.state[p][key].reshape(-1) for p in reference_model.parameters()])
+        torch.testing.assert_close(opt.state[flat][key], expected, rtol=1e-5, atol=1e-6)
+    assert opt.state[flat]["step"].item() == reference.state[next(reference_model.parameters())]["step"].item()
