@@ -3,8 +3,8 @@ Usage: python distributed_worker.py RANK WORLD STORE SCENARIO BACKEND OUT
 
 Scenarios (rank 0 saves a list of tensors to OUT):
   ddp, ddp-bucket-view, zero, fsdp: train STEPS steps on this rank's share of each global batch, clipping the
-      gradients to MAX_NORM (with the non-finite guard on under FSDP2: both need the norm over all shards); the
-      params.
+      gradients to MAX_NORM (with the non-finite guard on under ZeRO and FSDP2: both need the norm over all
+      shards); the params.
   fsdp-dcp: train RESUME_AT steps under FSDP2, save model and optimizer with torch.distributed.checkpoint, load
       them into a fresh model and optimizer (checking the full optimizer state dict before and after, and loading
       that full state dict into a third optimizer), train the remaining steps there; the params.
@@ -13,7 +13,9 @@ Scenarios (rank 0 saves a list of tensors to OUT):
   fsdp-from-torch: every rank trains RESUME_AT steps with torch.optim.AdamW on the whole model and batch; its
       plain state_dict is loaded into V0AdamW over the FSDP2-sharded model, which trains the rest; the params.
   random-v0-fsdp: random v0 under FSDP2 (uneven and empty shards); every param's whole exp_avg_sq.
-  random-v0-zero: random v0 under ZeroRedundancyOptimizer, numbered by align_random_v0; the same.
+  random-v0-zero: random v0 under ZeroRedundancyOptimizer, numbered by setup_zero; the same.
+  nonfinite-zero, nonfinite-fsdp: as zero and fsdp, clipping to MAX_NORM in the inf-norm, but at NAN_STEP rank 1
+      puts a NaN in a grad of its own share; the params, then the skipped-step count of rank 0.
   data-v0-ddp, data-v0-fsdp, data-v0-zero: init_v0_from_data on this rank's share of the batches; every whole
       exp_avg_sq.
 """
@@ -51,7 +53,7 @@ class Job:
     directory: str  # where OUT goes; checkpoints too
 
 
-STEPS, RESUME_AT, GLOBAL_BATCH = 6, 3, 16
+STEPS, RESUME_AT, GLOBAL_BATCH, NAN_STEP = 6, 3, 16, 2
 MAX_NORM = 0.3  # gradients are clipped to it (their norms are about 0.8 to 1 here)
 TRAINING = dict(lr=1e-2, weight_decay=0.1, v0="zero")
 V0_SEED, DATA_SAMPLES = 7, 3 * GLOBAL_BATCH
@@ -117,11 +119,13 @@ def assert_same_state(state_dict, expected):
     assert [g["lr"] for g in state_dict["param_groups"]] == [g["lr"] for g in expected["param_groups"]]
 
 
+def local_optimizer(opt):
+    """The V0AdamW that steps this rank's params: ZeroRedundancyOptimizer's `optim`, else `opt` itself."""
+    return opt.optim if isinstance(opt, ZeroRedundancyOptimizer) else opt
+
+
 def clip_and_step(opt):
-    if isinstance(opt, ZeroRedundancyOptimizer):  # its local optimizer sees this rank's params only
-        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], MAX_NORM)
-    else:
-        opt.clip_grad_norm_(MAX_NORM)
+    local_optimizer(opt).clip_grad_norm_(MAX_NORM)
     opt.step()
 
 
@@ -143,9 +147,15 @@ def ddp(job):
     return trained_params(model)
 
 
+def zero_optimizer(model, job, **options):
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=v0adam.V0AdamW, backend=job.backend, **options)
+    v0adam.setup_zero(opt)
+    return opt
+
+
 def zero_redundancy(job):
     model, batches = model_and_data()
-    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=v0adam.V0AdamW, backend=job.backend, **TRAINING)
+    opt = zero_optimizer(model, job, skip_nonfinite=True, **TRAINING)
     train(DistributedDataParallel(model), opt, local_batches(batches, job))
     return trained_params(model)
 
@@ -209,9 +219,7 @@ def fsdp_from_torch(job):
 def random_v0(job):
     model = random_v0_model()
     if job.scenario == "random-v0-zero":
-        options = dict(optimizer_class=v0adam.V0AdamW, v0="random", v0_seed=V0_SEED, backend=job.backend)
-        opt = ZeroRedundancyOptimizer(model.parameters(), **options)
-        v0adam.align_random_v0(opt)
+        opt = zero_optimizer(model, job, v0="random", v0_seed=V0_SEED)
         return consolidated_exp_avg_sq(opt, model, job.rank)
     shard(model)
     opt = v0adam.V0AdamW(model.parameters(), v0="random", v0_seed=V0_SEED, backend=job.backend)
@@ -227,13 +235,35 @@ def data_v0(job):
         return loss_of(wrapped, batch)
 
     if job.scenario == "data-v0-zero":
-        options = dict(optimizer_class=v0adam.V0AdamW, v0="data", backend=job.backend)
-        opt = ZeroRedundancyOptimizer(model.parameters(), **options)
+        opt = zero_optimizer(model, job, v0="data")
         assert zero.init_v0_from_data(opt, batches, loss_fn, num_samples=DATA_SAMPLES) == DATA_SAMPLES
         return consolidated_exp_avg_sq(opt, model, job.rank)
     opt = v0adam.V0AdamW(model.parameters(), v0="data", backend=job.backend)
     assert opt.init_v0_from_data(batches, loss_fn, num_samples=DATA_SAMPLES) == DATA_SAMPLES
     return [whole(opt.state[p]["exp_avg_sq"]) for p in model.parameters()]
+
+
+def nonfinite(job):
+    """A NaN in a grad that only rank 1 steps must skip the step on every rank, under the inf-norm too (whose
+    all-reduce is a max)."""
+    model, batches = model_and_data()
+    if job.scenario == "nonfinite-zero":
+        wrapped = DistributedDataParallel(model)
+        opt = zero_optimizer(model, job, skip_nonfinite=True, **TRAINING)
+    else:
+        wrapped = shard(model)
+        opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, skip_nonfinite=True, **TRAINING)
+    local = local_optimizer(opt)
+    for index, batch in enumerate(local_batches(batches, job)):
+        opt.zero_grad()
+        loss_of(wrapped, batch).backward()
+        if index == NAN_STEP and job.rank == 1:
+            grad = local.param_groups[0]["params"][-1].grad
+            with torch.no_grad():
+                v0adam.sharding.local(grad).view(-1)[0] = float("nan")
+        local.clip_grad_norm_(MAX_NORM, norm_type=float("inf"))
+        opt.step()
+    return trained_params(model) + [local.skipped_steps]
 
 
 SCENARIOS = {
@@ -251,6 +281,8 @@ SCENARIOS = {
     "data-v0-ddp": data_v0,
     "data-v0-fsdp": data_v0,
     "data-v0-zero": data_v0,
+    "nonfinite-zero": nonfinite,
+    "nonfinite-fsdp": nonfinite,
 }
 
 

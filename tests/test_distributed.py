@@ -1,8 +1,9 @@
 """gloo jobs on CPU (see distributed_worker.py): v0adam inside DDP (with and without gradient_as_bucket_view),
 ZeroRedundancyOptimizer and FSDP2 follows single-process torch.optim.AdamW on the global batch, clipped gradients
 included, also across a torch.distributed.checkpoint save and load (also into another world size) and from a
-plain torch.optim.AdamW state_dict into sharded params; random v0 does not depend on the world size; data v0
-under DDP, FSDP2 and ZeRO is the single-process value on the global batches."""
+plain torch.optim.AdamW state_dict into sharded params; a NaN that one rank sees skips the step on all; random v0
+does not depend on the world size; data v0 under DDP, FSDP2 and ZeRO is the single-process value on the global
+batches."""
 
 import os
 import subprocess
@@ -15,7 +16,7 @@ from conftest import BACKENDS, DEVICE
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 sys.path.insert(0, str(WORKER.parent))
-from distributed_worker import DATA_SAMPLES, MAX_NORM, TRAINING, loss_of, model_and_data  # noqa: E402
+from distributed_worker import DATA_SAMPLES, MAX_NORM, NAN_STEP, TRAINING, loss_of, model_and_data  # noqa: E402
 
 import v0adam  # noqa: E402
 
@@ -43,13 +44,15 @@ def run_job(tmp_path, scenario, backend, world=2):
     return torch.load(out, weights_only=True)
 
 
-def single_process_training():
+def single_process_training(norm_type=2.0, skipped_step=None):
     model, batches = model_and_data()
     opt = torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"], weight_decay=TRAINING["weight_decay"])
-    for batch in batches:
+    for index, batch in enumerate(batches):
+        if index == skipped_step:
+            continue
         opt.zero_grad()
         loss_of(model, batch).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM, norm_type)
         opt.step()
     return [p.detach() for p in model.parameters()]
 
@@ -68,6 +71,23 @@ def test_compiled_step_under_fsdp(tmp_path):
     """Clipping and step compiled with fullgraph=True over DTensor params (the Triton backend is traced)."""
     ours = run_job(tmp_path, "fsdp-compiled", "triton")
     for param, reference in zip(ours, single_process_training()):
+        torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wrapper", ["zero", "fsdp"])
+def test_nonfinite_grad_on_one_rank_skips_the_step_on_all(backend, wrapper, tmp_path):
+    """Rank 1 alone sees a NaN (in a param only it steps) and the clip norm is the inf-norm, reduced by a max."""
+    *ours, skipped_steps = run_job(tmp_path, f"nonfinite-{wrapper}", backend)
+    assert int(skipped_steps) == 1  # counted on rank 0, which saw no NaN of its own
+    for param, reference in zip(ours, single_process_training(float("inf"), skipped_step=NAN_STEP), strict=True):
+        torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_ranks_without_params_join_the_norm(tmp_path):
+    """8 ranks, 4 params: half the ranks' optimizers hold no param and still take part in clipping's all-reduce."""
+    ours = run_job(tmp_path, "zero", "torch", world=8)
+    for param, reference in zip(ours, single_process_training(), strict=True):
         torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
 
 

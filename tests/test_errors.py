@@ -96,3 +96,14 @@ def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="backend='triton' cannot step"):
         v0adam.V0Adam(make_params([(3,)]), v0="zero", backend="triton")
+
+
+def test_partition_group_needs_torch_distributed():
+    opt = v0adam.V0Adam(make_params([(3,)]), backend="torch")
+    with pytest.raises(RuntimeError, match="torch.distributed to be initialized"):
+        opt.set_partition_group()
+
+
+def test_setup_zero_needs_a_zero_redundancy_optimizer():
+    with pytest.raises(ValueError, match="takes a ZeroRedundancyOptimizer"):
+        v0adam.setup_zero(v0adam.V0Adam(make_params([(3,)]), backend="torch"))

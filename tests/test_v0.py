@@ -225,7 +225,7 @@ def test_which_shards_are_one_run_of_the_param(box, shape, expected):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_share_numbered_as_the_whole_draws_the_whole_models_v0(backend):
-    """What align_random_v0 relies on under ZeRO: an optimizer over some params, numbered by their positions in
+    """What setup_zero relies on under ZeRO: an optimizer over some params, numbered by their positions in
     the whole list, draws the v0 an optimizer over the whole list draws for them."""
     params = make_params([(6, 5), (4,), (7, 3), (2, 9)], device=DEVICE)
     whole = v0adam.V0Adam(params, v0_seed=2, backend=backend)

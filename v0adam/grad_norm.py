@@ -1,5 +1,6 @@
 """The global gradient norm over an optimizer's grads, for `clip_grad_norm_` and the non-finite guard; over the
-whole params, on every rank, when they are DTensor shards.
+whole params, on every rank, when they are DTensor shards or the optimizer holds one rank's share of a partitioned
+model (ZeRO).
 
 On the Triton backend one launch per bucket writes per-block partial norms (norm types 1, 2 and inf) that a torch
 reduction adds up; other norm types, and the PyTorch backend, use torch.linalg.vector_norm per segment. Nothing
@@ -7,14 +8,17 @@ is read back to the host: the result is a 0-d float32 tensor on the first bucket
 """
 
 import torch
+import torch.distributed as dist
 
 from v0adam import traced_ops, triton_backend
 from v0adam.kernels.grad_norm import FUSED_NORM_TYPES, reduce_partials
-from v0adam.sharding import reduce_over_shards_
+from v0adam.sharding import shard_groups
 
 
-def global_grad_norm(works, norm_type: float) -> torch.Tensor:
-    """`works` is a list of (bucket, BucketWork); returns the norm of all their segments' grads together."""
+def global_grad_norm(works, norm_type: float, partition_group=None) -> torch.Tensor:
+    """`works` is a list of (bucket, BucketWork); returns the norm of all their segments' grads together, and of
+    the other ranks' grads too when `partition_group` is a process group over which the params are partitioned
+    (every rank of it must call this, a rank with no params included)."""
     norm_type = float(norm_type)
     powered = []  # per bucket: sum of |g|^p, or max |g| for inf
     for bucket, work in works:
@@ -27,9 +31,12 @@ def global_grad_norm(works, norm_type: float) -> torch.Tensor:
             powered.append(_combine([n if norm_type == float("inf") else n**norm_type for n in norms], norm_type))
         if not bucket.rehomed:  # DTensor shards: every rank adds the other ranks' part
             powered[-1] = powered[-1].to(bucket.device)
-            reduce_over_shards_(powered[-1], bucket.params[0], norm_type)
-    device = works[0][0].device if works else torch.device("cpu")
-    total = _combine([value.to(device) for value in powered], norm_type)
+            for group in shard_groups(bucket.params[0]):
+                _all_reduce_partial_(powered[-1], norm_type, group)
+    device = works[0][0].device if works else _device_of(partition_group)
+    total = _combine([value.to(device) for value in powered], norm_type).to(device)
+    if partition_group is not None:
+        _all_reduce_partial_(total, norm_type, partition_group)
     return total if norm_type in (1.0, float("inf")) else total ** (1.0 / norm_type)
 
 
@@ -38,3 +45,22 @@ def _combine(values: list[torch.Tensor], norm_type: float) -> torch.Tensor:
         return torch.zeros((), dtype=torch.float32)
     stacked = torch.stack(values)
     return stacked.max() if norm_type == float("inf") else stacked.sum()
+
+
+def _all_reduce_partial_(value: torch.Tensor, norm_type: float, group) -> None:
+    """In place: a rank's partial norm made the partial over every rank of `group` (a sum, or for inf a max)."""
+    if norm_type != float("inf"):
+        dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)  # a NaN anywhere makes the sum NaN
+        return
+    # gloo's MAX returns max(x, NaN) = x (measured): a NaN on one rank would vanish, that rank alone would skip the
+    # step or step with NaN. The NaN travels as a flag next to the value instead.
+    value_and_nan = torch.stack([value, torch.isnan(value).to(value.dtype)])
+    dist.all_reduce(value_and_nan, op=dist.ReduceOp.MAX, group=group)
+    value.copy_(torch.where(value_and_nan[1] > 0, float("nan"), value_and_nan[0]))
+
+
+def _device_of(group) -> torch.device:
+    """Where a rank without params puts its partial: NCCL reduces CUDA tensors only."""
+    if group is not None and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

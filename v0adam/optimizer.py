@@ -6,6 +6,7 @@ from copy import deepcopy
 from itertools import chain
 
 import torch
+import torch.distributed as dist
 from torch.optim import Optimizer
 
 from v0adam import data_v0, grad_norm, sharding, torch_backend, traced_ops, triton_backend
@@ -143,6 +144,7 @@ class V0Adam(Optimizer):
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = None  # with skip_nonfinite: a device tensor counting the steps skipped
         self._clip_coefficient = self._clip_norm = None
+        self._partition_group = None
         self._seed_tensors = {}
         self._buckets = []
         self._pending_v0 = {}
@@ -278,7 +280,7 @@ class V0Adam(Optimizer):
 
         Under ZeroRedundancyOptimizer each rank's optimizer holds a share of the model's params, numbered from 0:
         numbered as in the whole model, the random v0 no longer depends on the world size. See
-        `v0adam.align_random_v0`.
+        `v0adam.setup_zero`.
         """
         if self._step_calls:
             raise RuntimeError("number_params_as must run before the first step(): it redraws exp_avg_sq")
@@ -292,6 +294,20 @@ class V0Adam(Optimizer):
                 if self.param_groups[group_index]["v0"] == v0_modes.RANDOM:
                     exp_avg_sq = self.state[param]["exp_avg_sq"]
                     self._initialise_v0(bucket, param, exp_avg_sq, group_index, self._param_indices[param])
+
+    def set_partition_group(self, process_group=None) -> None:
+        """Declare this optimizer one rank's share of a model whose params are partitioned over `process_group`
+        (default: the default group), as under ZeRO-1 or with a DeepSpeed-style flat partition: `clip_grad_norm_`
+        and `skip_nonfinite` then take the norm over every rank's share (one all-reduce of a scalar), so every rank
+        clips by the same factor and skips the same steps. Every rank of the group must then call them together,
+        one without params too. Under ZeroRedundancyOptimizer, `v0adam.setup_zero` calls this.
+        """
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("set_partition_group needs torch.distributed to be initialized")
+        process_group = dist.group.WORLD if process_group is None else process_group
+        if dist.get_rank(process_group) < 0:
+            raise ValueError("set_partition_group: this rank is not a member of process_group")
+        self._partition_group = process_group
 
     def _initialise_v0(self, bucket, param, exp_avg_sq, group_index: int, param_index: int) -> None:
         """exp_avg_sq of a param with no state yet starts at its group's v0 ("data" waits for its data pass)."""
@@ -403,7 +419,7 @@ class V0Adam(Optimizer):
         """
         if torch.compiler.is_compiling() and not self._traceable():
             return _eagerly(self.clip_grad_norm_, max_norm, norm_type)
-        norm = grad_norm.global_grad_norm(self._works(), norm_type)
+        norm = grad_norm.global_grad_norm(self._works(), norm_type, self._partition_group)
         self._clip_coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         self._clip_norm = norm
         return norm
@@ -419,10 +435,10 @@ class V0Adam(Optimizer):
         """The flag that skips this step: GradScaler's found_inf, plus with skip_nonfinite a check of every grad
         (the norm of a pending clip_grad_norm_ when there is one, else one fused pass). Counted in skipped_steps."""
         norm, self._clip_norm = self._clip_norm, None
-        if not self.skip_nonfinite or not works:
+        if not self.skip_nonfinite or not (works or self._partition_group is not None):
             return found_inf
         if norm is None:
-            norm = grad_norm.global_grad_norm(works, 1.0)
+            norm = grad_norm.global_grad_norm(works, 1.0, self._partition_group)
         found = (~torch.isfinite(norm)).float()
         if found_inf is not None:
             found = found + found_inf.to(found.device)

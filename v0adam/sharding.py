@@ -8,7 +8,6 @@ shown to users (and to torch.distributed.checkpoint) as DTensors with the param'
 import math
 
 import torch
-import torch.distributed as dist
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -26,13 +25,11 @@ def layout_of(tensor: torch.Tensor):
     return (tensor.device_mesh, tuple(tensor.placements)) if is_dtensor(tensor) else None
 
 
-def reduce_over_shards_(value: torch.Tensor, param: torch.Tensor, norm_type: float) -> None:
-    """In place: a per-rank partial of a gradient norm (sum of |g|^p, or max |g| for inf) over this rank's shards of
-    params laid out like `param`, made the partial over the whole params (all ranks along its sharded mesh dims)."""
-    op = dist.ReduceOp.MAX if norm_type == float("inf") else dist.ReduceOp.SUM
-    for mesh_dim, placement in enumerate(param.placements):
-        if placement.is_shard():
-            dist.all_reduce(value, op=op, group=param.device_mesh.get_group(mesh_dim))
+def shard_groups(param: torch.Tensor) -> list:
+    """The process groups along the mesh dims that params laid out like the DTensor `param` are sharded over: a
+    partial gradient norm over this rank's shards, reduced over each of them, is the norm's partial over the whole
+    params."""
+    return [param.device_mesh.get_group(dim) for dim, placement in enumerate(param.placements) if placement.is_shard()]
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
