@@ -107,6 +107,45 @@ def test_compiled_step_follows_torch_adamw(trace_backward):
     assert_same_training(models[0], opt, models[1], reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", [dict(amsgrad=True, skip_nonfinite=True), dict(master_weights=True)])
+def test_a_compiled_step_mutates_only_tensors_at_fixed_addresses(trace_backward, precision):
+    """What mode="reduce-overhead" needs: CUDA graph trees skip (silently, falling back to plain launches) a graph
+    that mutates an input whose address they do not know to be fixed. Checked with the same metadata inductor
+    reads (aot_autograd's), over two calls: the second sees what the first created."""
+    inputs_seen = []
+
+    def record_inputs(graph, example_inputs):
+        metadata = torch._guards.TracingContext.try_get().fw_metadata
+        mutated = [index for index, info in enumerate(metadata.input_info) if info.mutates_data]
+        inputs_seen.append((mutated, set(metadata.static_input_indices)))
+        return graph
+
+    dtype = torch.bfloat16 if precision.get("master_weights") else torch.float32
+    model = build_model(dtype)
+    opt = v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), backend="triton", **precision)
+    backend = torch._dynamo.backends.common.aot_autograd(fw_compiler=record_inputs)
+    compiled_step = torch.compile(train_step, fullgraph=True, backend=backend)
+    for step in range(2):
+        compiled_step(model, opt, *batch(step, dtype))
+    assert len(inputs_seen) == 1, "the second call must reuse the first graph"
+    mutated, static = inputs_seen[0]
+    assert len(mutated) > 4  # params, grads (zero_grad), moments, step counters...
+    assert [index for index in mutated if index not in static] == []
+
+
+def test_a_float_lr_change_keeps_the_hyperparameter_tables_address():
+    """A schedule of float lrs rewrites the device table in place: compiled graphs and captured CUDA graphs hold
+    its address."""
+    model = build_model()
+    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, backend="triton")
+    table = opt._hyper_table(torch.device(DEVICE))
+    address = table.data_ptr()
+    opt.param_groups[0]["lr"] = 3e-3
+    table = opt._hyper_table(torch.device(DEVICE))
+    assert table.data_ptr() == address
+    assert float(table[0, v0adam.kernels.adam.LR.value]) == 3e-3
+
+
 def test_compiled_step_alone():
     """Only opt.step() compiled (any torch version), two param groups, one of them frozen in part: same as eager."""
     models = build_model(), build_model()

@@ -4,6 +4,7 @@ torch.compile's reduce-overhead mode (CUDA graphs under inductor) does the same.
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import v0adam
 
@@ -79,6 +80,7 @@ def test_reduce_overhead_compile_matches_eager():
     if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
         pytest.skip("this torch cannot trace backward() inside a compiled function")
     torch._dynamo.reset()
+    counters.clear()
     model, opt = build()
     with torch._dynamo.config.patch(trace_autograd_ops=True):
         compiled = torch.compile(train_step, mode="reduce-overhead", fullgraph=True)
@@ -86,4 +88,6 @@ def test_reduce_overhead_compile_matches_eager():
             schedule(opt, step)
             compiled(model, opt, x.cuda(), y.cuda())
     torch.cuda.synchronize()
+    # A graph that cudagraph trees refuse runs without CUDA graphs, correctly: that must not pass unnoticed.
+    assert counters["inductor"]["cudagraph_skips"] == 0
     assert_matches(model, opt, *eager_run())

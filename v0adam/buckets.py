@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from v0adam.fixed_address import fixed_address
 from v0adam.sharding import is_dtensor, like_param, local
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -109,14 +110,14 @@ class FlatBucket:
             self.flat_param = torch.zeros(total, dtype=dtype, device=device)
             self.flat_grad = torch.zeros(total, dtype=dtype, device=device)
         self.state_dtype = precision.state_dtype_for(dtype)
-        self.exp_avg = torch.zeros(total, dtype=self.state_dtype, device=device)
-        self.exp_avg_sq = torch.zeros(total, dtype=self.state_dtype, device=device)
+        self.exp_avg = fixed_address(torch.zeros(total, dtype=self.state_dtype, device=device))
+        self.exp_avg_sq = fixed_address(torch.zeros(total, dtype=self.state_dtype, device=device))
         self.max_exp_avg_sq = None
         # An fp32 copy of 16-bit params, the value the optimizer updates; the params are its rounding.
         self.master = None
         if precision.master_weights and dtype in LOW_PRECISION:
-            self.master = torch.zeros(total, dtype=torch.float32, device=device)
-        self.steps = torch.zeros(len(self.params), dtype=torch.float32, device=device)
+            self.master = fixed_address(torch.zeros(total, dtype=torch.float32, device=device))
+        self.steps = fixed_address(torch.zeros(len(self.params), dtype=torch.float32, device=device))
         # Host-side record of each param's step history: equal values guarantee equal device step counters,
         # so such params may share one segment (the kernel reads one counter per segment).
         self.step_history = [0] * len(self.params)
@@ -151,7 +152,7 @@ class FlatBucket:
 
     def ensure_max_exp_avg_sq(self) -> None:
         if self.max_exp_avg_sq is None:
-            self.max_exp_avg_sq = torch.zeros_like(self.exp_avg_sq)
+            self.max_exp_avg_sq = fixed_address(torch.zeros_like(self.exp_avg_sq))
 
     def state_views(self, index: int, amsgrad: bool) -> dict[str, torch.Tensor]:
         """torch.optim.Adam's per-param state, as views into the flat buffers (DTensors for a DTensor param)."""

@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 from v0adam import data_v0, grad_norm, sharding, torch_backend, traced_ops, triton_backend
 from v0adam import v0 as v0_modes
 from v0adam.buckets import BucketWork, FlatBucket, Precision
+from v0adam.fixed_address import fixed_address
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
 from v0adam.sharding import is_dtensor, local, local_part
 
@@ -142,7 +143,6 @@ class V0Adam(Optimizer):
         self.precision = Precision(master_weights, stochastic_rounding, state_dtype)
         self.backend = backend
         self.skip_nonfinite = skip_nonfinite
-        self.skipped_steps = None  # with skip_nonfinite: a device tensor counting the steps skipped
         self._clip_coefficient = self._clip_norm = None
         self._partition_group = None
         self._seed_tensors = {}
@@ -156,6 +156,10 @@ class V0Adam(Optimizer):
                 raise ValueError("v0 dict has a key that is not a parameter of this optimizer")
         self._step_supports_amp_scaling = True
         self._build_buckets()
+        self.skipped_steps = None  # with skip_nonfinite, a device tensor counting the steps skipped
+        if skip_nonfinite:
+            device = self._buckets[0].device if self._buckets else torch.device("cpu")
+            self.skipped_steps = fixed_address(torch.zeros((), dtype=torch.int64, device=device))
         self._awaiting_data_v0 = any(group["v0"] == v0_modes.DATA for group in self.param_groups)
 
     def __setstate__(self, state):
@@ -442,8 +446,6 @@ class V0Adam(Optimizer):
         found = (~torch.isfinite(norm)).float()
         if found_inf is not None:
             found = found + found_inf.to(found.device)
-        if self.skipped_steps is None:
-            self.skipped_steps = torch.zeros((), dtype=torch.int64, device=found.device)
         self.skipped_steps += (found != 0).to(torch.int64).to(self.skipped_steps.device)
         return found
 

@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from v0adam.fixed_address import fixed_address
 from v0adam.kernels import adam as adam_kernel
 from v0adam.kernels.grad_norm import grad_norm_partials
 
@@ -127,8 +128,9 @@ def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: floa
 class HyperTable:
     """Per-group hyperparameters of one device in device memory (float64 [groups, HYPER_FIELDS]).
 
-    Python floats are uploaded only when one of them changed (an LR schedule: one small copy per step);
-    tensor values (a tensor lr, tensor betas) are copied device-side every step, never read on the host.
+    Python floats are uploaded only when one of them changed (an LR schedule: one small copy per step), into the
+    same device tensor; tensor values (a tensor lr, tensor betas) are copied device-side every step, never read on
+    the host.
     """
 
     def __init__(self, device: torch.device):
@@ -147,7 +149,11 @@ class HyperTable:
                     row[field] = float(value)
             rows.append(row)
         if rows != self._host_values:
-            self.table = torch.tensor(rows, dtype=torch.float64).to(self.device, non_blocking=True)
+            values = torch.tensor(rows, dtype=torch.float64)
+            if self.table is None or self.table.shape != values.shape:
+                self.table = fixed_address(values.to(self.device))
+            else:  # in place: the table keeps its address, which a compiled or captured step has taken
+                self.table.copy_(values, non_blocking=True)
             self._host_values = rows
         for index, field, value in tensors:
             self.table[index, field].copy_(value.reshape(()), non_blocking=True)
