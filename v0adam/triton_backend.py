@@ -22,6 +22,12 @@ BLOCK = 4096 if interpreter_enabled() else 1024
 NUM_WARPS = 4
 
 
+# The tables that launches read while a CUDA graph was being captured, by id of the device segment table: a graph
+# replays its kernels on those very tables (and its captured uploads from their pinned host copies), so they must
+# live as long as the graph, whatever later steps rebuild or a cache drops. A few small tables per capture.
+_HELD_FOR_CUDA_GRAPHS = {}
+
+
 class SegmentTable:
     """The segment and block tables of one bucket, in device memory, rebuilt only when an address changes."""
 
@@ -31,7 +37,7 @@ class SegmentTable:
         self.segments = None
         self.block_segment = None
         self.aligned = False
-        self._host_tables = None
+        self.host_tables = None
 
     def update(self, segments) -> None:
         self.update_rows(
@@ -57,9 +63,9 @@ class SegmentTable:
         )
         if self.device.type == "cuda":
             # Pinned: the copies are then asynchronous, and can be captured into a CUDA graph (which replays them
-            # from these host buffers, so they are kept alive with the table).
+            # from these host buffers: they live with the table, and for good once captured, see hold_if_capturing).
             host_table, host_blocks = host_table.pin_memory(), host_blocks.pin_memory()
-        self._host_tables = host_table, host_blocks
+        self.host_tables = host_table, host_blocks
         self.segments = host_table.to(self.device, non_blocking=True)
         self.block_segment = host_blocks.to(self.device, non_blocking=True)
         align_bytes, align_elements = adam_kernel.ALIGN_BYTES.value, adam_kernel.ALIGN_ELEMENTS.value
@@ -96,6 +102,7 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
 
 def launch_step(table: SegmentTable, hyper, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
     """The kernel launch over `table` with this backend's block size and warps; `options` as `adam_step`'s."""
+    hold_if_capturing(table)
     adam_kernel.adam_step(
         table.segments,
         table.block_segment,
@@ -120,9 +127,20 @@ def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
 
 
 def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: float) -> torch.Tensor:
+    hold_if_capturing(table)
     return grad_norm_partials(
         table.segments, table.block_segment, param_dtype=param_dtype, norm_type=norm_type, block=BLOCK
     )
+
+
+def hold_if_capturing(table: SegmentTable) -> None:
+    """Keep the table's current tensors alive for good if a CUDA graph is being captured on this stream."""
+    if capturing(table.device):
+        _HELD_FOR_CUDA_GRAPHS[id(table.segments)] = (table.segments, table.block_segment, table.host_tables)
+
+
+def capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 class HyperTable:
