@@ -3,10 +3,14 @@ follows the same step run eagerly and compiles once while a tensor lr follows a 
 traced runs eagerly behind a graph break. Inductor on CUDA; on CPU aot_eager (the kernels run in the
 interpreter)."""
 
+import re
+import shutil
+
 import pytest
 import torch
 from conftest import DEVICE
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch._inductor.utils import run_and_get_code
 
 import v0adam
 
@@ -144,6 +148,25 @@ def test_a_float_lr_change_keeps_the_hyperparameter_tables_address():
     table = opt._hyper_table(torch.device(DEVICE))
     assert table.data_ptr() == address
     assert float(table[0, v0adam.kernels.adam.LR.value]) == 3e-3
+
+
+@pytest.mark.skipif(
+    DEVICE == "cpu" and not (shutil.which("g++") or shutil.which("clang++")), reason="inductor on CPU needs C++"
+)
+def test_inductor_steps_each_param_where_it_lies():
+    """No copies around the step: each param reaches its launch as the compiled graph's own input. (Handed several
+    views of the flat buffer, inductor copied each with everything before it: quadratic in the number of
+    params.)"""
+    models = build_model(), build_model()
+    opts = [v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0_seed=1, backend="triton") for model in models]
+    for model in models:
+        torch.nn.functional.mse_loss(model(batch(0)[0]), batch(0)[1]).backward()
+    _, code = run_and_get_code(torch.compile(opts[0].step, backend="inductor"))
+    params_of_each_launch = re.findall(r"v0adam\.adam_step_\.default\(\[([^\]]*)\]", "\n".join(code))
+    assert len(params_of_each_launch) == 4
+    assert all(re.fullmatch(r"arg\d+_1", params) for params in params_of_each_launch)
+    opts[1].step()
+    assert_same_training(models[0], opts[0], models[1], opts[1])
 
 
 def test_compiled_step_alone():

@@ -13,6 +13,8 @@ from v0adam import triton_backend
 from v0adam.sharding import local
 from v0adam.triton_backend import SegmentTable
 
+FIELDS = 4  # ints per segment in a traced layout: state offset, numel, group, step index
+
 
 def _traced_layout(bucket, work) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
     """A traced step's segments, one per param stepped: params, grads, and (state offset, numel, group, step
@@ -26,16 +28,18 @@ def _traced_layout(bucket, work) -> tuple[list[torch.Tensor], list[torch.Tensor]
     return [local(param) for param in params], [local(param.grad) for param in params], flat_layout
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4096)  # a traced step takes one table per re-homed param (see step_bucket)
 def _table_for(device, param_addresses: tuple, grad_addresses: tuple, flat_layout: tuple) -> SegmentTable:
     table = SegmentTable(device)
-    table.update_rows(list(zip(param_addresses, grad_addresses, *(flat_layout[field::4] for field in range(4)))))
+    fields = (flat_layout[field::FIELDS] for field in range(FIELDS))
+    table.update_rows(list(zip(param_addresses, grad_addresses, *fields)))
     return table
 
 
 def _table_of(params: list[torch.Tensor], grads: list[torch.Tensor], flat_layout: list[int]) -> SegmentTable:
-    """The launch tables of a traced layout over these tensors, cached: once warm, no host-to-device copy (as CUDA
-    graph capture requires) as long as the tensors stay where they are."""
+    """The launch tables of a traced layout over these tensors, cached by address: no host-to-device copy while the
+    compiled graph hands the ops the same tensors (a CUDA graph replay always does; inductor's temporaries may move
+    between calls, and then a table is rebuilt)."""
     if not all(tensor.is_contiguous() for tensor in params + grads):
         raise ValueError("v0adam's traced step needs contiguous params and gradients")
     return _table_for(
@@ -97,28 +101,43 @@ def _grad_norm_partials_op(grads: list[torch.Tensor], flat_layout: list[int], no
 
 @_grad_norm_partials_op.register_fake
 def _(grads, flat_layout, norm_type):
-    blocks = sum(-(-numel // triton_backend.BLOCK) for numel in flat_layout[1::4])
+    blocks = sum(-(-numel // triton_backend.BLOCK) for numel in flat_layout[1::FIELDS])
     return grads[0].new_empty(blocks, dtype=torch.float32)
 
 
 def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
-    """`triton_backend.step_bucket` for a traced step: one launch over the params in `work.stepped`."""
+    """`triton_backend.step_bucket` for a traced step over the params in `work.stepped`.
+
+    Re-homed params take one launch each. Handed several views of one buffer to mutate, the compiler (torch 2.13)
+    first copies each view together with everything before it in the buffer, and writes them back after: traffic
+    and memory quadratic in the number of params (inductor's code on CPU copies a 32- and a 1024-element param of a
+    3136-element buffer as 2080 and 3136 elements; handing it the buffer itself instead returns wrong outputs when
+    the params are graph inputs too). One param per launch, each is stepped where it lies. DTensor shards own their
+    storage: one launch for all.
+    """
     params, grads, flat_layout = _traced_layout(bucket, work)
-    _adam_step_op(
-        params,
-        grads,
-        hyper,
-        bucket.steps,
-        bucket.exp_avg,
-        bucket.exp_avg_sq,
-        bucket.max_exp_avg_sq,
-        bucket.master,
-        grad_scale,
-        found_inf,
-        rounding_seed,
-        flat_layout,
-        algorithm,
-    )
+    launches = [(params, grads, flat_layout)]
+    if bucket.rehomed:
+        launches = [
+            ([param], [grad], flat_layout[FIELDS * index : FIELDS * (index + 1)])
+            for index, (param, grad) in enumerate(zip(params, grads))
+        ]
+    for launch_params, launch_grads, launch_layout in launches:
+        _adam_step_op(
+            launch_params,
+            launch_grads,
+            hyper,
+            bucket.steps,
+            bucket.exp_avg,
+            bucket.exp_avg_sq,
+            bucket.max_exp_avg_sq,
+            bucket.master,
+            grad_scale,
+            found_inf,
+            rounding_seed,
+            launch_layout,
+            algorithm,
+        )
 
 
 def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
