@@ -1,7 +1,8 @@
 """python -m bench: time one optimizer step of v0adam and of each torch.optim.AdamW implementation per case.
 
-On CUDA: v0adam, torch for-loop, foreach, fused and torch.compile; on CPU: v0adam's CPU path against foreach and
-fused. Prints the table, saves a CSV stamped with device, versions and date, and a PNG plot.
+On CUDA: v0adam, torch for-loop, foreach, fused and torch.compile, and v0adam's step under torch.compile; on CPU:
+v0adam's CPU path against foreach and fused. Prints the table, saves a CSV stamped with device, versions and date,
+and a PNG plot.
 """
 
 import argparse
@@ -14,13 +15,14 @@ import torch
 from bench import cases, report, timing, variants
 
 QUICK_COMPILE_CASE = "GPT-2 small fp32"
+COMPILED = ("torch compile", "v0adam compile")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer sizes and steps (the device check uses this)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (median), default 30 / 10 on CPU")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the CSV and PNG go")
     args = parser.parse_args(argv)
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     rows = []
     for case in selected:
         for name, build in builders.items():
-            if name == "torch compile" and args.quick and case.name != QUICK_COMPILE_CASE:
+            if name in COMPILED and args.quick and case.name != QUICK_COMPILE_CASE:
                 continue  # compiling takes ~a minute per case; the quick run compiles one
             print(f"  {case.name:<22} {name:<15}", end=" ", flush=True)
             built = build(case, device)

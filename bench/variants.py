@@ -73,6 +73,11 @@ def build_compiled(case, device):
     return torch.compile(opt.step), bytes_per_element(case.dtype, case.dtype, case.amsgrad)
 
 
+def build_v0adam_compiled(case, device):
+    step, per_element = build_v0adam(case, device)
+    return torch.compile(step), per_element
+
+
 def variants(device: torch.device, with_compile: bool):
     """name -> builder(case, device) -> (step callable, minimum bytes per element of that implementation), or
     None where that implementation does not exist for the case's optimizer."""
@@ -85,6 +90,7 @@ def variants(device: torch.device, with_compile: bool):
         }
         if with_compile:
             found["torch compile"] = build_compiled
+            found["v0adam compile"] = build_v0adam_compiled
         return found
     return {
         "v0adam": build_v0adam,
