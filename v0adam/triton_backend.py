@@ -24,7 +24,7 @@ NUM_WARPS = 4
 
 # The tables that launches read while a CUDA graph was being captured, by id of the device segment table: a graph
 # replays its kernels on those very tables (and its captured uploads from their pinned host copies), so they must
-# live as long as the graph, whatever later steps rebuild or a cache drops. A few small tables per capture.
+# live as long as the graph, whatever later steps rebuild or a cache drops. One small table per launch captured.
 _HELD_FOR_CUDA_GRAPHS = {}
 
 
