@@ -169,6 +169,32 @@ def test_inductor_steps_each_param_where_it_lies():
     assert_same_training(models[0], opts[0], models[1], opts[1])
 
 
+def test_with_a_scheduler_attached_the_step_is_compiled_on_its_own():
+    """torch's schedulers wrap opt.step in a function dynamo skips: a graph break at the call, then the step is a
+    graph of its own, and follows the same schedule run eagerly."""
+    models = build_model(), build_model()
+    opts = [v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0_seed=1, backend="triton") for model in models]
+    schedulers = [torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.5, total_iters=3) for opt in opts]
+    traced_ops = []
+
+    def record_ops(graph, example_inputs):
+        traced_ops.extend(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+        return graph.forward
+
+    def step_and_schedule(opt, scheduler):
+        opt.step()
+        scheduler.step()
+
+    compiled = torch.compile(step_and_schedule, backend=record_ops)
+    for step in range(4):
+        for model, opt, scheduler, run in zip(models, opts, schedulers, (compiled, step_and_schedule)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(batch(step)[0]), batch(step)[1]).backward()
+            run(opt, scheduler)
+    assert "v0adam.adam_step_.default" in traced_ops
+    assert_same_training(models[0], opts[0], models[1], opts[1])
+
+
 def test_compiled_step_alone():
     """Only opt.step() compiled (any torch version), two param groups, one of them frozen in part: same as eager."""
     models = build_model(), build_model()
