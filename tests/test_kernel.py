@@ -108,17 +108,17 @@ def test_kernels_compile_for_h100_and_aligned_steps_use_vector_accesses(dtype, m
 def test_tables_used_while_capturing_a_cuda_graph_outlive_later_rebuilds(monkeypatch):
     """A captured graph replays its kernels on the tables they read at capture time: a later rebuild (new
     addresses) or a cache eviction must not free them."""
-    from v0adam import triton_backend
+    from v0adam import graph_capture, triton_backend
 
     table = triton_backend.SegmentTable(torch.device("cpu"))
     table.update_rows([(4096, 8192, 0, 100, 0, 0)])
     captured = table.segments
-    monkeypatch.setattr(triton_backend, "capturing", lambda device: True)
-    triton_backend.hold_if_capturing(table)
-    monkeypatch.setattr(triton_backend, "capturing", lambda device: False)
+    monkeypatch.setattr(graph_capture, "capturing", lambda device: True)
+    triton_backend.hold_table_if_capturing(table)
+    monkeypatch.setattr(graph_capture, "capturing", lambda device: False)
     table.update_rows([(12288, 16384, 0, 100, 0, 0)])
-    triton_backend.hold_if_capturing(table)  # not capturing: nothing held
-    held = [tensors[0] for tensors in triton_backend._HELD_FOR_CUDA_GRAPHS.values()]
+    triton_backend.hold_table_if_capturing(table)  # not capturing: nothing held
+    held = [tensors[0] for tensors in graph_capture._HELD_FOR_CUDA_GRAPHS.values()]
     assert any(tensor is captured for tensor in held)
     assert not any(tensor is table.segments for tensor in held)
     assert captured[0, 0] == 4096  # the capture-time addresses, untouched

@@ -1,6 +1,8 @@
 """step() never synchronises with the host on the Triton backend: no Tensor.item, bool(tensor) or .cpu() from
 v0adam's code during a step, whatever it does (flat path, replaced grads, GradScaler, guard, clipping, a tensor
-lr and a schedule). The interpreter itself reads tensors on the host, so only calls from v0adam are refused."""
+lr and a schedule). Nor, once a step has seen its layout, does it make a host tensor to upload: a CUDA graph
+capture refuses uploads from pageable memory. The interpreter itself reads tensors on the host, so only calls from
+v0adam are refused."""
 
 import sys
 
@@ -11,34 +13,41 @@ from helpers import MIXED_SHAPES, gradients, make_params, set_grads
 
 import v0adam
 
+HOST_READS = ("item", "__bool__", "cpu", "tolist", "__float__", "__int__")
+# Called without a device, these make a host tensor, which a step on a GPU would then have to upload.
+HOST_TENSOR_FACTORIES = ("tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange")
+
 
 @pytest.fixture
-def refuse_host_reads(monkeypatch):
-    def refusing(name):
-        original = getattr(torch.Tensor, name)
+def refuse_from_v0adam(monkeypatch):
+    """refuse(owner, names, when): make owner.name raise when v0adam's code calls it with arguments that `when`
+    accepts."""
 
-        def method(self, *args, **kwargs):
+    def refusing(owner, name, when):
+        original = getattr(owner, name)
+
+        def function(*args, **kwargs):
             caller = sys._getframe(1).f_globals.get("__name__", "")
-            if caller.startswith("v0adam"):
-                raise AssertionError(f"{caller} called Tensor.{name} during step()")
-            return original(self, *args, **kwargs)
+            if caller.startswith("v0adam") and when(kwargs):
+                raise AssertionError(f"{caller} called {name} during step()")
+            return original(*args, **kwargs)
 
-        return method
+        return function
 
-    def refuse():
-        for name in ("item", "__bool__", "cpu", "tolist", "__float__", "__int__"):
-            monkeypatch.setattr(torch.Tensor, name, refusing(name))
+    def refuse(owner, names, when=lambda kwargs: True):
+        for name in names:
+            monkeypatch.setattr(owner, name, refusing(owner, name, when))
 
     return refuse
 
 
 @pytest.mark.parametrize("grad_mode", ["autograd", "assign"])
-def test_step_reads_nothing_back(refuse_host_reads, grad_mode):
+def test_step_reads_nothing_back(refuse_from_v0adam, grad_mode):
     params = make_params(MIXED_SHAPES, device=DEVICE)
     opt = v0adam.V0AdamW(params, lr=torch.tensor(1e-2), amsgrad=True, skip_nonfinite=True, backend="triton")
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9**step)
     scaler = torch.amp.GradScaler(DEVICE)
-    refuse_host_reads()
+    refuse_from_v0adam(torch.Tensor, HOST_READS)
     for step in range(3):
         opt.zero_grad()
         if grad_mode == "autograd":
@@ -54,3 +63,28 @@ def test_step_reads_nothing_back(refuse_host_reads, grad_mode):
         else:
             opt.step()
         schedule.step()
+
+
+@pytest.mark.parametrize("without_grad", [(), (3,)], ids=["frozen", "frozen-and-grad-None"])
+def test_steps_upload_nothing_while_their_layout_stays(refuse_from_v0adam, without_grad):
+    """A frozen param, and a grad set to None before every step, make partial steps: the step counters' mask is
+    uploaded when the pattern appears (the frozen one at construction), not at every step."""
+    params = make_params(MIXED_SHAPES, device=DEVICE)
+    params[1].requires_grad_(False)
+    reference_params = [param.detach().clone().requires_grad_(param.requires_grad) for param in params]
+    opt = v0adam.V0AdamW(params, lr=torch.tensor(1e-2), v0="zero", backend="triton")
+    reference = torch.optim.AdamW(reference_params, lr=torch.tensor(1e-2))
+    for step in range(4):
+        if step == 1:
+            refuse_from_v0adam(torch, HOST_TENSOR_FACTORIES, when=lambda kwargs: kwargs.get("device") is None)
+        for model_params, optimizer in ((params, opt), (reference_params, reference)):
+            optimizer.zero_grad()
+            trainable = [param for param in model_params if param.requires_grad]
+            set_grads(trainable, gradients(trainable, step), "autograd")
+            for index in without_grad:
+                model_params[index].grad = None
+            optimizer.step()
+    for param, reference_param in zip(params, reference_params):
+        torch.testing.assert_close(param, reference_param, rtol=1e-5, atol=1e-6)
+        for key, value in reference.state.get(reference_param, {}).items():
+            torch.testing.assert_close(opt.state[param][key], value, rtol=1e-5, atol=1e-6)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from v0adam.fixed_address import fixed_address
+from v0adam.graph_capture import hold_if_capturing, pinned_upload
 from v0adam.sharding import is_dtensor, like_param, local
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -131,6 +132,13 @@ class FlatBucket:
         self._home_param_addresses = [param.data_ptr() for param in self.params]
         self._home_grad_addresses = [None if grad is None else grad.data_ptr() for grad in self._home_grads]
         self._trainable = sum(grad is not None for grad in self._home_grads)
+        # Device masks of the step counters that a step of some of the params advances. Frozen params make every
+        # step such a step: their mask is uploaded once, here; the last other one is kept until the next differs.
+        self._trainable_indices = tuple(index for index, param in enumerate(self.params) if param.requires_grad)
+        self._trainable_mask = None
+        if len(self._trainable_indices) != len(self.params):
+            self._trainable_mask = fixed_address(pinned_upload(self._host_mask(self._trainable_indices), device))
+        self._last_mask = (None, None)
 
     def slot(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
         offset = self.offsets[index]
@@ -299,6 +307,29 @@ class FlatBucket:
                 f"gradient ({grad.dtype}, {tuple(grad.shape)}, {grad.device}) does not match its parameter "
                 f"({param.dtype}, {tuple(param.shape)}, {param.device})"
             )
+
+    def step_increment(self, stepped: list[int]):
+        """What a step of the params `stepped` adds to the step counters: 1, or a device mask of ones and zeros.
+        The frozen params' mask lives with the bucket (a traced step takes it as an input); any other is uploaded
+        when the pattern changes, as the launch tables are (while torch.compile traces, a constant of the graph),
+        and kept for good once a CUDA graph being captured reads it."""
+        if len(stepped) == len(self.params):
+            return 1.0
+        key = tuple(stepped)
+        if key == self._trainable_indices:
+            return self._trainable_mask
+        if torch.compiler.is_compiling():
+            return self._host_mask(key).to(self.device)
+        if key != self._last_mask[0]:
+            self._last_mask = (key, pinned_upload(self._host_mask(key), self.device))
+        mask = self._last_mask[1]
+        hold_if_capturing(self.device, mask)
+        return mask
+
+    def _host_mask(self, stepped: tuple[int, ...]) -> torch.Tensor:
+        mask = torch.zeros(len(self.params), dtype=torch.float32)
+        mask[list(stepped)] = 1.0
+        return mask
 
     def record_step(self, stepped: list[int], call_id: int) -> None:
         """Advance the host-side step histories. Params stepped together keep equal histories, so only a step

@@ -28,21 +28,22 @@ def global_grad_norm(works, norm_type: float, partition_group=None) -> torch.Ten
             powered.append(reduce_partials(partials, norm_type))
         else:
             norms = [torch.linalg.vector_norm(s.grad, norm_type, dtype=torch.float32) for s in work.segments]
-            powered.append(_combine([n if norm_type == float("inf") else n**norm_type for n in norms], norm_type))
+            powered.append(
+                _combine([n if norm_type == float("inf") else n**norm_type for n in norms], norm_type, bucket.device)
+            )
         if not bucket.rehomed:  # DTensor shards: every rank adds the other ranks' part
-            powered[-1] = powered[-1].to(bucket.device)
             for group in shard_groups(bucket.params[0]):
                 _all_reduce_partial_(powered[-1], norm_type, group)
     device = works[0][0].device if works else _device_of(partition_group)
-    total = _combine([value.to(device) for value in powered], norm_type).to(device)
+    total = _combine([value.to(device) for value in powered], norm_type, device)
     if partition_group is not None:
         _all_reduce_partial_(total, norm_type, partition_group)
     return total if norm_type in (1.0, float("inf")) else total ** (1.0 / norm_type)
 
 
-def _combine(values: list[torch.Tensor], norm_type: float) -> torch.Tensor:
+def _combine(values: list[torch.Tensor], norm_type: float, device: torch.device) -> torch.Tensor:
     if not values:
-        return torch.zeros((), dtype=torch.float32)
+        return torch.zeros((), dtype=torch.float32, device=device)
     stacked = torch.stack(values)
     return stacked.max() if norm_type == float("inf") else stacked.sum()
 

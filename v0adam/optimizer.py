@@ -461,12 +461,7 @@ class V0Adam(Optimizer):
 
     def _advance_steps(self, bucket, stepped: list[int], found_inf) -> None:
         """steps += 1 for the params stepped now, unless found_inf; never read on the host."""
-        if len(stepped) == len(bucket.params):
-            increment = 1.0
-        else:
-            mask = torch.zeros(len(bucket.params), dtype=torch.float32)
-            mask[stepped] = 1.0
-            increment = mask.to(bucket.device, non_blocking=True)
+        increment = bucket.step_increment(stepped)
         if found_inf is not None:
             increment = (found_inf == 0) * increment
         bucket.steps.add_(increment)

@@ -6,6 +6,7 @@ import os
 import torch
 
 from v0adam.fixed_address import fixed_address
+from v0adam.graph_capture import hold_if_capturing, pinned_copy_, pinned_upload
 from v0adam.kernels import adam as adam_kernel
 from v0adam.kernels.grad_norm import grad_norm_partials
 
@@ -22,12 +23,6 @@ BLOCK = 4096 if interpreter_enabled() else 1024
 NUM_WARPS = 4
 
 
-# The tables that launches read while a CUDA graph was being captured, by id of the device segment table: a graph
-# replays its kernels on those very tables (and its captured uploads from their pinned host copies), so they must
-# live as long as the graph, whatever later steps rebuild or a cache drops. One small table per launch captured.
-_HELD_FOR_CUDA_GRAPHS = {}
-
-
 class SegmentTable:
     """The segment and block tables of one bucket, in device memory, rebuilt only when an address changes."""
 
@@ -37,7 +32,6 @@ class SegmentTable:
         self.segments = None
         self.block_segment = None
         self.aligned = False
-        self.host_tables = None
 
     def update(self, segments) -> None:
         self.update_rows(
@@ -61,13 +55,8 @@ class SegmentTable:
         host_blocks = torch.repeat_interleave(
             torch.arange(len(rows), dtype=torch.int32), torch.tensor(blocks_per_segment, dtype=torch.int64)
         )
-        if self.device.type == "cuda":
-            # Pinned: the copies are then asynchronous, and can be captured into a CUDA graph (which replays them
-            # from these host buffers: they live with the table, and for good once captured, see hold_if_capturing).
-            host_table, host_blocks = host_table.pin_memory(), host_blocks.pin_memory()
-        self.host_tables = host_table, host_blocks
-        self.segments = host_table.to(self.device, non_blocking=True)
-        self.block_segment = host_blocks.to(self.device, non_blocking=True)
+        self.segments = pinned_upload(host_table, self.device)
+        self.block_segment = pinned_upload(host_blocks, self.device)
         align_bytes, align_elements = adam_kernel.ALIGN_BYTES.value, adam_kernel.ALIGN_ELEMENTS.value
         self.aligned = all(
             param_addr % align_bytes == 0
@@ -102,7 +91,7 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
 
 def launch_step(table: SegmentTable, hyper, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
     """The kernel launch over `table` with this backend's block size and warps; `options` as `adam_step`'s."""
-    hold_if_capturing(table)
+    hold_table_if_capturing(table)
     adam_kernel.adam_step(
         table.segments,
         table.block_segment,
@@ -127,20 +116,15 @@ def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
 
 
 def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: float) -> torch.Tensor:
-    hold_if_capturing(table)
+    hold_table_if_capturing(table)
     return grad_norm_partials(
         table.segments, table.block_segment, param_dtype=param_dtype, norm_type=norm_type, block=BLOCK
     )
 
 
-def hold_if_capturing(table: SegmentTable) -> None:
-    """Keep the table's current tensors alive for good if a CUDA graph is being captured on this stream."""
-    if capturing(table.device):
-        _HELD_FOR_CUDA_GRAPHS[id(table.segments)] = (table.segments, table.block_segment, table.host_tables)
-
-
-def capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+def hold_table_if_capturing(table: SegmentTable) -> None:
+    """A launch captured into a CUDA graph reads the table's current tensors at every replay: kept for good."""
+    hold_if_capturing(table.device, table.segments, table.block_segment)
 
 
 class HyperTable:
@@ -169,9 +153,9 @@ class HyperTable:
         if rows != self._host_values:
             values = torch.tensor(rows, dtype=torch.float64)
             if self.table is None or self.table.shape != values.shape:
-                self.table = fixed_address(values.to(self.device))
+                self.table = fixed_address(pinned_upload(values, self.device))
             else:  # in place: the table keeps its address, which a compiled or captured step has taken
-                self.table.copy_(values, non_blocking=True)
+                pinned_copy_(self.table, values)
             self._host_values = rows
         for index, field, value in tensors:
             self.table[index, field].copy_(value.reshape(()), non_blocking=True)

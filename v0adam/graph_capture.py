@@ -1,0 +1,36 @@
+"""What the step uploads while a CUDA graph is being captured is kept alive for good.
+
+A captured graph replays its kernels on the very tensors they read at capture time (launch tables, step masks), and
+its captured host-to-device copies from their pinned host sources. A later rebuild (new addresses) or a cache
+eviction would free them under the graph, so whatever a launch or copy read during a capture is held here. Captures
+are few and these tensors small.
+"""
+
+import torch
+
+_HELD_FOR_CUDA_GRAPHS = {}  # by the ids of the tensors held together (alive, so their ids stay unique)
+
+
+def capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def hold_if_capturing(device: torch.device, *tensors) -> None:
+    """Keep `tensors` alive for good if a CUDA graph is being captured on `device`'s current stream."""
+    if capturing(device):
+        _HELD_FOR_CUDA_GRAPHS[tuple(map(id, tensors))] = tensors
+
+
+def pinned_copy_(target: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
+    """Copy the host tensor `host` into `target` asynchronously. On CUDA through pinned memory: a copy from
+    pageable memory cannot be captured into a CUDA graph; a captured copy's pinned source is kept with its target.
+    (While torch.compile traces, `host` is a constant of the graph: nothing to pin.)"""
+    if target.device.type == "cuda" and not torch.compiler.is_compiling():
+        host = host.pin_memory()
+        hold_if_capturing(target.device, target, host)
+    return target.copy_(host, non_blocking=True)
+
+
+def pinned_upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of the host tensor `host` on `device`, made as `pinned_copy_` does."""
+    return pinned_copy_(torch.empty_like(host, device=device), host)
