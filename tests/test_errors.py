@@ -92,6 +92,25 @@ def test_param_converted_after_construction_rejected_before_any_write(backend):
     assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("new_shape", [(128,), (8, 8)], ids=["larger", "reshaped"])
+def test_param_resized_after_construction_rejected_before_any_write(backend, new_shape):
+    """A param given new data of another shape: its slots in the state buffers keep the old size, and a larger
+    param would otherwise update its neighbour's states."""
+    params = make_params([(64,), (64,)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, v0="zero", backend=backend)
+    for param in params:
+        param.grad.normal_()
+    opt.step()
+    params[0].data = torch.randn(new_shape, device=DEVICE)
+    params[0].grad = torch.randn(new_shape, device=DEVICE)
+    before = [p.detach().clone() for p in params] + [value.clone() for value in opt.state[params[1]].values()]
+    with pytest.raises(RuntimeError, match=r"shape \(64,\) now has shape"):
+        opt.step()
+    after = [p.detach() for p in params] + list(opt.state[params[1]].values())
+    assert all(torch.equal(value, old) for value, old in zip(after, before))
+
+
 def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="backend='triton' cannot step"):

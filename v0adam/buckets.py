@@ -287,6 +287,8 @@ class FlatBucket:
         caller vouches for the grads, see `grads_are_traceable`); the launch builds its tables."""
         if self.rehomed:
             stepped = [index for index, grad in enumerate(self._home_grads) if grad is not None]
+            for index in stepped:
+                self._check_param(index)
         else:
             stepped = [index for index, param in enumerate(self.params) if param.grad is not None]
             for index in stepped:
@@ -297,11 +299,7 @@ class FlatBucket:
         param = self.params[index]
         if grad.is_sparse:
             raise RuntimeError("V0Adam does not support sparse gradients")
-        if param.device != self.device or param.dtype != self.dtype:
-            raise RuntimeError(
-                f"a parameter of shape {tuple(param.shape)} is now {param.dtype} on {param.device}, but the optimizer "
-                f"was built for {self.dtype} on {self.device}; move the model before constructing the optimizer"
-            )
+        self._check_param(index)
         if grad.device != param.device or grad.dtype != param.dtype or grad.shape != param.shape:
             raise RuntimeError(
                 f"gradient ({grad.dtype}, {tuple(grad.shape)}, {grad.device}) does not match its parameter "
@@ -330,6 +328,21 @@ class FlatBucket:
         mask = torch.zeros(len(self.params), dtype=torch.float32)
         mask[list(stepped)] = 1.0
         return mask
+
+    def _check_param(self, index: int) -> None:
+        """The param still has the device, dtype and shape its slots were laid out for: a larger one would
+        update its neighbours' states."""
+        param = self.params[index]
+        if param.device != self.device or param.dtype != self.dtype:
+            raise RuntimeError(
+                f"a parameter of shape {tuple(param.shape)} is now {param.dtype} on {param.device}, but the optimizer "
+                f"was built for {self.dtype} on {self.device}; move the model before constructing the optimizer"
+            )
+        if local(param).shape != self.local_shapes[index]:
+            raise RuntimeError(
+                f"a parameter of shape {tuple(self.local_shapes[index])} now has shape {tuple(local(param).shape)}; "
+                "its optimizer states keep the old shape: build the optimizer after resizing parameters"
+            )
 
     def record_step(self, stepped: list[int], call_id: int) -> None:
         """Advance the host-side step histories. Params stepped together keep equal histories, so only a step
