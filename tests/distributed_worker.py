@@ -10,6 +10,9 @@ Scenarios (rank 0 saves a list of tensors to OUT):
       that full state dict into a third optimizer), train the remaining steps there; the params.
   fsdp-compiled: fsdp with clipping and step compiled by torch.compile(fullgraph=True, backend="aot_eager").
   fsdp-save, fsdp-resume: the two halves of fsdp-dcp as separate jobs (which may differ in world size).
+  zero-resume: train RESUME_AT steps under ZeroRedundancyOptimizer, save its consolidated state_dict, load it into
+      a fresh model and optimizer (ZeRO's load_state_dict assigns each rank's share into `optim.state`), train the
+      remaining steps there; the params.
   fsdp-from-torch: every rank trains RESUME_AT steps with torch.optim.AdamW on the whole model and batch; its
       plain state_dict is loaded into V0AdamW over the FSDP2-sharded model, which trains the rest; the params.
   random-v0-fsdp: random v0 under FSDP2 (uneven and empty shards); every param's whole exp_avg_sq.
@@ -160,6 +163,25 @@ def zero_redundancy(job):
     return trained_params(model)
 
 
+def zero_checkpoint(job):
+    model, batches = model_and_data()
+    batches = local_batches(batches, job)
+    opt = zero_optimizer(model, job, skip_nonfinite=True, **TRAINING)
+    train(DistributedDataParallel(model), opt, batches[:RESUME_AT])
+    opt.consolidate_state_dict(to=0)
+    checkpoint = os.path.join(job.directory, "zero-checkpoint.pt")
+    if job.rank == 0:
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, checkpoint)
+    dist.barrier()
+    saved = torch.load(checkpoint, weights_only=True)  # plain containers: no v0adam class in the checkpoint
+    model = model_and_data()[0]
+    model.load_state_dict(saved["model"])
+    opt = zero_optimizer(model, job, lr=0.5, v0="random")  # overwritten by the load
+    opt.load_state_dict(saved["optim"])
+    train(DistributedDataParallel(model), opt, batches[RESUME_AT:])
+    return trained_params(model)
+
+
 def fsdp(job):
     model, batches = model_and_data()
     shard(model)
@@ -270,6 +292,7 @@ SCENARIOS = {
     "ddp": ddp,
     "ddp-bucket-view": ddp,
     "zero": zero_redundancy,
+    "zero-resume": zero_checkpoint,
     "fsdp": fsdp,
     "fsdp-compiled": fsdp,
     "fsdp-dcp": fsdp_checkpoint,

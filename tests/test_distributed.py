@@ -1,9 +1,9 @@
 """gloo jobs on CPU (see distributed_worker.py): v0adam inside DDP (with and without gradient_as_bucket_view),
 ZeroRedundancyOptimizer and FSDP2 follows single-process torch.optim.AdamW on the global batch, clipped gradients
-included, also across a torch.distributed.checkpoint save and load (also into another world size) and from a
-plain torch.optim.AdamW state_dict into sharded params; a NaN that one rank sees skips the step on all; random v0
-does not depend on the world size; data v0 under DDP, FSDP2 and ZeRO is the single-process value on the global
-batches."""
+included, also across a torch.distributed.checkpoint save and load (also into another world size), across a
+ZeroRedundancyOptimizer save and load, and from a plain torch.optim.AdamW state_dict into sharded params; a NaN
+that one rank sees skips the step on all; random v0 does not depend on the world size; data v0 under DDP, FSDP2
+and ZeRO is the single-process value on the global batches."""
 
 import os
 import subprocess
@@ -58,7 +58,9 @@ def single_process_training(norm_type=2.0, skipped_step=None):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("scenario", ["ddp", "ddp-bucket-view", "zero", "fsdp", "fsdp-dcp", "fsdp-from-torch"])
+@pytest.mark.parametrize(
+    "scenario", ["ddp", "ddp-bucket-view", "zero", "zero-resume", "fsdp", "fsdp-dcp", "fsdp-from-torch"]
+)
 def test_two_processes_follow_one(backend, scenario, tmp_path):
     ours = run_job(tmp_path, scenario, backend)
     expected = single_process_training()

@@ -15,6 +15,7 @@ from v0adam.buckets import BucketWork, FlatBucket, Precision
 from v0adam.fixed_address import fixed_address
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
 from v0adam.sharding import is_dtensor, local, local_part
+from v0adam.state_table import StateTable
 
 BACKENDS = ("auto", "triton", "torch")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
@@ -150,6 +151,8 @@ class V0Adam(Optimizer):
         self._pending_v0 = {}
         self._step_calls = 0
         super().__init__(params, defaults)
+        self.state = self._state_table = StateTable()
+        self._published = {}  # param -> the state views last published in opt.state
         if isinstance(v0, Mapping):
             known = {param for group in self.param_groups for param in group["params"]}
             if any(key not in known for key in v0):
@@ -215,6 +218,8 @@ class V0Adam(Optimizer):
 
     def _build_buckets(self) -> None:
         """Lay every param out in flat buffers, carrying over the values of any earlier layout."""
+        if self._state_edited():
+            self._adopt_state_edits()
         previous = {}
         for bucket in self._buckets:
             for index, param in enumerate(bucket.params):
@@ -245,7 +250,7 @@ class V0Adam(Optimizer):
                     bucket.set_step_history(index, old_bucket.step_history[old_index])
                 else:
                     self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, param_indices[param])
-                self.state[param] = state
+                self._publish(param, state)
             buckets.append(bucket)
         self._buckets = buckets
         self._param_indices = param_indices
@@ -296,7 +301,7 @@ class V0Adam(Optimizer):
             for index, param in enumerate(bucket.params):
                 group_index = bucket.groups[index]
                 if self.param_groups[group_index]["v0"] == v0_modes.RANDOM:
-                    exp_avg_sq = self.state[param]["exp_avg_sq"]
+                    exp_avg_sq = self._published[param]["exp_avg_sq"]
                     self._initialise_v0(bucket, param, exp_avg_sq, group_index, self._param_indices[param])
 
     def set_partition_group(self, process_group=None) -> None:
@@ -373,6 +378,8 @@ class V0Adam(Optimizer):
             raise RuntimeError(
                 "v0='data' needs opt.init_v0_from_data(batches, loss_fn) before the first step(); see its docstring"
             )
+        if self._state_edited():
+            _eagerly(self._adopt_state_edits) if torch.compiler.is_compiling() else self._adopt_state_edits()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         # Every check happens here, before the first write.
@@ -470,8 +477,8 @@ class V0Adam(Optimizer):
         for bucket in self._buckets:
             for index, param in enumerate(bucket.params):
                 group = self.param_groups[bucket.groups[index]]
-                if group["amsgrad"] and "max_exp_avg_sq" not in self.state[param]:
-                    self.state[param] = bucket.state_views(index, amsgrad=True)
+                if group["amsgrad"] and "max_exp_avg_sq" not in self._published[param]:
+                    self._publish(param, bucket.state_views(index, amsgrad=True))
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state_dict of V0Adam(W) or torch.optim.Adam(W), copying values into the flat buffers.
@@ -496,21 +503,7 @@ class V0Adam(Optimizer):
             )
         )
         saved_state = {params_by_id[key]: value for key, value in state_dict["state"].items() if key in params_by_id}
-        for param, values in saved_state.items():
-            for key in _STATE_KEYS:
-                if key in values and tuple(values[key].shape) != tuple(param.shape):
-                    raise ValueError(
-                        f"loaded state '{key}' has shape {tuple(values[key].shape)}, but its parameter has shape "
-                        f"{tuple(param.shape)}"
-                    )
-            if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
-                raise ValueError("loaded state 'step' must be a single number")
-            # This rank's part of each value (a DTensor param's shard), taken now: a layout mismatch raises here.
-            saved_state[param] = {
-                key: local_part(param, torch.as_tensor(value)) if key in _STATE_KEYS else value
-                for key, value in values.items()
-            }
-
+        saved_state = self._checked_states(saved_state)
         new_groups = []
         for group, saved in zip(self.param_groups, saved_groups):
             saved["params"] = group["params"]
@@ -519,11 +512,47 @@ class V0Adam(Optimizer):
             new_groups.append(saved)
         self.__setstate__({"param_groups": new_groups})
         self._awaiting_data_v0 = False
+        self._write_states(saved_state, self._published)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def state_dict(self) -> dict:
+        """torch's state_dict, each param's state a plain dict (a checkpoint loads without v0adam)."""
+        state_dict = super().state_dict()
+        state_dict["state"] = {key: dict(values) for key, values in state_dict["state"].items()}
+        return state_dict
+
+    def _checked_states(self, states: dict) -> dict:
+        """`states` (param -> values) checked against their params before anything is written, each value this
+        rank's part (a DTensor param's shard; a layout mismatch raises here)."""
+        for param, values in states.items():
+            for key in _STATE_KEYS:
+                if key in values and tuple(values[key].shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"loaded state '{key}' has shape {tuple(values[key].shape)}, but its parameter has shape "
+                        f"{tuple(param.shape)}"
+                    )
+            if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
+                raise ValueError("loaded state 'step' must be a single number")
+        return {
+            param: {
+                key: local_part(param, torch.as_tensor(value)) if key in _STATE_KEYS else value
+                for key, value in values.items()
+            }
+            for param, values in states.items()
+        }
+
+    def _write_states(self, states: dict, params) -> None:
+        """Copy checked `states` into the flat buffers for each of `params` and publish them in opt.state. A
+        missing value starts fresh: zero, exp_avg_sq at v0 and the master at the param, as torch creates state at a
+        param's first step. Keys that are not states are kept."""
         for bucket in self._buckets:
             for index, param in enumerate(bucket.params):
+                if param not in params:
+                    continue
                 amsgrad = self.param_groups[bucket.groups[index]]["amsgrad"]
                 state = bucket.state_views(index, amsgrad)
-                values = saved_state.get(param, {})
+                values = states.get(param, {})
                 for key, view in state.items():
                     if key in values:
                         local(view).copy_(torch.as_tensor(values[key]))
@@ -531,13 +560,37 @@ class V0Adam(Optimizer):
                         local(view).zero_()
                 if "master_param" in state and "master_param" not in values:  # a checkpoint without masters
                     local(state["master_param"]).copy_(local(param.detach()))
-                if "exp_avg_sq" not in values:  # torch creates state at a param's first step: this one starts fresh
+                if "exp_avg_sq" not in values:
                     group_index = bucket.groups[index]
                     self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, self._param_indices[param])
                 bucket.set_step_history(index, hash(("loaded", float(state["step"]))))
-                self.state[param] = state
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
+                extras = {key: value for key, value in values.items() if key not in state}
+                self._publish(param, state, extras)
+        self.state = self._state_table
+        self._state_table.edited = False
+
+    def _publish(self, param, state: dict, extras=None) -> None:
+        self._published[param] = state
+        self._state_table.publish(param, {**state, **(extras or {})})
+
+    def _state_edited(self) -> bool:
+        return self.state is not self._state_table or self._state_table.edited
+
+    def _adopt_state_edits(self) -> None:
+        """Bring what was written into opt.state itself, not in place into its views (see `v0adam.state_table`),
+        into the flat buffers, as torch's optimizers would read it: a missing or empty entry starts its param
+        afresh, a new value is copied in. Checked before anything is written."""
+        edited, kept = {}, {}
+        for param, published in self._published.items():
+            entry = dict.get(self.state, param)
+            if entry is None or any(entry.get(key) is not view for key, view in published.items()):
+                edited[param] = dict(entry or {})
+            else:
+                kept[param] = entry
+        self._write_states(self._checked_states(edited), edited)
+        for param, entry in kept.items():  # republished: the entry may be a copy that does not report edits
+            published = self._published[param]
+            self._publish(param, published, {key: value for key, value in entry.items() if key not in published})
 
 
 class V0AdamW(V0Adam):
