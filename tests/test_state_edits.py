@@ -1,6 +1,7 @@
 """Writes into `opt.state` itself, not in place into its tensors (a reset with `opt.state[p] = {}`, a new tensor,
-a whole new table, a copied entry), are read at the next step as torch.optim.AdamW reads them; a bad one is refused
-before anything is written. (ZeroRedundancyOptimizer.load_state_dict writes there: test_distributed.py.)"""
+a whole new table, a copied entry), and into the param groups' lists of params, are read at the next step as
+torch.optim.AdamW reads them; a bad one is refused before anything is written. (ZeroRedundancyOptimizer's
+load_state_dict writes into opt.state: test_distributed.py.)"""
 
 from collections import defaultdict
 
@@ -102,3 +103,52 @@ def test_a_bad_edit_is_refused_before_any_write(backend):
         opt.step()
     after = [param.detach() for param in params] + list(views.values())
     assert all(torch.equal(value, old) for value, old in zip(after, before))
+
+
+def append(group, extra):
+    group["params"].append(extra)
+
+
+def remove(group, extra):
+    del group["params"][3]
+
+
+def insert_by_new_list(group, extra):
+    group["params"] = group["params"][:2] + [extra] + group["params"][2:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change", [append, remove, insert_by_new_list], ids=lambda change: change.__name__)
+def test_param_list_edits_are_read_as_torch_reads_them(backend, change):
+    """A param put into a group's list is stepped from the next step on, with fresh state; one taken out is no
+    longer stepped (torch keeps its last state in opt.state; v0adam drops it)."""
+    params, opt, reference_params, reference = pair(backend)
+    params += make_params([(6,)], device=DEVICE, seed=1)
+    reference_params += clone_params(params[-1:])
+    for step in range(5):
+        if step == 2:
+            change(opt.param_groups[0], params[-1])
+            change(reference.param_groups[0], reference_params[-1])
+        grads = gradients(params, step)
+        set_grads(params, grads, "assign")
+        set_grads(reference_params, grads, "assign")
+        opt.step()
+        reference.step()
+    for param, reference_param in zip(params, reference_params):
+        torch.testing.assert_close(param, reference_param, **TOL)
+    stepped = [
+        index for index, param in enumerate(reference_params) if param in set(reference.param_groups[0]["params"])
+    ]
+    assert_states_close(opt, [params[i] for i in stepped], reference, [reference_params[i] for i in stepped], **TOL)
+    assert set(opt.state) == {params[i] for i in stepped}
+
+
+def test_a_non_tensor_put_into_a_group_is_refused_before_any_write():
+    params = make_params([(3,)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, v0="zero")
+    opt.param_groups[0]["params"].append("weight")
+    params[0].grad = torch.ones(3, device=DEVICE)
+    before = params[0].detach().clone()
+    with pytest.raises(TypeError, match="optimizer can only optimize Tensors, but one of the params is str"):
+        opt.step()
+    assert torch.equal(params[0].detach(), before)

@@ -1,6 +1,7 @@
 """V0Adam and V0AdamW: drop-in replacements for torch.optim.Adam and AdamW with a fused Triton step and a
 configurable initial second moment v0 (Abuduweili & Liu, arXiv 2412.02153)."""
 
+import operator
 from collections.abc import Mapping
 from copy import deepcopy
 from itertools import chain
@@ -52,6 +53,10 @@ def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
 
 
 def _check_param(param: torch.Tensor) -> None:
+    if not isinstance(param, torch.Tensor):
+        raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {torch.typename(param)}")
+    if not param.is_leaf:
+        raise ValueError("can't optimize a non-leaf Tensor")
     if param.is_complex():
         raise ValueError("V0Adam does not support complex parameters; optimize torch.view_as_real(param) instead")
     if not param.is_floating_point():
@@ -217,7 +222,11 @@ class V0Adam(Optimizer):
         return "triton" if triton_possible else "torch"
 
     def _build_buckets(self) -> None:
-        """Lay every param out in flat buffers, carrying over the values of any earlier layout."""
+        """Lay every param out in flat buffers, carrying over the values of any earlier layout. A param that left
+        the param groups leaves opt.state too."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                _check_param(param)
         if self._state_edited():
             self._adopt_state_edits()
         previous = {}
@@ -254,6 +263,10 @@ class V0Adam(Optimizer):
             buckets.append(bucket)
         self._buckets = buckets
         self._param_indices = param_indices
+        for param in previous.keys() - param_indices.keys():
+            del self._published[param]
+            dict.pop(self.state, param, None)
+        self._param_lists = [list(group["params"]) for group in self.param_groups]
         # Device tables built now, not at the first step: a first step traced by torch.compile finds them and
         # later steps do not recompile.
         self._hyper_tables = {
@@ -364,6 +377,15 @@ class V0Adam(Optimizer):
             self._step()
         return loss
 
+    def _param_lists_changed(self) -> bool:
+        """Whether a param was put into or taken out of a group's list since the buckets were built (torch's
+        optimizers step whatever the lists hold: an appended param is stepped, with fresh state)."""
+        lists = self._param_lists
+        return len(self.param_groups) != len(lists) or not all(
+            len(group["params"]) == len(params) and all(map(operator.is_, group["params"], params))
+            for group, params in zip(self.param_groups, lists)
+        )
+
     def _traceable(self) -> bool:
         return all(bucket.backend == "triton" and bucket.grads_are_traceable() for bucket in self._buckets)
 
@@ -378,6 +400,8 @@ class V0Adam(Optimizer):
             raise RuntimeError(
                 "v0='data' needs opt.init_v0_from_data(batches, loss_fn) before the first step(); see its docstring"
             )
+        if self._param_lists_changed():
+            _eagerly(self._build_buckets) if torch.compiler.is_compiling() else self._build_buckets()
         if self._state_edited():
             _eagerly(self._adopt_state_edits) if torch.compiler.is_compiling() else self._adopt_state_edits()
         grad_scale = getattr(self, "grad_scale", None)
