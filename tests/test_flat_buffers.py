@@ -128,6 +128,36 @@ def test_add_param_group_keeps_states_and_trajectory(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("frozen_at_start", [False, True], ids=["trained-first", "frozen-first"])
+def test_freezing_and_unfreezing_during_training_follow_torch(backend, frozen_at_start):
+    """A layer frozen with requires_grad_(False) stays where it is (torch's zero_grad() leaves it without a grad),
+    also under weight decay and momentum; unfrozen, it trains again, through a grad view of the flat buffer."""
+    model, twin = mlp(), mlp()
+    twin.load_state_dict(model.state_dict())
+    for layer in (model[0], twin[0]):
+        layer.requires_grad_(not frozen_at_start)
+    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, v0="zero", backend=backend)
+    ref = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    x, y = data()
+    for step in range(8):
+        if step in (3, 6):
+            for layer in (model[0], twin[0]):
+                layer.requires_grad_(not layer.weight.requires_grad)
+        opt.zero_grad()
+        ref.zero_grad()
+        trained = model[0].weight.requires_grad
+        assert (model[0].weight.grad is not None) == trained  # a zeroed view, or none
+        loss_fn(model, x, y).backward()
+        loss_fn(twin, x, y).backward()
+        opt.step()
+        ref.step()
+        for param, reference in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(param, reference, **TOL)
+            for key, value in ref.state[reference].items():
+                torch.testing.assert_close(opt.state[param][key], value, **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_frozen_params_and_mixed_dtypes(backend):
     params = make_params([(4,), (5,)], device=DEVICE) + make_params([(6,)], dtype=torch.bfloat16, device=DEVICE)
     params[0].requires_grad_(False)

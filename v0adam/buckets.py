@@ -130,15 +130,37 @@ class FlatBucket:
             for index, param in enumerate(self.params):
                 self.slot(self.master, index).copy_(local(param.detach()))
         self._home_param_addresses = [param.data_ptr() for param in self.params]
+        self._last_mask = (None, None)
+        self._count_trainable()
+
+    def _count_trainable(self) -> None:
+        """Record which params are trained, and their grad views' addresses. Frozen params make every step a
+        partial one: their step-counter mask is uploaded here, once; the last other one is kept until the next
+        differs (see step_increment)."""
+        self._requires_grad = [param.requires_grad for param in self.params]
         self._home_grad_addresses = [None if grad is None else grad.data_ptr() for grad in self._home_grads]
         self._trainable = sum(grad is not None for grad in self._home_grads)
-        # Device masks of the step counters that a step of some of the params advances. Frozen params make every
-        # step such a step: their mask is uploaded once, here; the last other one is kept until the next differs.
-        self._trainable_indices = tuple(index for index, param in enumerate(self.params) if param.requires_grad)
+        self._trainable_indices = tuple(index for index, trained in enumerate(self._requires_grad) if trained)
         self._trainable_mask = None
         if len(self._trainable_indices) != len(self.params):
-            self._trainable_mask = fixed_address(pinned_upload(self._host_mask(self._trainable_indices), device))
-        self._last_mask = (None, None)
+            mask = self._host_mask(self._trainable_indices)
+            self._trainable_mask = fixed_address(pinned_upload(mask, self.device))
+        self._home_work = None
+
+    def requires_grad_changed(self) -> bool:
+        return [param.requires_grad for param in self.params] != self._requires_grad
+
+    def follow_requires_grad(self) -> None:
+        """A param frozen (`requires_grad_(False)`) since the last call loses its grad view, so that `zero_grad`
+        leaves it without a grad and it is no longer stepped, as torch's `zero_grad()` does; one unfrozen gets its
+        view (back), and the fast path with it."""
+        if self.rehomed:
+            for index, param in enumerate(self.params):
+                if not param.requires_grad:
+                    self._home_grads[index] = None
+                elif self._home_grads[index] is None:
+                    self._home_grads[index] = self.slot(self.flat_grad, index)
+        self._count_trainable()
 
     def slot(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
         offset = self.offsets[index]

@@ -352,9 +352,15 @@ class V0Adam(Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero every grad with one memset per bucket. Grads stay allocated as views of the flat grad buffer
-        whatever `set_to_none` says: autograd then accumulates into them and the next step needs no copy.
-        Grads of DTensor params (FSDP2 creates them) follow `set_to_none` as in torch."""
+        whatever `set_to_none` says: autograd then accumulates into them and the next step needs no copy. A param
+        frozen since the last call (`requires_grad_(False)`) is left without a grad, as torch's `zero_grad()` does,
+        and is not stepped; an unfrozen one gets its view. Grads of DTensor params (FSDP2 creates them) follow
+        `set_to_none` as in torch."""
         for bucket in self._buckets:
+            if bucket.requires_grad_changed():
+                _eagerly(
+                    bucket.follow_requires_grad
+                ) if torch.compiler.is_compiling() else bucket.follow_requires_grad()
             bucket.zero_grad(set_to_none)
 
     @torch.no_grad()
