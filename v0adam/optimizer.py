@@ -93,7 +93,9 @@ class V0Adam(Optimizer):
             the device (capturable). differentiable=True is refused.
 
     Parameters are re-homed into flat per-(device, dtype) buffers when the optimizer is built, and their grads
-    become views of a flat grad buffer that ``zero_grad`` zeroes in one pass and keeps allocated.
+    become views of a flat grad buffer that ``zero_grad`` zeroes in one pass and keeps allocated. ``opt.state``
+    holds views of the flat state buffers; what is written into ``opt.state`` itself, or into a group's params
+    list, is adopted at the next step, as torch's optimizers would read it (see `v0adam.state_table`).
     """
 
     _DECOUPLED_WEIGHT_DECAY = False
