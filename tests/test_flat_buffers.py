@@ -157,6 +157,50 @@ def test_freezing_and_unfreezing_during_training_follow_torch(backend, frozen_at
                 torch.testing.assert_close(opt.state[param][key], value, **TOL)
 
 
+def train_side_by_side(model, opt, twin, ref, steps, dtype=torch.float32, device=DEVICE):
+    x, y = (tensor.to(device, dtype) for tensor in data())
+    for _ in range(steps):
+        for network, optimizer in ((model, opt), (twin, ref)):
+            optimizer.zero_grad()
+            loss_fn(network, x, y).backward()
+            optimizer.step()
+    for param, reference in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(param, reference, **TOL)
+        for key, value in ref.state[reference].items():
+            torch.testing.assert_close(opt.state[param][key], value.to(device), **TOL)
+
+
+@pytest.mark.parametrize("converted_after_steps", [0, 2])
+def test_a_model_converted_after_the_optimizer_was_built_trains_on(converted_after_steps):
+    """model.double() after the optimizer was built: the buffers are laid out again (here from the Triton backend's
+    float32 bucket to the PyTorch backend's float64 one), states carried over; torch's AdamW takes the conversion
+    before its first step (its states do not exist yet), after it only with its states converted by hand."""
+    model, twin = mlp(), mlp()
+    twin.load_state_dict(model.state_dict())
+    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, amsgrad=True, v0="zero")
+    ref = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, amsgrad=True, foreach=False)
+    train_side_by_side(model, opt, twin, ref, steps=converted_after_steps)
+    model.double()
+    twin.double()
+    for state in ref.state.values():
+        state.update({key: value.double() for key, value in state.items() if key != "step"})
+    train_side_by_side(model, opt, twin, ref, steps=3, dtype=torch.float64)
+    assert opt.state[model[0].weight]["exp_avg"].dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="moves a model from the CPU to a GPU")
+def test_a_model_moved_to_the_gpu_after_the_optimizer_was_built_trains_on_it():
+    """accelerate's prepare(model, optimizer) moves the model after the optimizer was built on the CPU."""
+    model, twin = mlp().cpu(), mlp().cpu()
+    twin.load_state_dict(model.state_dict())
+    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, v0="zero")
+    ref = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    model.cuda()
+    twin.cuda()
+    train_side_by_side(model, opt, twin, ref, steps=3, device="cuda")
+    assert opt.state[model[0].weight]["exp_avg"].is_cuda
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_frozen_params_and_mixed_dtypes(backend):
     params = make_params([(4,), (5,)], device=DEVICE) + make_params([(6,)], dtype=torch.bfloat16, device=DEVICE)

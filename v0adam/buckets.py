@@ -54,6 +54,11 @@ def _padded(numel: int) -> int:
     return -(-numel // SLOT_ALIGN) * SLOT_ALIGN
 
 
+class ParamMoved(RuntimeError):
+    """A param now has another device or dtype than its bucket (the model was moved or converted after the
+    optimizer was built): the optimizer lays its buffers out again, states carried over."""
+
+
 @dataclass
 class Segment:
     """A contiguous run of elements stepped together: 1-D views of params and grads, and where its states are."""
@@ -147,6 +152,9 @@ class FlatBucket:
             self._trainable_mask = fixed_address(pinned_upload(mask, self.device))
         self._home_work = None
 
+    def has_moved(self) -> bool:
+        return any(param.device != self.device or param.dtype != self.dtype for param in self.params)
+
     def requires_grad_changed(self) -> bool:
         return [param.requires_grad for param in self.params] != self._requires_grad
 
@@ -213,8 +221,11 @@ class FlatBucket:
             # while the grads that view it are graph inputs. Padding between slots is never written, so stays 0.
             torch._foreach_zero_([grad for grad in self._home_grads if grad is not None])
             return
+        grads_are_home = self._grads_are_home()
+        if not grads_are_home and self.has_moved():  # its grad was moved too: checked only then
+            raise ParamMoved("a parameter was moved or converted since the optimizer was built")
         self.flat_grad.zero_()
-        if not self._grads_are_home():
+        if not grads_are_home:
             for param, grad in zip(self.params, self._home_grads):
                 param.grad = grad
 
@@ -356,9 +367,9 @@ class FlatBucket:
         update its neighbours' states."""
         param = self.params[index]
         if param.device != self.device or param.dtype != self.dtype:
-            raise RuntimeError(
-                f"a parameter of shape {tuple(param.shape)} is now {param.dtype} on {param.device}, but the optimizer "
-                f"was built for {self.dtype} on {self.device}; move the model before constructing the optimizer"
+            raise ParamMoved(
+                f"a parameter of shape {tuple(param.shape)} is now {param.dtype} on {param.device}, but its buffers "
+                f"are {self.dtype} on {self.device}"
             )
         if local(param).shape != self.local_shapes[index]:
             raise RuntimeError(

@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from v0adam import data_v0, grad_norm, sharding, torch_backend, traced_ops, triton_backend
 from v0adam import v0 as v0_modes
-from v0adam.buckets import BucketWork, FlatBucket, Precision
+from v0adam.buckets import BucketWork, FlatBucket, ParamMoved, Precision
 from v0adam.fixed_address import fixed_address
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
 from v0adam.sharding import is_dtensor, local, local_part
@@ -165,11 +165,8 @@ class V0Adam(Optimizer):
             if any(key not in known for key in v0):
                 raise ValueError("v0 dict has a key that is not a parameter of this optimizer")
         self._step_supports_amp_scaling = True
-        self._build_buckets()
         self.skipped_steps = None  # with skip_nonfinite, a device tensor counting the steps skipped
-        if skip_nonfinite:
-            device = self._buckets[0].device if self._buckets else torch.device("cpu")
-            self.skipped_steps = fixed_address(torch.zeros((), dtype=torch.int64, device=device))
+        self._build_buckets()
         self._awaiting_data_v0 = any(group["v0"] == v0_modes.DATA for group in self.param_groups)
 
     def __setstate__(self, state):
@@ -224,11 +221,16 @@ class V0Adam(Optimizer):
         return "triton" if triton_possible else "torch"
 
     def _build_buckets(self) -> None:
-        """Lay every param out in flat buffers, carrying over the values of any earlier layout. A param that left
-        the param groups leaves opt.state too."""
+        """Lay every param out in flat buffers, on its current device and dtype, carrying over the values of any
+        earlier layout. A param that left the param groups leaves opt.state too. Checks first, then writes."""
         for group in self.param_groups:
             for param in group["params"]:
                 _check_param(param)
+                if self.precision.stochastic_rounding and param.dtype == torch.float16:
+                    raise ValueError(
+                        "stochastic_rounding supports bfloat16 params; use master_weights=True for float16"
+                    )
+                self._backend_for(param.device, param.dtype)
         if self._state_edited():
             self._adopt_state_edits()
         previous = {}
@@ -245,8 +247,6 @@ class V0Adam(Optimizer):
                 entries.setdefault(key, []).append((param, group_index))
         buckets = []
         for (device, dtype, _), bucket_entries in entries.items():
-            if self.precision.stochastic_rounding and dtype == torch.float16:
-                raise ValueError("stochastic_rounding supports bfloat16 params; use master_weights=True for float16")
             bucket = FlatBucket(bucket_entries, device, dtype, self._backend_for(device, dtype), self.precision)
             if bucket.backend == "triton":
                 bucket.segment_table = triton_backend.SegmentTable(device)
@@ -257,7 +257,8 @@ class V0Adam(Optimizer):
                     old_bucket, old_index = previous[param]
                     old_state = old_bucket.state_views(old_index, amsgrad)
                     for key, value in state.items():
-                        value.copy_(old_state[key])
+                        if key in old_state:  # a master copy is new after a conversion to 16 bits: the param's
+                            value.copy_(old_state[key])
                     bucket.set_step_history(index, old_bucket.step_history[old_index])
                 else:
                     self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, param_indices[param])
@@ -280,6 +281,20 @@ class V0Adam(Optimizer):
             if bucket.backend == "triton" and self.precision.stochastic_for(bucket.dtype):
                 self._device_seed(self.param_groups[0]["rounding_seed"], bucket.device)
         self._amsgrad_flags = [group["amsgrad"] for group in self.param_groups]
+        if self.skip_nonfinite:  # on the first bucket's device, which a moved model changes
+            device = buckets[0].device if buckets else torch.device("cpu")
+            if self.skipped_steps is None or self.skipped_steps.device != device:
+                count = torch.zeros((), dtype=torch.int64) if self.skipped_steps is None else self.skipped_steps
+                self.skipped_steps = fixed_address(count.to(device))
+
+    def _follow_moves(self, action):
+        """action(), after laying the buffers out again if it finds a param moved or converted since they were
+        (`model.to(device)` after the optimizer was built, as `accelerate`'s `prepare` does): states carried."""
+        try:
+            return action()
+        except ParamMoved:
+            self._build_buckets()
+            return action()
 
     def init_v0_from_data(
         self, batches, loss_fn, *, num_samples: int = 5000, scale=None, model=None, process_group=None
@@ -291,6 +306,7 @@ class V0Adam(Optimizer):
         In a distributed job (DDP, FSDP2, ZeRO) every rank calls it on its own batches; B and the samples are counted
         over `process_group` (default: the default group), whose ranks' gradients the wrapper averages.
         """
+        self._works()  # lays the buffers out again first if the model was moved since they were
         seen = data_v0.init_v0_from_data(
             self, batches, loss_fn, num_samples=num_samples, scale=scale, model=model, process_group=process_group
         )
@@ -357,12 +373,14 @@ class V0Adam(Optimizer):
         whatever `set_to_none` says: autograd then accumulates into them and the next step needs no copy. A param
         frozen since the last call (`requires_grad_(False)`) is left without a grad, as torch's `zero_grad()` does,
         and is not stepped; an unfrozen one gets its view. Grads of DTensor params (FSDP2 creates them) follow
-        `set_to_none` as in torch."""
+        `set_to_none` as in torch. A model moved or converted since the optimizer was built gets its buffers laid
+        out again on its new device and dtype, states carried over."""
+        self._follow_moves(lambda: self._zero_grads(set_to_none))
+
+    def _zero_grads(self, set_to_none: bool) -> None:
         for bucket in self._buckets:
             if bucket.requires_grad_changed():
-                _eagerly(
-                    bucket.follow_requires_grad
-                ) if torch.compiler.is_compiling() else bucket.follow_requires_grad()
+                _eagerly(bucket.follow_requires_grad)
             bucket.zero_grad(set_to_none)
 
     @torch.no_grad()
@@ -401,7 +419,7 @@ class V0Adam(Optimizer):
         """This step's work per bucket; while torch.compile traces, the work `_traceable` vouched for."""
         if torch.compiler.is_compiling():
             return [(bucket, bucket.traced_work()) for bucket in self._buckets]
-        return [(bucket, bucket.collect_work()) for bucket in self._buckets]
+        return self._follow_moves(lambda: [(bucket, bucket.collect_work()) for bucket in self._buckets])
 
     def _step(self) -> None:
         if self._awaiting_data_v0:
