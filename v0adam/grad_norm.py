@@ -4,7 +4,8 @@ model (ZeRO).
 
 On the Triton backend one launch per bucket writes per-block partial norms (norm types 1, 2 and inf) that a torch
 reduction adds up; other norm types, and the PyTorch backend, use torch.linalg.vector_norm per segment. Nothing
-is read back to the host: the result is a 0-d float32 tensor on the first bucket's device.
+is read back to the host: the result is a 0-d float32 tensor on the first bucket's device (float64 when float64
+grads are in it, reduced in float64 as torch.nn.utils.clip_grad_norm_ does).
 """
 
 import torch
@@ -27,7 +28,8 @@ def global_grad_norm(works, norm_type: float, partition_group=None) -> torch.Ten
             partials = launcher.grad_norm_partials_of(bucket, work, norm_type)
             powered.append(reduce_partials(partials, norm_type))
         else:
-            norms = [torch.linalg.vector_norm(s.grad, norm_type, dtype=torch.float32) for s in work.segments]
+            dtype = torch.float64 if bucket.dtype == torch.float64 else torch.float32
+            norms = [torch.linalg.vector_norm(s.grad, norm_type, dtype=dtype) for s in work.segments]
             powered.append(
                 _combine([n if norm_type == float("inf") else n**norm_type for n in norms], norm_type, bucket.device)
             )

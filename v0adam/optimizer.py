@@ -444,7 +444,10 @@ class V0Adam(Optimizer):
         for bucket, work in works:
             if not work.stepped:
                 continue
-            bucket_scale = None if grad_scale is None else grad_scale.to(bucket.device, non_blocking=True)
+            bucket_scale = None
+            if grad_scale is not None:  # the kernel reads a float32; a float64 model's norm is float64
+                dtype = torch.float32 if bucket.backend == "triton" else grad_scale.dtype
+                bucket_scale = grad_scale.to(bucket.device, dtype, non_blocking=True)
             bucket_found_inf = None if found_inf is None else found_inf.to(bucket.device, non_blocking=True)
             self._advance_steps(bucket, work.stepped, bucket_found_inf)
             rounding_seed = None
