@@ -220,6 +220,31 @@ def test_compiled_step_alone():
     assert_same_training(models[0], opts[0], models[1], opts[1])
 
 
+def test_edits_between_compiled_steps_are_adopted():
+    """opt.state[p] = {} and a param taken out of its group, between steps of a compiled opt.step(): adopted
+    eagerly behind a graph break, as the next compiled step finds them; same as torch.optim.AdamW eagerly."""
+    models = build_model(), build_model()
+    opt = v0adam.V0AdamW(models[0].parameters(), lr=torch.tensor(1e-2), v0="zero", backend="triton")
+    reference = torch.optim.AdamW(models[1].parameters(), lr=1e-2, foreach=False)
+    compiled = torch.compile(lambda opt: opt.step(), backend=COMPILER)
+    for step in range(5):
+        if step == 2:
+            opt.state[models[0][0].weight] = {}
+            reference.state[models[1][0].weight] = {}
+        if step == 3:
+            opt.param_groups[0]["params"].pop()
+            reference.param_groups[0]["params"].pop()
+        for model, optimizer, run in ((models[0], opt, compiled), (models[1], reference, torch.optim.AdamW.step)):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(batch(step)[0]), batch(step)[1]).backward()
+            run(optimizer)
+    for param, reference_param in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(param, reference_param)
+    for param, reference_param in zip(list(models[0].parameters())[:-1], list(models[1].parameters())[:-1]):
+        for key, value in reference.state[reference_param].items():
+            torch.testing.assert_close(opt.state[param][key], value)
+
+
 def test_an_untraceable_step_runs_eagerly():
     """The PyTorch backend is not traced: a graph break (an error under fullgraph=True), and the right result."""
     models = build_model(), build_model()
