@@ -257,7 +257,8 @@ class V0Adam(Optimizer):
                     old_bucket, old_index = previous[param]
                     old_state = old_bucket.state_views(old_index, amsgrad)
                     for key, value in state.items():
-                        if key in old_state:  # a master copy is new after a conversion to 16 bits: the param's
+                        # A master copy is new after a conversion to 16 bits: the bucket took it from the param.
+                        if key in old_state:
                             value.copy_(old_state[key])
                     bucket.set_step_history(index, old_bucket.step_history[old_index])
                 else:
