@@ -188,6 +188,23 @@ def test_a_model_converted_after_the_optimizer_was_built_trains_on(converted_aft
     assert opt.state[model[0].weight]["exp_avg"].dtype == torch.float64
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_conversion_to_bfloat16_before_the_first_step_equals_building_after_it(backend):
+    """The new layout of a converted model takes a master copy from the params and keeps the random v0 drawn at
+    construction: bitwise what an optimizer built on the converted model does."""
+    model, twin = mlp(), mlp()
+    twin.load_state_dict(model.state_dict())
+    options = dict(lr=1e-2, weight_decay=0.1, master_weights=True, v0_seed=3, backend=backend)
+    opt = v0adam.V0AdamW(model.parameters(), **options)
+    model.to(torch.bfloat16)
+    twin.to(torch.bfloat16)
+    ref = v0adam.V0AdamW(twin.parameters(), **options)
+    train_side_by_side(model, opt, twin, ref, steps=3, dtype=torch.bfloat16)
+    for param, reference in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(param, reference)
+        assert torch.equal(opt.state[param]["master_param"], ref.state[reference]["master_param"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="moves a model from the CPU to a GPU")
 def test_a_model_moved_to_the_gpu_after_the_optimizer_was_built_trains_on_it():
     """accelerate's prepare(model, optimizer) moves the model after the optimizer was built on the CPU."""
