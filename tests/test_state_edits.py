@@ -3,7 +3,9 @@ a whole new table, a copied entry), and into the param groups' lists of params, 
 torch.optim.AdamW reads them; a bad one is refused before anything is written. (ZeroRedundancyOptimizer's
 load_state_dict writes into opt.state: test_distributed.py.)"""
 
+import random
 from collections import defaultdict
+from copy import deepcopy
 
 import pytest
 import torch
@@ -121,7 +123,7 @@ def insert_by_new_list(group, extra):
 @pytest.mark.parametrize("change", [append, remove, insert_by_new_list], ids=lambda change: change.__name__)
 def test_param_list_edits_are_read_as_torch_reads_them(backend, change):
     """A param put into a group's list is stepped from the next step on, with fresh state; one taken out is no
-    longer stepped (torch keeps its last state in opt.state; v0adam drops it)."""
+    longer stepped, its last state left in opt.state, as torch does; state_dict() leaves it out."""
     params, opt, reference_params, reference = pair(backend)
     params += make_params([(6,)], device=DEVICE, seed=1)
     reference_params += clone_params(params[-1:])
@@ -136,11 +138,12 @@ def test_param_list_edits_are_read_as_torch_reads_them(backend, change):
         reference.step()
     for param, reference_param in zip(params, reference_params):
         torch.testing.assert_close(param, reference_param, **TOL)
-    stepped = [
-        index for index, param in enumerate(reference_params) if param in set(reference.param_groups[0]["params"])
-    ]
-    assert_states_close(opt, [params[i] for i in stepped], reference, [reference_params[i] for i in stepped], **TOL)
-    assert set(opt.state) == {params[i] for i in stepped}
+    with_state = [_index_of(reference_params, param) for param, state in reference.state.items() if state]
+    assert sorted(_index_of(params, param) for param in opt.state) == sorted(with_state)
+    assert_states_close(
+        opt, [params[i] for i in with_state], reference, [reference_params[i] for i in with_state], **TOL
+    )
+    assert len(opt.state_dict()["state"]) == len(opt.param_groups[0]["params"])  # torch's would fail on the removed
 
 
 def test_a_non_tensor_put_into_a_group_is_refused_before_any_write():
@@ -152,3 +155,81 @@ def test_a_non_tensor_put_into_a_group_is_refused_before_any_write():
     with pytest.raises(TypeError, match="optimizer can only optimize Tensors, but one of the params is str"):
         opt.step()
     assert torch.equal(params[0].detach(), before)
+
+
+OPERATIONS = ("step",) * 4 + ("drop_grad", "freeze", "unfreeze", "reset", "append", "remove", "new_group", "round_trip")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(6))
+def test_random_sequences_of_edits_follow_torch(backend, seed):
+    """Steps interleaved at random with freezing, unfreezing, state resets, params put into and taken out of the
+    first group (and back, resuming their state) or given a group of their own, state_dict round trips, and grads
+    dropped before a step: params (also those out of the groups) and, after each step, states as torch's."""
+    rng = random.Random(seed)
+    shapes = [(4,), (3, 5), (7,), (1,), (2, 2), (6,), (5,)]
+    params = make_params(shapes, device=DEVICE, seed=seed)
+    reference_params = clone_params(params)
+    spare = [len(shapes) - 1]  # indices of the params outside the groups
+    options = dict(lr=1e-2, weight_decay=0.1, amsgrad=True)
+    opt = v0adam.V0AdamW(params[:-1], v0="zero", backend=backend, **options)
+    reference = torch.optim.AdamW(reference_params[:-1], foreach=False, **options)
+    pairs = ((params, opt), (reference_params, reference))
+    for step in range(60):
+        if _edit_both(rng.choice(OPERATIONS), rng, spare, pairs) != "step":
+            continue  # an edit shows in opt.state from the next step on
+        grads = gradients(params, step)
+        dropped = rng.randrange(len(shapes)) if rng.random() < 0.2 else None  # a grad set to None before the step
+        for model_params, optimizer in pairs:
+            optimizer.zero_grad()
+            trained = [(param, grad) for param, grad in zip(model_params, grads) if param.requires_grad]
+            if trained:
+                sum((param * grad).sum() for param, grad in trained).backward()
+            if dropped is not None:
+                model_params[dropped].grad = None
+            optimizer.step()
+        for param, reference_param in zip(params, reference_params):
+            torch.testing.assert_close(param, reference_param, **TOL)
+        grouped = [_index_of(params, param) for group in opt.param_groups for param in group["params"]]
+        ours, theirs = [params[i] for i in grouped], [reference_params[i] for i in grouped]
+        assert_states_close(opt, ours, reference, theirs, **TOL)
+
+
+def _edit_both(operation, rng, spare, pairs) -> str:
+    """Make the edit `operation` to both (params, optimizer) pairs, or none where it cannot apply: then "step"."""
+    (params, opt), (_, reference) = pairs
+    index = rng.randrange(len(params))
+    first_group = opt.param_groups[0]["params"]
+    if operation in ("freeze", "unfreeze"):
+        for model_params, _ in pairs:
+            model_params[index].requires_grad_(operation == "unfreeze")
+    elif operation == "reset":
+        for model_params, optimizer in pairs:
+            optimizer.state[model_params[index]] = {}
+    elif operation in ("append", "new_group") and spare:
+        index = spare.pop(rng.randrange(len(spare)))
+        for model_params, optimizer in pairs:
+            if operation == "append":
+                optimizer.param_groups[0]["params"].append(model_params[index])
+            else:
+                optimizer.add_param_group({"params": [model_params[index]], "lr": 5e-3})
+    elif operation == "remove" and len(first_group) > 1:
+        position = rng.randrange(len(first_group))
+        spare.append(_index_of(params, first_group[position]))
+        for _, optimizer in pairs:
+            del optimizer.param_groups[0]["params"][position]
+    elif operation == "round_trip" and not _removed_states(reference):  # torch's state_dict fails on those
+        for _, optimizer in pairs:
+            optimizer.load_state_dict(deepcopy(optimizer.state_dict()))
+    else:
+        return "step"
+    return operation
+
+
+def _removed_states(optimizer) -> bool:
+    grouped = {id(param) for group in optimizer.param_groups for param in group["params"]}
+    return any(id(param) not in grouped for param in optimizer.state)
+
+
+def _index_of(tensors, tensor):
+    return next(index for index, candidate in enumerate(tensors) if candidate is tensor)

@@ -222,21 +222,13 @@ class V0Adam(Optimizer):
 
     def _build_buckets(self) -> None:
         """Lay every param out in flat buffers, on its current device and dtype, carrying over the values of any
-        earlier layout. A param that left the param groups leaves opt.state too. Checks first, then writes."""
-        for group in self.param_groups:
-            for param in group["params"]:
-                _check_param(param)
-                if self.precision.stochastic_rounding and param.dtype == torch.float16:
-                    raise ValueError(
-                        "stochastic_rounding supports bfloat16 params; use master_weights=True for float16"
-                    )
-                self._backend_for(param.device, param.dtype)
+        earlier layout. A param taken out of the groups leaves its last state in opt.state, as in torch (a copy,
+        not a view that would keep the dropped buffers alive); a param entering with a state there (one taken out
+        and put back, or given one by the user) resumes it. Checks first, then writes."""
+        self._check_layout()
         if self._state_edited():
             self._adopt_state_edits()
-        previous = {}
-        for bucket in self._buckets:
-            for index, param in enumerate(bucket.params):
-                previous[param] = (bucket, index)
+        previous = {param: (bucket, index) for bucket in self._buckets for index, param in enumerate(bucket.params)}
         entries, param_indices = {}, {}
         for group_index, group in enumerate(self.param_groups):
             for param in group["params"]:
@@ -245,31 +237,21 @@ class V0Adam(Optimizer):
                 param_indices[param] = len(param_indices)
                 key = (param.device, param.dtype, sharding.layout_of(param))
                 entries.setdefault(key, []).append((param, group_index))
-        buckets = []
-        for (device, dtype, _), bucket_entries in entries.items():
-            bucket = FlatBucket(bucket_entries, device, dtype, self._backend_for(device, dtype), self.precision)
-            if bucket.backend == "triton":
-                bucket.segment_table = triton_backend.SegmentTable(device)
-            for index, (param, group_index) in enumerate(bucket_entries):
-                amsgrad = self.param_groups[group_index]["amsgrad"]
-                state = bucket.state_views(index, amsgrad)
-                if param in previous:
-                    old_bucket, old_index = previous[param]
-                    old_state = old_bucket.state_views(old_index, amsgrad)
-                    for key, value in state.items():
-                        # A master copy is new after a conversion to 16 bits: the bucket took it from the param.
-                        if key in old_state:
-                            value.copy_(old_state[key])
-                    bucket.set_step_history(index, old_bucket.step_history[old_index])
-                else:
-                    self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, param_indices[param])
-                self._publish(param, state)
-            buckets.append(bucket)
+        entering = {
+            param: dict(self.state[param]) for param in param_indices.keys() - previous.keys() if self.state.get(param)
+        }
+        entering = self._checked_states(entering)
+        buckets = [
+            self._lay_out(bucket_entries, device, dtype, previous, param_indices)
+            for (device, dtype, _), bucket_entries in entries.items()
+        ]
         self._buckets = buckets
         self._param_indices = param_indices
         for param in previous.keys() - param_indices.keys():
-            del self._published[param]
-            dict.pop(self.state, param, None)
+            state = self._published.pop(param)
+            self._state_table.publish(param, {key: value.clone() for key, value in state.items()})
+        if entering:
+            self._write_states(entering, entering)
         self._param_lists = [list(group["params"]) for group in self.param_groups]
         # Device tables built now, not at the first step: a first step traced by torch.compile finds them and
         # later steps do not recompile.
@@ -287,6 +269,44 @@ class V0Adam(Optimizer):
             if self.skipped_steps is None or self.skipped_steps.device != device:
                 count = torch.zeros((), dtype=torch.int64) if self.skipped_steps is None else self.skipped_steps
                 self.skipped_steps = fixed_address(count.to(device))
+
+    def _lay_out(self, bucket_entries, device, dtype, previous: dict, param_indices: dict) -> FlatBucket:
+        """One bucket of the new layout, its params' states carried over from `previous` (param -> old bucket and
+        index) or started at v0, and published in opt.state."""
+        # A param laid out again keeps a missing grad (the step now due must not step it, as torch would not); the
+        # next zero_grad hands it its view. New params get theirs now.
+        without_grad = [param for param, _ in bucket_entries if param in previous and param.grad is None]
+        bucket = FlatBucket(bucket_entries, device, dtype, self._backend_for(device, dtype), self.precision)
+        for param in without_grad:
+            param.grad = None
+        if bucket.backend == "triton":
+            bucket.segment_table = triton_backend.SegmentTable(device)
+        for index, (param, group_index) in enumerate(bucket_entries):
+            amsgrad = self.param_groups[group_index]["amsgrad"]
+            state = bucket.state_views(index, amsgrad)
+            if param in previous:
+                old_bucket, old_index = previous[param]
+                old_state = old_bucket.state_views(old_index, amsgrad)
+                for key, value in state.items():
+                    # A master copy is new after a conversion to 16 bits: the bucket took it from the param.
+                    if key in old_state:
+                        value.copy_(old_state[key])
+                bucket.set_step_history(index, old_bucket.step_history[old_index])
+            else:
+                self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, param_indices[param])
+            self._publish(param, state)
+        return bucket
+
+    def _check_layout(self) -> None:
+        """Every param of every group can be laid out: checked before a layout writes anything."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                _check_param(param)
+                if self.precision.stochastic_rounding and param.dtype == torch.float16:
+                    raise ValueError(
+                        "stochastic_rounding supports bfloat16 params; use master_weights=True for float16"
+                    )
+                self._backend_for(param.device, param.dtype)
 
     def _follow_moves(self, action):
         """action(), after laying the buffers out again if it finds a param moved or converted since they were
@@ -376,6 +396,7 @@ class V0Adam(Optimizer):
         and is not stepped; an unfrozen one gets its view. Grads of DTensor params (FSDP2 creates them) follow
         `set_to_none` as in torch. A model moved or converted since the optimizer was built gets its buffers laid
         out again on its new device and dtype, states carried over."""
+        self._follow_param_lists()
         self._follow_moves(lambda: self._zero_grads(set_to_none))
 
     def _zero_grads(self, set_to_none: bool) -> None:
@@ -404,6 +425,10 @@ class V0Adam(Optimizer):
             self._step()
         return loss
 
+    def _follow_param_lists(self) -> None:
+        if self._param_lists_changed():
+            _eagerly(self._build_buckets)
+
     def _param_lists_changed(self) -> bool:
         """Whether a param was put into or taken out of a group's list since the buckets were built (torch's
         optimizers step whatever the lists hold: an appended param is stepped, with fresh state)."""
@@ -427,10 +452,9 @@ class V0Adam(Optimizer):
             raise RuntimeError(
                 "v0='data' needs opt.init_v0_from_data(batches, loss_fn) before the first step(); see its docstring"
             )
-        if self._param_lists_changed():
-            _eagerly(self._build_buckets) if torch.compiler.is_compiling() else self._build_buckets()
+        self._follow_param_lists()
         if self._state_edited():
-            _eagerly(self._adopt_state_edits) if torch.compiler.is_compiling() else self._adopt_state_edits()
+            _eagerly(self._adopt_state_edits)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         # Every check happens here, before the first write.
@@ -542,6 +566,7 @@ class V0Adam(Optimizer):
         """
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = pre_hook(self, state_dict) or state_dict
+        self._follow_param_lists()  # the states go to the params the groups hold now
         saved_groups = deepcopy(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -567,12 +592,22 @@ class V0Adam(Optimizer):
         self.__setstate__({"param_groups": new_groups})
         self._awaiting_data_v0 = False
         self._write_states(saved_state, self._published)
+        for key in [key for key in self.state if key not in self._published]:  # torch's load keeps only these
+            del self.state[key]
+        self._state_table.edited = False
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
     def state_dict(self) -> dict:
-        """torch's state_dict, each param's state a plain dict (a checkpoint loads without v0adam)."""
-        state_dict = super().state_dict()
+        """torch's state_dict, each param's state a plain dict (a checkpoint loads without v0adam). The states of
+        params taken out of their groups are left out (torch's own state_dict fails on them)."""
+        grouped = {id(param) for group in self.param_groups for param in group["params"]}
+        table = self.state
+        self.state = {param: values for param, values in table.items() if id(param) in grouped}
+        try:
+            state_dict = super().state_dict()
+        finally:
+            self.state = table
         state_dict["state"] = {key: dict(values) for key, values in state_dict["state"].items()}
         return state_dict
 
