@@ -1,0 +1,139 @@
+"""V0Adam's states in torch's layout: `state_dict`, `load_state_dict`, and the adoption of what was written into
+`opt.state` itself (see `v0adam.state_table`). Values are checked before anything is written, then copied into the
+flat buffers, whose views are published in `opt.state`."""
+
+from copy import deepcopy
+from itertools import chain
+
+import torch
+
+from v0adam.sharding import local, local_part
+
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
+
+
+class TorchLayoutStates:
+    """The state methods of V0Adam (a mixin: it reads the optimizer's buckets, param groups and published views)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state_dict of V0Adam(W) or torch.optim.Adam(W), copying values into the flat buffers.
+
+        Every size and shape is checked before anything is written. States are kept in float32 whatever the
+        param dtype, so a 16-bit model loses no state precision on load.
+        """
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = pre_hook(self, state_dict) or state_dict
+        self._follow_param_lists()  # the states go to the params the groups hold now
+        saved_groups = deepcopy(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for group, saved in zip(self.param_groups, saved_groups):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+                )
+        params_by_id = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in self.param_groups),
+            )
+        )
+        saved_state = {params_by_id[key]: value for key, value in state_dict["state"].items() if key in params_by_id}
+        saved_state = self._checked_states(saved_state)
+        new_groups = []
+        for group, saved in zip(self.param_groups, saved_groups):
+            saved["params"] = group["params"]
+            if "param_names" in group:
+                saved["param_names"] = group["param_names"]
+            new_groups.append(saved)
+        self.__setstate__({"param_groups": new_groups})
+        self._awaiting_data_v0 = False
+        self._write_states(saved_state, self._published)
+        for key in [key for key in self.state if key not in self._published]:  # torch's load keeps only these
+            del self.state[key]
+        self._state_table.edited = False
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def state_dict(self) -> dict:
+        """torch's state_dict, each param's state a plain dict (a checkpoint loads without v0adam). The states of
+        params taken out of their groups are left out (torch's own state_dict fails on them)."""
+        grouped = {id(param) for group in self.param_groups for param in group["params"]}
+        table = self.state
+        self.state = {param: values for param, values in table.items() if id(param) in grouped}
+        try:
+            state_dict = super().state_dict()
+        finally:
+            self.state = table
+        state_dict["state"] = {key: dict(values) for key, values in state_dict["state"].items()}
+        return state_dict
+
+    def _checked_states(self, states: dict) -> dict:
+        """`states` (param -> values) checked against their params before anything is written, each value this
+        rank's part (a DTensor param's shard; a layout mismatch raises here)."""
+        for param, values in states.items():
+            for key in STATE_KEYS:
+                if key in values and tuple(values[key].shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"loaded state '{key}' has shape {tuple(values[key].shape)}, but its parameter has shape "
+                        f"{tuple(param.shape)}"
+                    )
+            if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
+                raise ValueError("loaded state 'step' must be a single number")
+        return {
+            param: {
+                key: local_part(param, torch.as_tensor(value)) if key in STATE_KEYS else value
+                for key, value in values.items()
+            }
+            for param, values in states.items()
+        }
+
+    def _write_states(self, states: dict, params) -> None:
+        """Copy checked `states` into the flat buffers for each of `params` and publish them in opt.state. A
+        missing value starts fresh: zero, exp_avg_sq at v0 and the master at the param, as torch creates state at a
+        param's first step. Keys that are not states are kept."""
+        for bucket in self._buckets:
+            for index, param in enumerate(bucket.params):
+                if param not in params:
+                    continue
+                amsgrad = self.param_groups[bucket.groups[index]]["amsgrad"]
+                state = bucket.state_views(index, amsgrad)
+                values = states.get(param, {})
+                for key, view in state.items():
+                    if key in values:
+                        local(view).copy_(torch.as_tensor(values[key]))
+                    else:
+                        local(view).zero_()
+                if "master_param" in state and "master_param" not in values:  # a checkpoint without masters
+                    local(state["master_param"]).copy_(local(param.detach()))
+                if "exp_avg_sq" not in values:
+                    group_index = bucket.groups[index]
+                    self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, self._param_indices[param])
+                bucket.set_step_history(index, hash(("loaded", float(state["step"]))))
+                extras = {key: value for key, value in values.items() if key not in state}
+                self._publish(param, state, extras)
+        self.state = self._state_table
+        self._state_table.edited = False
+
+    def _publish(self, param, state: dict, extras=None) -> None:
+        self._published[param] = state
+        self._state_table.publish(param, {**state, **(extras or {})})
+
+    def _state_edited(self) -> bool:
+        return self.state is not self._state_table or self._state_table.edited
+
+    def _adopt_state_edits(self) -> None:
+        """Bring what was written into opt.state itself, not in place into its views (see `v0adam.state_table`),
+        into the flat buffers, as torch's optimizers would read it: a missing or empty entry starts its param
+        afresh, a new value is copied in. Checked before anything is written."""
+        edited, kept = {}, {}
+        for param, published in self._published.items():
+            entry = dict.get(self.state, param)
+            if entry is None or any(entry.get(key) is not view for key, view in published.items()):
+                edited[param] = dict(entry or {})
+            else:
+                kept[param] = entry
+        self._write_states(self._checked_states(edited), edited)
+        for param, entry in kept.items():  # republished: the entry may be a copy that does not report edits
+            published = self._published[param]
+            self._publish(param, published, {key: value for key, value in entry.items() if key not in published})
