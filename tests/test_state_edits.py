@@ -164,8 +164,9 @@ OPERATIONS = ("step",) * 4 + ("drop_grad", "freeze", "unfreeze", "reset", "appen
 @pytest.mark.parametrize("seed", range(6))
 def test_random_sequences_of_edits_follow_torch(backend, seed):
     """Steps interleaved at random with freezing, unfreezing, state resets, params put into and taken out of the
-    first group (and back, resuming their state) or given a group of their own, state_dict round trips, and grads
-    dropped before a step: params (also those out of the groups) and, after each step, states as torch's."""
+    first group (and back, resuming their state) or given a group of their own, state_dict round trips, grads
+    dropped before a step, and clipped steps: params (also those out of the groups) and, after each step, states as
+    torch's."""
     rng = random.Random(seed)
     shapes = [(4,), (3, 5), (7,), (1,), (2, 2), (6,), (5,)]
     params = make_params(shapes, device=DEVICE, seed=seed)
@@ -180,6 +181,7 @@ def test_random_sequences_of_edits_follow_torch(backend, seed):
             continue  # an edit shows in opt.state from the next step on
         grads = gradients(params, step)
         dropped = rng.randrange(len(shapes)) if rng.random() < 0.2 else None  # a grad set to None before the step
+        clipped = rng.random() < 0.3
         for model_params, optimizer in pairs:
             optimizer.zero_grad()
             trained = [(param, grad) for param, grad in zip(model_params, grads) if param.requires_grad]
@@ -187,6 +189,10 @@ def test_random_sequences_of_edits_follow_torch(backend, seed):
                 sum((param * grad).sum() for param, grad in trained).backward()
             if dropped is not None:
                 model_params[dropped].grad = None
+            if clipped and optimizer is opt:
+                opt.clip_grad_norm_(1.0)
+            elif clipped:
+                torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
             optimizer.step()
         for param, reference_param in zip(params, reference_params):
             torch.testing.assert_close(param, reference_param, **TOL)

@@ -506,6 +506,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         """
         if torch.compiler.is_compiling() and not self._traceable():
             return _eagerly(self.clip_grad_norm_, max_norm, norm_type)
+        self._follow_param_lists()
         norm = grad_norm.global_grad_norm(self._works(), norm_type, self._partition_group)
         self._clip_coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         self._clip_norm = norm
