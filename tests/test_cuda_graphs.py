@@ -59,7 +59,7 @@ def assert_matches(model, opt, reference_model, reference_opt):
 @pytest.mark.parametrize("new_layout_in_capture", [False, True], ids=["warm-layout", "new-layout"])
 def test_captured_step_replays_like_eager(new_layout_in_capture):
     """The captured step either has the layout of the warm-up steps or one first seen while capturing (its
-    uploads are then captured, from pinned memory)."""
+    uploads are then captured, from host buffers kept for the graph's replays)."""
     model, opt = build()
     data = batches(WARMUP + STEPS)
     static_x, static_y = data[0][0].cuda(), data[0][1].cuda()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from v0adam.fixed_address import fixed_address
-from v0adam.graph_capture import hold_if_capturing, pinned_upload
+from v0adam.graph_capture import hold_if_capturing, upload
 from v0adam.sharding import is_dtensor, like_param, local
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -149,7 +149,7 @@ class FlatBucket:
         self._trainable_mask = None
         if len(self._trainable_indices) != len(self.params):
             mask = self._host_mask(self._trainable_indices)
-            self._trainable_mask = fixed_address(pinned_upload(mask, self.device))
+            self._trainable_mask = fixed_address(upload(mask, self.device))
         self._home_work = None
 
     def has_moved(self) -> bool:
@@ -352,7 +352,7 @@ class FlatBucket:
         if torch.compiler.is_compiling():
             return self._host_mask(key).to(self.device)
         if key != self._last_mask[0]:
-            self._last_mask = (key, pinned_upload(self._host_mask(key), self.device))
+            self._last_mask = (key, upload(self._host_mask(key), self.device))
         mask = self._last_mask[1]
         hold_if_capturing(self.device, mask)
         return mask

@@ -1,9 +1,9 @@
 """What the step uploads while a CUDA graph is being captured is kept alive for good.
 
 A captured graph replays its kernels on the very tensors they read at capture time (launch tables, step masks), and
-its captured host-to-device copies from their pinned host sources. A later rebuild (new addresses) or a cache
-eviction would free them under the graph, so whatever a launch or copy read during a capture is held here. Captures
-are few and these tensors small.
+its captured host-to-device copies from their host sources. A later rebuild (new addresses) or a cache eviction
+would free them under the graph, so whatever a launch or copy read during a capture is held here. Captures are few
+and these tensors small.
 """
 
 import torch
@@ -21,16 +21,20 @@ def hold_if_capturing(device: torch.device, *tensors) -> None:
         _HELD_FOR_CUDA_GRAPHS[tuple(map(id, tensors))] = tensors
 
 
-def pinned_copy_(target: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
-    """Copy the host tensor `host` into `target` asynchronously. On CUDA through pinned memory: a copy from
-    pageable memory cannot be captured into a CUDA graph; a captured copy's pinned source is kept with its target.
-    (While torch.compile traces, `host` is a constant of the graph: nothing to pin.)"""
+def upload_into(target: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
+    """Copy the host tensor `host` into `target` without waiting. On CUDA outside a capture through pinned memory,
+    so that the copy is truly asynchronous. While a CUDA graph is captured, straight from `host`: the graph reads it
+    again at every replay, so it is kept for good; and allocating pinned memory during a capture fails on some torch
+    versions (pytorch/pytorch#146924: the host allocator queries events). While torch.compile traces, `host` is a
+    constant of the graph."""
     if target.device.type == "cuda" and not torch.compiler.is_compiling():
-        host = host.pin_memory()
-        hold_if_capturing(target.device, target, host)
+        if capturing(target.device):
+            hold_if_capturing(target.device, target, host)
+        else:
+            host = host.pin_memory()
     return target.copy_(host, non_blocking=True)
 
 
-def pinned_upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A copy of the host tensor `host` on `device`, made as `pinned_copy_` does."""
-    return pinned_copy_(torch.empty_like(host, device=device), host)
+def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of the host tensor `host` on `device`, made as `upload_into` does."""
+    return upload_into(torch.empty_like(host, device=device), host)

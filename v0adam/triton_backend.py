@@ -6,7 +6,7 @@ import os
 import torch
 
 from v0adam.fixed_address import fixed_address
-from v0adam.graph_capture import hold_if_capturing, pinned_copy_, pinned_upload
+from v0adam.graph_capture import hold_if_capturing, upload, upload_into
 from v0adam.kernels import adam as adam_kernel
 from v0adam.kernels.grad_norm import grad_norm_partials
 
@@ -55,8 +55,8 @@ class SegmentTable:
         host_blocks = torch.repeat_interleave(
             torch.arange(len(rows), dtype=torch.int32), torch.tensor(blocks_per_segment, dtype=torch.int64)
         )
-        self.segments = pinned_upload(host_table, self.device)
-        self.block_segment = pinned_upload(host_blocks, self.device)
+        self.segments = upload(host_table, self.device)
+        self.block_segment = upload(host_blocks, self.device)
         align_bytes, align_elements = adam_kernel.ALIGN_BYTES.value, adam_kernel.ALIGN_ELEMENTS.value
         self.aligned = all(
             param_addr % align_bytes == 0
@@ -153,9 +153,9 @@ class HyperTable:
         if rows != self._host_values:
             values = torch.tensor(rows, dtype=torch.float64)
             if self.table is None or self.table.shape != values.shape:
-                self.table = fixed_address(pinned_upload(values, self.device))
+                self.table = fixed_address(upload(values, self.device))
             else:  # in place: the table keeps its address, which a compiled or captured step has taken
-                pinned_copy_(self.table, values)
+                upload_into(self.table, values)
             self._host_values = rows
         for index, field, value in tensors:
             self.table[index, field].copy_(value.reshape(()), non_blocking=True)
