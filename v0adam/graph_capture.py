@@ -1,4 +1,4 @@
-"""What the step uploads while a CUDA graph is being captured is kept alive for good.
+"""The step's host-to-device uploads, and what a CUDA graph being captured reads, kept alive for good.
 
 A captured graph replays its kernels on the very tensors they read at capture time (launch tables, step masks), and
 its captured host-to-device copies from their host sources. A later rebuild (new addresses) or a cache eviction
