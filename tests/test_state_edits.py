@@ -165,15 +165,15 @@ OPERATIONS = ("step",) * 4 + ("drop_grad", "freeze", "unfreeze", "reset", "appen
 def test_random_sequences_of_edits_follow_torch(backend, seed):
     """Steps interleaved at random with freezing, unfreezing, state resets, params put into and taken out of the
     first group (and back, resuming their state) or given a group of their own, state_dict round trips, grads
-    dropped before a step, and clipped steps: params (also those out of the groups) and, after each step, states as
-    torch's."""
+    dropped before a step, clipped steps and NaN grads (skipped under skip_nonfinite; torch is then not stepped):
+    params (also those out of the groups) and, after each step, states as torch's."""
     rng = random.Random(seed)
     shapes = [(4,), (3, 5), (7,), (1,), (2, 2), (6,), (5,)]
     params = make_params(shapes, device=DEVICE, seed=seed)
     reference_params = clone_params(params)
     spare = [len(shapes) - 1]  # indices of the params outside the groups
     options = dict(lr=1e-2, weight_decay=0.1, amsgrad=True)
-    opt = v0adam.V0AdamW(params[:-1], v0="zero", backend=backend, **options)
+    opt = v0adam.V0AdamW(params[:-1], v0="zero", backend=backend, skip_nonfinite=True, **options)
     reference = torch.optim.AdamW(reference_params[:-1], foreach=False, **options)
     pairs = ((params, opt), (reference_params, reference))
     for step in range(60):
@@ -182,6 +182,7 @@ def test_random_sequences_of_edits_follow_torch(backend, seed):
         grads = gradients(params, step)
         dropped = rng.randrange(len(shapes)) if rng.random() < 0.2 else None  # a grad set to None before the step
         clipped = rng.random() < 0.3
+        poisoned = rng.randrange(len(shapes)) if rng.random() < 0.2 else None  # a NaN in this param's grad
         for model_params, optimizer in pairs:
             optimizer.zero_grad()
             trained = [(param, grad) for param, grad in zip(model_params, grads) if param.requires_grad]
@@ -189,16 +190,22 @@ def test_random_sequences_of_edits_follow_torch(backend, seed):
                 sum((param * grad).sum() for param, grad in trained).backward()
             if dropped is not None:
                 model_params[dropped].grad = None
+            grouped = [param for group in optimizer.param_groups for param in group["params"]]
+            nan = poisoned is not None and model_params[poisoned].grad is not None
+            if nan:
+                model_params[poisoned].grad.view(-1)[0] = float("nan")
             if clipped and optimizer is opt:
                 opt.clip_grad_norm_(1.0)
             elif clipped:
-                torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
-            optimizer.step()
+                torch.nn.utils.clip_grad_norm_(grouped, 1.0)
+            if optimizer is opt or not (nan and any(param is model_params[poisoned] for param in grouped)):
+                optimizer.step()  # skip_nonfinite skips a step whose grads hold a NaN: torch is not stepped then
         for param, reference_param in zip(params, reference_params):
             torch.testing.assert_close(param, reference_param, **TOL)
         grouped = [_index_of(params, param) for group in opt.param_groups for param in group["params"]]
         ours, theirs = [params[i] for i in grouped], [reference_params[i] for i in grouped]
         assert_states_close(opt, ours, reference, theirs, **TOL)
+    assert int(opt.skipped_steps) > 0
 
 
 def _edit_both(operation, rng, spare, pairs) -> str:
