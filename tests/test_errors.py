@@ -81,17 +81,24 @@ def test_sparse_grad_rejected_before_any_write(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("new_shape", [(128,), (8, 8)], ids=["larger", "reshaped"])
-def test_param_resized_after_construction_rejected_before_any_write(backend, new_shape):
+@pytest.mark.parametrize(
+    "new_shape, in_place", [((128,), False), ((8, 8), False), ((8, 8), True)], ids=["larger", "reshaped", "viewed"]
+)
+def test_param_resized_after_construction_rejected_before_any_write(backend, new_shape, in_place):
     """A param given new data of another shape: its slots in the state buffers keep the old size, and a larger
-    param would otherwise update its neighbour's states."""
+    param would otherwise update its neighbour's states. Viewed: the same memory under another shape, its grad too,
+    so that every address the last step saw stays."""
     params = make_params([(64,), (64,)], device=DEVICE)
     opt = v0adam.V0AdamW(params, v0="zero", backend=backend)
     for param in params:
-        param.grad.normal_()
+        param.grad = torch.randn_like(param)
     opt.step()
-    params[0].data = torch.randn(new_shape, device=DEVICE)
-    params[0].grad = torch.randn(new_shape, device=DEVICE)
+    if in_place:
+        params[0].data = params[0].data.view(new_shape)
+        params[0].grad = params[0].grad.view(new_shape)
+    else:
+        params[0].data = torch.randn(new_shape, device=DEVICE)
+        params[0].grad = torch.randn(new_shape, device=DEVICE)
     before = [p.detach().clone() for p in params] + [value.clone() for value in opt.state[params[1]].values()]
     with pytest.raises(RuntimeError, match=r"shape \(64,\) now has shape"):
         opt.step()

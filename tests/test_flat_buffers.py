@@ -1,5 +1,6 @@
-"""Params re-homed into flat buffers: the model still computes the same forward and backward, grads accumulate
-into the flat grad buffer, and every way a user can replace params or grads stays correct."""
+"""Params re-homed into flat buffers: the model still computes the same forward and backward, grads are read where
+autograd leaves them (or, with flat_grads, accumulate into the flat grad buffer), and every way a user can replace
+params or grads stays correct."""
 
 import pytest
 import torch
@@ -37,9 +38,27 @@ def test_rehomed_model_computes_the_same_forward_and_backward(backend):
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
 
 
-def test_params_and_grads_are_views_of_one_buffer():
+def test_by_default_grads_are_autograds_own_and_zero_grad_sets_them_to_none():
     model = mlp()
     opt = v0adam.V0AdamW(model.parameters(), v0="zero")
+    (bucket,) = opt._buckets
+    assert bucket.flat_grad is None  # no grad-sized buffer is allocated
+    x, y = data()
+    loss_fn(model, x, y).backward()
+    for p in model.parameters():
+        assert p.untyped_storage().data_ptr() == bucket.flat_param.untyped_storage().data_ptr()
+        assert p.grad.untyped_storage().data_ptr() != bucket.flat_param.untyped_storage().data_ptr()
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    loss_fn(model, x, y).backward()
+    grads = [p.grad for p in model.parameters()]
+    opt.zero_grad(set_to_none=False)  # torch's: the same tensors, zeroed
+    assert all(p.grad is g and not g.any() for p, g in zip(model.parameters(), grads))
+
+
+def test_with_flat_grads_params_and_grads_are_views_of_one_buffer():
+    model = mlp()
+    opt = v0adam.V0AdamW(model.parameters(), v0="zero", flat_grads=True)
     (bucket,) = opt._buckets
     x, y = data()
     loss_fn(model, x, y).backward()
@@ -57,16 +76,17 @@ def test_params_and_grads_are_views_of_one_buffer():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("zero_grad", ["optimizer", "model_set_to_none", "model_zero"])
-def test_training_matches_torch_whatever_zero_grad_is_used(backend, zero_grad):
+@pytest.mark.parametrize("flat_grads", [False, True], ids=["autograd-grads", "flat-grads"])
+@pytest.mark.parametrize("zero_grad", ["optimizer", "optimizer_zero", "model_set_to_none", "model_zero"])
+def test_training_matches_torch_whatever_zero_grad_is_used(backend, flat_grads, zero_grad):
     model, twin = mlp(), mlp()
     twin.load_state_dict(model.state_dict())
-    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, v0="zero", backend=backend)
+    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, v0="zero", backend=backend, flat_grads=flat_grads)
     ref = torch.optim.AdamW(twin.parameters(), lr=1e-2, foreach=False)
     x, y = data()
     for _ in range(8):
-        if zero_grad == "optimizer":
-            opt.zero_grad()
+        if zero_grad.startswith("optimizer"):
+            opt.zero_grad(set_to_none=zero_grad == "optimizer")
         else:
             model.zero_grad(set_to_none=zero_grad == "model_set_to_none")
         ref.zero_grad()
@@ -128,15 +148,18 @@ def test_add_param_group_keeps_states_and_trajectory(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("flat_grads", [False, True], ids=["autograd-grads", "flat-grads"])
 @pytest.mark.parametrize("frozen_at_start", [False, True], ids=["trained-first", "frozen-first"])
-def test_freezing_and_unfreezing_during_training_follow_torch(backend, frozen_at_start):
+def test_freezing_and_unfreezing_during_training_follow_torch(backend, flat_grads, frozen_at_start):
     """A layer frozen with requires_grad_(False) stays where it is (torch's zero_grad() leaves it without a grad),
-    also under weight decay and momentum; unfrozen, it trains again, through a grad view of the flat buffer."""
+    also under weight decay and momentum; unfrozen, it trains again (with flat grads, through a grad view of the
+    flat buffer)."""
     model, twin = mlp(), mlp()
     twin.load_state_dict(model.state_dict())
     for layer in (model[0], twin[0]):
         layer.requires_grad_(not frozen_at_start)
-    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, v0="zero", backend=backend)
+    options = dict(lr=1e-2, weight_decay=0.1, v0="zero", backend=backend, flat_grads=flat_grads)
+    opt = v0adam.V0AdamW(model.parameters(), **options)
     ref = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
     x, y = data()
     for step in range(8):
@@ -146,7 +169,7 @@ def test_freezing_and_unfreezing_during_training_follow_torch(backend, frozen_at
         opt.zero_grad()
         ref.zero_grad()
         trained = model[0].weight.requires_grad
-        assert (model[0].weight.grad is not None) == trained  # a zeroed view, or none
+        assert (model[0].weight.grad is not None) == (trained and flat_grads)  # a zeroed view, or none
         loss_fn(model, x, y).backward()
         loss_fn(twin, x, y).backward()
         opt.step()

@@ -160,9 +160,16 @@ def test_a_non_tensor_put_into_a_group_is_refused_before_any_write():
 OPERATIONS = ("step",) * 4 + ("drop_grad", "freeze", "unfreeze", "reset", "append", "remove", "new_group", "round_trip")
 
 
+# How the loop zeroes grads: torch's default (None), zeroed in place (both optimizers), or v0adam's flat grad buffer
+# (its zero_grad keeps zeroed views; torch's leaves None).
+ZERO_GRAD_MODES = [("set_to_none", seed) for seed in range(6)] + [
+    (mode, seed) for mode in ("zeroed", "flat_grads") for seed in range(3)
+]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("seed", range(6))
-def test_random_sequences_of_edits_follow_torch(backend, seed):
+@pytest.mark.parametrize("zero_grad_mode, seed", ZERO_GRAD_MODES)
+def test_random_sequences_of_edits_follow_torch(backend, zero_grad_mode, seed):
     """Steps interleaved at random with freezing, unfreezing, state resets, params put into and taken out of the
     first group (and back, resuming their state) or given a group of their own, state_dict round trips, grads
     dropped before a step, clipped steps and NaN grads (skipped under skip_nonfinite; torch is then not stepped):
@@ -173,7 +180,8 @@ def test_random_sequences_of_edits_follow_torch(backend, seed):
     reference_params = clone_params(params)
     spare = [len(shapes) - 1]  # indices of the params outside the groups
     options = dict(lr=1e-2, weight_decay=0.1, amsgrad=True)
-    opt = v0adam.V0AdamW(params[:-1], v0="zero", backend=backend, skip_nonfinite=True, **options)
+    flat_grads = zero_grad_mode == "flat_grads"
+    opt = v0adam.V0AdamW(params[:-1], v0="zero", backend=backend, skip_nonfinite=True, flat_grads=flat_grads, **options)
     reference = torch.optim.AdamW(reference_params[:-1], foreach=False, **options)
     pairs = ((params, opt), (reference_params, reference))
     for step in range(60):
@@ -184,7 +192,7 @@ def test_random_sequences_of_edits_follow_torch(backend, seed):
         clipped = rng.random() < 0.3
         poisoned = rng.randrange(len(shapes)) if rng.random() < 0.2 else None  # a NaN in this param's grad
         for model_params, optimizer in pairs:
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=zero_grad_mode != "zeroed")
             trained = [(param, grad) for param, grad in zip(model_params, grads) if param.requires_grad]
             if trained:
                 sum((param * grad).sum() for param, grad in trained).backward()

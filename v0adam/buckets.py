@@ -1,14 +1,20 @@
 """Flat buffers: the params, grads and optimizer states of one (device, dtype) bucket, each in one allocation.
 
 At construction every parameter is *re-homed*: its values are copied into a slot of the bucket's flat param
-buffer and `p.data` becomes a view of that slot; `p.grad` becomes a view of the same slot in the flat grad buffer,
-so autograd accumulates straight into it (the design of Megatron-LM's ParamAndGradBuffer). The states users see
-(`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `step`) are views into the bucket's state buffers.
+buffer and `p.data` becomes a view of that slot. The states users see (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`,
+`step`) are views into the bucket's state buffers.
+
+Grads are read where autograd leaves them. By default `zero_grad` sets them to None, as torch's does, and autograd
+hands each param its fresh gradient tensor: no accumulation, no memset. With `flat_grads=True` the bucket also
+keeps a flat grad buffer, and `p.grad` is a view of the param's slot in it, which autograd accumulates into and
+`zero_grad` zeroes in one memset (the design of Megatron-LM's ParamAndGradBuffer).
 
 Each step the bucket describes its work as *segments* (runs of elements sharing a param group and a step
-counter). When everything is home, one segment covers a whole param group. A param or grad that lives elsewhere
-(grads set to None and re-created by autograd, DDP bucket views, user-assigned tensors) becomes a segment of its
-own, reached through its address: still one launch, no copy, unless the tensor is non-contiguous.
+counter). When params and grads are home in the flat buffers, one segment covers a whole param group. A grad (or
+param) that lives elsewhere (autograd's own tensors, DDP bucket views, user-assigned tensors) is a segment of its
+own, reached through its address: still one launch, no copy, unless the tensor is non-contiguous. The work is
+cached on those addresses: the caching allocator hands autograd the same blocks each iteration, so a steady
+training loop finds its launch tables already on the device.
 
 DTensor params (FSDP2) form buckets of their own that are never re-homed: FSDP owns their storage and re-creates
 their grads each backward, so their local shards are always reached by address (see `v0adam.sharding`).
@@ -59,9 +65,10 @@ class ParamMoved(RuntimeError):
     optimizer was built): the optimizer lays its buffers out again, states carried over."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
-    """A contiguous run of elements stepped together: 1-D views of params and grads, and where its states are."""
+    """A contiguous run of elements stepped together: params and grads (1-D views of the flat buffers for a run
+    of params at home, else one param and its grad, shaped as the param), and where its states are."""
 
     param: torch.Tensor
     grad: torch.Tensor
@@ -73,11 +80,14 @@ class Segment:
 @dataclass
 class BucketWork:
     """What one step does to a bucket: the segments, the params whose step counter advances, and the
-    non-contiguous params that are stepped through a contiguous copy and written back afterwards."""
+    non-contiguous params that are stepped through a contiguous copy and written back afterwards. `addresses`,
+    when not None, determines the segments' layout (see `FlatBucket.collect_work`): launch tables built for it
+    hold for every work with the same addresses."""
 
     segments: list[Segment]
     stepped: list[int]
     writebacks: list[tuple[torch.Tensor, torch.Tensor]]
+    addresses: tuple | None = None
 
 
 class FlatBucket:
@@ -85,7 +95,7 @@ class FlatBucket:
 
     `entries` is a list of (param, group index), in the order of the param groups; `backend` ("triton" or
     "torch") is the backend that steps it. Either all or none of the params are DTensors; only plain params are
-    re-homed into the flat param and grad buffers.
+    re-homed into the flat param buffer, and, with `flat_grads`, their grads into a flat grad buffer.
     """
 
     def __init__(
@@ -95,6 +105,7 @@ class FlatBucket:
         dtype: torch.dtype,
         backend: str,
         precision: "Precision",
+        flat_grads: bool = False,
     ):
         self.device = device
         self.dtype = dtype
@@ -104,6 +115,7 @@ class FlatBucket:
         self.params = [param for param, _ in entries]
         self.groups = [group for _, group in entries]
         self.rehomed = not any(map(is_dtensor, self.params))
+        self.flat_grads = flat_grads and self.rehomed
         self.local_shapes = [local(param).shape for param in self.params]
         self.offsets = []
         total = 0
@@ -114,6 +126,7 @@ class FlatBucket:
         self.flat_param = self.flat_grad = None
         if self.rehomed:
             self.flat_param = torch.zeros(total, dtype=dtype, device=device)
+        if self.flat_grads:
             self.flat_grad = torch.zeros(total, dtype=dtype, device=device)
         self.state_dtype = precision.state_dtype_for(dtype)
         self.exp_avg = fixed_address(torch.zeros(total, dtype=self.state_dtype, device=device))
@@ -124,11 +137,14 @@ class FlatBucket:
         if precision.master_weights and dtype in LOW_PRECISION:
             self.master = fixed_address(torch.zeros(total, dtype=torch.float32, device=device))
         self.steps = fixed_address(torch.zeros(len(self.params), dtype=torch.float32, device=device))
+        self.step_views = list(self.steps.unbind())  # each param's counter, made once (a view costs a dispatch)
+        self._state_slices = {}  # (state offset, shape) -> its states, shaped, for the PyTorch backend
         # Host-side record of each param's step history: equal values guarantee equal device step counters,
         # so such params may share one segment (the kernel reads one counter per segment).
         self.step_history = [0] * len(self.params)
-        self._home_grads = [None] * len(self.params)  # the grad view objects handed to autograd
+        self._home_grads = [None] * len(self.params)  # with flat_grads, the grad view objects handed to autograd
         self._home_work = None  # this step's work when everything is home, cached: the common case costs no scan
+        self._addressed_work = (None, None)  # (addresses, (stepped, segment indices)) of the last cacheable scan
         if self.rehomed:
             self._rehome()
         elif self.master is not None:
@@ -161,8 +177,8 @@ class FlatBucket:
     def follow_requires_grad(self) -> None:
         """A param frozen (`requires_grad_(False)`) since the last call loses its grad view, so that `zero_grad`
         leaves it without a grad and it is no longer stepped, as torch's `zero_grad()` does; one unfrozen gets its
-        view (back), and the fast path with it."""
-        if self.rehomed:
+        view (back), and the fast path with it. Without flat grads only the record of trained params follows."""
+        if self.flat_grads:
             for index, param in enumerate(self.params):
                 if not param.requires_grad:
                     self._home_grads[index] = None
@@ -182,7 +198,7 @@ class FlatBucket:
             param.data = param_slot
             if self.master is not None:
                 self.slot(self.master, index).copy_(param_slot)
-            if param.requires_grad:
+            if self.flat_grads and param.requires_grad:
                 grad_slot = self.slot(self.flat_grad, index)
                 if param.grad is not None:
                     grad_slot.copy_(param.grad)
@@ -191,6 +207,22 @@ class FlatBucket:
     def ensure_max_exp_avg_sq(self) -> None:
         if self.max_exp_avg_sq is None:
             self.max_exp_avg_sq = fixed_address(torch.zeros_like(self.exp_avg_sq))
+            self._state_slices.clear()
+
+    def states_of(self, segment: Segment, amsgrad: bool) -> tuple:
+        """exp_avg, exp_avg_sq, max_exp_avg_sq (None without amsgrad) and the master (None without one) of a
+        segment, shaped as its param; made once per slot, since a step of many small params would spend more on
+        slicing than on the update."""
+        shape = segment.param.shape
+        key = (segment.state_offset, shape)
+        if key not in self._state_slices:
+            start, end = segment.state_offset, segment.state_offset + segment.param.numel()
+            self._state_slices[key] = tuple(
+                None if buffer is None else buffer[start:end].view(shape)
+                for buffer in (self.exp_avg, self.exp_avg_sq, self.max_exp_avg_sq, self.master)
+            )
+        exp_avg, exp_avg_sq, max_exp_avg_sq, master = self._state_slices[key]
+        return exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None, master
 
     def state_views(self, index: int, amsgrad: bool) -> dict[str, torch.Tensor]:
         """torch.optim.Adam's per-param state, as views into the flat buffers (DTensors for a DTensor param)."""
@@ -206,14 +238,21 @@ class FlatBucket:
         return state
 
     def zero_grad(self, set_to_none: bool) -> None:
-        """One memset for the whole bucket; grads that were replaced or set to None get their views back.
-        Grads of DTensor params belong to FSDP and are set to None or zeroed, as torch does."""
-        if not self.rehomed:
-            grads = [param.grad for param in self.params if param.grad is not None]
+        """As torch's `Optimizer.zero_grad`: grads set to None, or zeroed in place (detached from any graph). With
+        flat grads, one memset for the whole bucket whatever `set_to_none` says, and grads that were replaced or
+        set to None get their views back."""
+        if not self.flat_grads:
             if set_to_none:
                 for param in self.params:
                     param.grad = None
-            else:
+                return
+            grads = [param.grad for param in self.params if param.grad is not None]
+            for grad in grads:
+                if grad.grad_fn is not None:
+                    grad.detach_()
+                else:
+                    grad.requires_grad_(False)
+            if grads:
                 torch._foreach_zero_(grads)
             return
         if torch.compiler.is_compiling() and self.grads_are_traceable():
@@ -230,15 +269,15 @@ class FlatBucket:
                 param.grad = grad
 
     def grads_are_traceable(self) -> bool:
-        """Whether a traced step may take the grads as they are: for re-homed params, whether every grad is the
-        view `zero_grad` hands out (None for params without one), checked by identity only, which torch.compile
-        can trace; DTensor grads are FSDP's own, taken whatever they are."""
-        if not self.rehomed:
+        """Whether a traced step may take the grads as they are: with flat grads, whether every grad is the view
+        `zero_grad` hands out (None for params without one), checked by identity only, which torch.compile can
+        trace; otherwise grads are autograd's (or FSDP's) own tensors, taken whatever they are."""
+        if not self.flat_grads:
             return True
         return all(map(operator.is_, [param.grad for param in self.params], self._home_grads))
 
     def _grads_are_home(self) -> bool:
-        if not self.rehomed:
+        if not self.flat_grads:
             return False
         grads = [param.grad for param in self.params]
         return (
@@ -252,7 +291,7 @@ class FlatBucket:
     def _is_home(self, index: int) -> bool:
         param, grad = self.params[index], self.params[index].grad
         return (
-            self.rehomed
+            self.flat_grads
             and grad is self._home_grads[index]
             and grad.data_ptr() == self._home_grad_addresses[index]
             and param.data_ptr() == self._home_param_addresses[index]
@@ -266,10 +305,42 @@ class FlatBucket:
         """This step's segments. Raises, before anything is written, on a grad or param that cannot be stepped."""
         if self._home_work is not None and self._everything_home():
             return self._home_work
-        work = self._scan()
-        if len(work.stepped) == self._trainable and self._everything_home():
-            self._home_work = work
-        return work
+        if self.flat_grads or not self.rehomed:
+            work = self._scan()
+            if len(work.stepped) == self._trainable and self._everything_home():
+                self._home_work = work
+            return work
+        return self._addressed()
+
+    def _addressed(self) -> BucketWork:
+        """The work of re-homed params whose grads are reached by address (autograd's own tensors), cached on the
+        addresses of params and grads: while they stay, the segments are made again from the new grad objects
+        without any check. Every way to change what a segment covers changes an address or the shapes (the grad
+        setter and autograd keep a grad's shape, dtype and device those of its param), or makes a tensor
+        non-contiguous or sparse, which is scanned and checked at every step."""
+        params = self.params
+        grads = [param.grad for param in params]
+        addresses = None
+        if (
+            all(map(torch.Tensor.is_contiguous, params))
+            and all(grad is None or grad.is_contiguous() for grad in grads)  # False for a sparse grad
+            and [param.shape for param in params] == self.local_shapes
+        ):
+            addresses = (
+                tuple(map(torch.Tensor.data_ptr, params)),
+                tuple(0 if grad is None else grad.data_ptr() for grad in grads),
+            )
+        cached_addresses, cached = self._addressed_work
+        if addresses is None or addresses != cached_addresses:
+            work = self._scan()
+            if addresses is not None:
+                self._addressed_work = addresses, (work.stepped, [segment.step_index for segment in work.segments])
+            work.addresses = addresses
+            return work
+        stepped, indices = cached
+        offsets, groups = self.offsets, self.groups
+        segments = [Segment(params[i], grads[i], offsets[i], groups[i], i) for i in indices]
+        return BucketWork(segments, stepped, [], addresses)
 
     def _scan(self) -> BucketWork:
         segments, stepped, writebacks = [], [], []
@@ -309,16 +380,14 @@ class FlatBucket:
                     contiguous = param_data.contiguous()
                     writebacks.append((param_data, contiguous))
                     param_data = contiguous
-                segments.append(
-                    Segment(param_data.view(-1), local(grad).contiguous().view(-1), offset, self.groups[index], index)
-                )
+                segments.append(Segment(param_data, local(grad).contiguous(), offset, self.groups[index], index))
             previous_home = home
         return BucketWork(segments, stepped, writebacks)
 
     def traced_work(self) -> BucketWork:
         """The work of a traced step: every param with a grad, each its own segment. No address is read (the
         caller vouches for the grads, see `grads_are_traceable`); the launch builds its tables."""
-        if self.rehomed:
+        if self.flat_grads:
             stepped = [index for index, grad in enumerate(self._home_grads) if grad is not None]
             for index in stepped:
                 self._check_param(index)
@@ -379,7 +448,10 @@ class FlatBucket:
 
     def record_step(self, stepped: list[int], call_id: int) -> None:
         """Advance the host-side step histories. Params stepped together keep equal histories, so only a step
-        that left some params out can split a segment, and only then is the cached work dropped."""
+        that left some params out can split a segment, and only then is the cached work dropped. Only grads at
+        home in a flat grad buffer make merged segments: without one there is nothing to record."""
+        if not self.flat_grads:
+            return
         for index in stepped:
             self.step_history[index] = hash((self.step_history[index], call_id))
         if len(stepped) != self._trainable:

@@ -123,7 +123,7 @@ def _accumulate(bucket, table, data_groups, counts, grad_sum, grad_sum_sq) -> No
     else:
         for segment in segments:
             end = segment.state_offset + segment.grad.numel()
-            grad = segment.grad.to(grad_sum.dtype)
+            grad = segment.grad.reshape(-1).to(grad_sum.dtype)
             grad_sum[segment.state_offset : end].add_(grad)
             grad_sum_sq[segment.state_offset : end].addcmul_(grad, grad)
     for index in work.stepped:

@@ -3,9 +3,9 @@ whole params, on every rank, when they are DTensor shards or the optimizer holds
 model (ZeRO).
 
 On the Triton backend one launch per bucket writes per-block partial norms (norm types 1, 2 and inf) that a torch
-reduction adds up; other norm types, and the PyTorch backend, use torch.linalg.vector_norm per segment. Nothing
-is read back to the host: the result is a 0-d float32 tensor on the first bucket's device (float64 when float64
-grads are in it, reduced in float64 as torch.nn.utils.clip_grad_norm_ does).
+reduction adds up; other norm types, and the PyTorch backend, take torch._foreach_norm over the segments, as
+torch.nn.utils.clip_grad_norm_ does. Nothing is read back to the host: the result is a 0-d float32 tensor on the
+first bucket's device (float64 when float64 grads are in it, reduced in float64 as clip_grad_norm_ does).
 """
 
 import torch
@@ -29,10 +29,11 @@ def global_grad_norm(works, norm_type: float, partition_group=None) -> torch.Ten
             powered.append(reduce_partials(partials, norm_type))
         else:
             dtype = torch.float64 if bucket.dtype == torch.float64 else torch.float32
-            norms = [torch.linalg.vector_norm(s.grad, norm_type, dtype=dtype) for s in work.segments]
-            powered.append(
-                _combine([n if norm_type == float("inf") else n**norm_type for n in norms], norm_type, bucket.device)
-            )
+            grads = [segment.grad for segment in work.segments]
+            norms = list(torch._foreach_norm(grads, norm_type, dtype=dtype)) if grads else []
+            if norms and norm_type != float("inf"):
+                norms = list(torch._foreach_pow(norms, norm_type))
+            powered.append(_combine(norms, norm_type, bucket.device))
         if not bucket.rehomed:  # DTensor shards: every rank adds the other ranks' part
             for group in shard_groups(bucket.params[0]):
                 _all_reduce_partial_(powered[-1], norm_type, group)

@@ -86,14 +86,19 @@ class V0Adam(TorchLayoutStates, Optimizer):
         stochastic_rounding: without a master copy, round updated bfloat16 params stochastically (unbiased,
             counter-based, reproducible) instead of to nearest even.
         state_dtype: dtype of exp_avg / exp_avg_sq (and v0): torch.float32 (default) or torch.bfloat16.
+        flat_grads: keep every grad as a view of one flat grad buffer per bucket, allocated for good: autograd
+            accumulates into it and ``zero_grad`` zeroes it with one memset whatever ``set_to_none`` says, so a
+            param that gets no gradient is stepped with a zero one (torch's ``zero_grad(set_to_none=False)``).
+            Default False: grads are read where autograd leaves them and ``zero_grad`` is torch's.
         foreach, fused, capturable: torch.optim.Adam's, accepted so that its call sites work unchanged and
             ignored: the step is always one fused launch per bucket, with step counters and hyperparameters on
             the device (capturable). differentiable=True is refused.
 
-    Parameters are re-homed into flat per-(device, dtype) buffers when the optimizer is built, and their grads
-    become views of a flat grad buffer that ``zero_grad`` zeroes in one pass and keeps allocated. ``opt.state``
-    holds views of the flat state buffers; what is written into ``opt.state`` itself, or into a group's params
-    list, is adopted at the next step, as torch's optimizers would read it (see `v0adam.state_table`).
+    Parameters are re-homed into flat per-(device, dtype) buffers when the optimizer is built; their grads are
+    read, in the same launch, wherever autograd leaves them (or, with ``flat_grads``, kept as views of a flat
+    grad buffer). ``opt.state`` holds views of the flat state buffers; what is written into ``opt.state`` itself,
+    or into a group's params list, is adopted at the next step, as torch's optimizers would read it (see
+    `v0adam.state_table`).
     """
 
     _DECOUPLED_WEIGHT_DECAY = False
@@ -118,6 +123,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         master_weights=False,
         stochastic_rounding=False,
         state_dtype=None,
+        flat_grads=False,
         foreach=None,
         fused=None,
         capturable=False,
@@ -149,6 +155,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         self.precision = Precision(master_weights, stochastic_rounding, state_dtype)
         self.backend = backend
         self.skip_nonfinite = skip_nonfinite
+        self.flat_grads = flat_grads
         self._clip_coefficient = self._clip_norm = None
         self._partition_group = None
         self._seed_tensors = {}
@@ -271,10 +278,11 @@ class V0Adam(TorchLayoutStates, Optimizer):
     def _lay_out(self, bucket_entries, device, dtype, previous: dict, param_indices: dict) -> FlatBucket:
         """One bucket of the new layout, its params' states carried over from `previous` (param -> old bucket and
         index) or started at v0, and published in opt.state."""
-        # A param laid out again keeps a missing grad (the step now due must not step it, as torch would not); the
-        # next zero_grad hands it its view. New params get theirs now.
+        # With flat grads, a param laid out again keeps a missing grad (the step now due must not step it, as torch
+        # would not); the next zero_grad hands it its view. New params get theirs now.
         without_grad = [param for param, _ in bucket_entries if param in previous and param.grad is None]
-        bucket = FlatBucket(bucket_entries, device, dtype, self._backend_for(device, dtype), self.precision)
+        backend = self._backend_for(device, dtype)
+        bucket = FlatBucket(bucket_entries, device, dtype, backend, self.precision, self.flat_grads)
         for param in without_grad:
             param.grad = None
         if bucket.backend == "triton":
@@ -388,11 +396,14 @@ class V0Adam(TorchLayoutStates, Optimizer):
             exp_avg_sq.zero_()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero every grad with one memset per bucket. Grads stay allocated as views of the flat grad buffer
-        whatever `set_to_none` says: autograd then accumulates into them and the next step needs no copy. A param
-        frozen since the last call (`requires_grad_(False)`) is left without a grad, as torch's `zero_grad()` does,
-        and is not stepped; an unfrozen one gets its view. Grads of DTensor params (FSDP2 creates them) follow
-        `set_to_none` as in torch. A model moved or converted since the optimizer was built gets its buffers laid
+        """As torch's: every grad set to None (the default), so that the next backward hands each param a fresh
+        gradient without accumulating into anything, or zeroed in place with `set_to_none=False`. A param without
+        a grad at the next step is not stepped, and its step counter stays.
+
+        With `flat_grads=True`, one memset per bucket instead, whatever `set_to_none` says: grads stay allocated
+        as views of the flat grad buffer and autograd accumulates into them; a param frozen since the last call
+        (`requires_grad_(False)`) is left without a grad, as torch's `zero_grad()` does, and is not stepped; an
+        unfrozen one gets its view. A model moved or converted since the optimizer was built gets its buffers laid
         out again on its new device and dtype, states carried over."""
         self._follow_param_lists()
         self._follow_moves(lambda: self._zero_grads(set_to_none))
@@ -409,9 +420,9 @@ class V0Adam(TorchLayoutStates, Optimizer):
         to the host. Consumes a GradScaler's `grad_scale`/`found_inf` and a pending `clip_grad_norm_`.
 
         torch.compile traces it whole (custom ops around the launches; a tensor lr changes without a recompile)
-        when every bucket is on the Triton backend and every grad of a plain param is the view this optimizer
-        handed out, as after `zero_grad()` and autograd (DTensor params take any grad). Otherwise the step runs
-        eagerly: a graph break, an error under fullgraph=True.
+        when every bucket is on the Triton backend, taking autograd's grads as they come; with `flat_grads`, only
+        while every grad of a plain param is the view this optimizer handed out (DTensor params take any grad).
+        Otherwise the step runs eagerly: a graph break, an error under fullgraph=True.
         """
         loss = None
         if closure is not None:

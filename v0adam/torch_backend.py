@@ -2,10 +2,11 @@
 
 When everything is home a segment is a whole param group, so a step is a few calls over large flat views
 instead of a few per tensor. Segments whose params have the states' dtype (float32, float64) go through torch's
-own fused Adam kernel (`torch._fused_adam_`, CPU and CUDA since torch 2.4) in one call per param group; 16-bit
-params, and steps with a GradScaler scale (which that kernel would write back into the grads), take plain tensor
-ops in the states' dtype. The found-inf flag and the step counters are read on the host: free on CPU, one
-synchronisation per bucket if this backend is forced onto a GPU.
+own fused Adam kernel (`torch._fused_adam_`, CPU and CUDA since torch 2.4) in one call per param group, a
+GradScaler's scale or a clip coefficient included: that kernel divides the grads by it and writes them back, so
+that after the step the grads are unscaled and clipped, as torch's own loop leaves them. 16-bit params and the
+rest of the family take plain tensor ops in the states' dtype. The found-inf flag and the step counters are read
+on the host: free on CPU, one synchronisation per bucket if this backend is forced onto a GPU.
 """
 
 import math
@@ -21,20 +22,19 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
         by_group.setdefault(segment.group, []).append(segment)
     fusable = (
         algorithm == "adam"
-        and grad_scale is None
+        and (grad_scale is None or grad_scale.dtype == torch.float32)  # the kernel's scale is float32
         and bucket.dtype == bucket.state_dtype
         and bucket.master is None
         and rounding_seed is None
     )
     for group_index, segments in by_group.items():
         group = param_groups[group_index]
-        states = [_segment_states(bucket, segment, group["amsgrad"]) for segment in segments]
+        states = [bucket.states_of(segment, group["amsgrad"]) for segment in segments]
         if fusable:
-            _fused_update_(bucket, segments, states, group)
+            _fused_update_(bucket, segments, states, group, grad_scale)
             continue
         steps = bucket.steps.tolist()
-        for segment, state in zip(segments, states):
-            master = _segment_slice(bucket.master, segment)
+        for segment, (*state, master) in zip(segments, states):
             step = steps[segment.step_index]
             generator = None
             if rounding_seed is not None:
@@ -44,31 +44,17 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
             _update_(segment.param, segment.grad, state, step, group, grad_scale, algorithm, master, generator)
 
 
-def _segment_slice(buffer, segment):
-    if buffer is None:
-        return None
-    return buffer[segment.state_offset : segment.state_offset + segment.param.numel()]
-
-
-def _segment_states(bucket, segment, amsgrad: bool):
-    return (
-        _segment_slice(bucket.exp_avg, segment),
-        _segment_slice(bucket.exp_avg_sq, segment),
-        _segment_slice(bucket.max_exp_avg_sq, segment) if amsgrad else None,
-    )
-
-
-def _fused_update_(bucket, segments, states, group) -> None:
+def _fused_update_(bucket, segments, states, group, grad_scale) -> None:
     fused = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
     beta1, beta2 = (_hyper(beta) for beta in group["betas"])
-    exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (list(column) for column in zip(*states))
+    exp_avgs, exp_avg_sqs, max_exp_avg_sqs, _ = (list(column) for column in zip(*states))
     fused(
         [segment.param for segment in segments],
         [segment.grad for segment in segments],
         exp_avgs,
         exp_avg_sqs,
         max_exp_avg_sqs if group["amsgrad"] else [],
-        [bucket.steps[segment.step_index] for segment in segments],
+        [bucket.step_views[segment.step_index] for segment in segments],
         lr=group["lr"],
         beta1=beta1,
         beta2=beta2,
@@ -76,6 +62,7 @@ def _fused_update_(bucket, segments, states, group) -> None:
         eps=group["eps"],
         amsgrad=group["amsgrad"],
         maximize=group["maximize"],
+        grad_scale=grad_scale,
     )
 
 

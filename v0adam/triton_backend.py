@@ -29,11 +29,17 @@ class SegmentTable:
     def __init__(self, device: torch.device):
         self.device = device
         self._key = None
+        self._addresses = None
         self.segments = None
         self.block_segment = None
         self.aligned = False
 
-    def update(self, segments) -> None:
+    def update(self, segments, addresses=None) -> None:
+        """The tables of `segments`; `addresses` (see `BucketWork`), when given, stands for their layout: the
+        same addresses as the last update's cost one comparison, not a row per segment."""
+        if addresses is not None and addresses == self._addresses:
+            return
+        self._addresses = addresses
         self.update_rows(
             [
                 (s.param.data_ptr(), s.grad.data_ptr(), s.state_offset, s.param.numel(), s.group, s.step_index)
@@ -72,7 +78,7 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
     """One fused launch over every segment of the bucket; step counters were advanced by the caller.
     `rounding_seed` (a device int64 tensor) switches stochastic rounding on."""
     table = bucket.segment_table
-    table.update(work.segments)
+    table.update(work.segments, work.addresses)
     launch_step(
         table,
         hyper,
@@ -111,7 +117,7 @@ def launch_step(table: SegmentTable, hyper, steps, exp_avg, exp_avg_sq, max_exp_
 def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
     """Per-block partial norms of the bucket's grads (one launch; see `v0adam.kernels.grad_norm`)."""
     table = bucket.segment_table
-    table.update(work.segments)
+    table.update(work.segments, work.addresses)
     return partials_over(table, bucket.dtype, norm_type)
 
 
