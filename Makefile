@@ -18,6 +18,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PYTHON) -m bench
+	$(PYTHON) -m bench --training --out bench/results
 
 bench-pytest: $(VENV)/.installed
 	$(PYTHON) -m pytest bench/ --benchmark-only

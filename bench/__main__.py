@@ -3,6 +3,9 @@
 On CUDA: v0adam, torch for-loop, foreach, fused and torch.compile, and v0adam's step under torch.compile; on CPU:
 v0adam's CPU path against foreach and fused. Prints the table, saves a CSV stamped with device, versions and date,
 and a PNG plot.
+
+With --training: whole training iterations of real models instead (see `bench.training`); their CSV and plot are
+saved only where --out says.
 """
 
 import argparse
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import cases, report, timing, variants
+from bench import cases, report, timing, training, variants
 
 QUICK_COMPILE_CASE = "GPT-2 small fp32"
 COMPILED = ("torch compile", "v0adam compile")
@@ -24,10 +27,14 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (median), default 30 / 10 on CPU")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the CSV and PNG go")
+    parser.add_argument("--out", type=Path, default=None, help="where the CSV and PNG go (default bench/results)")
+    parser.add_argument("--training", action="store_true", help="time training iterations of real models instead")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.training:
+        training.run(device, args.quick, args.steps, args.out)
+        return 0
     if device.type == "cpu":
         print("No GPU found: benchmarking v0adam's CPU path against torch.optim.AdamW on the CPU.", flush=True)
     steps = args.steps or (30 if device.type == "cuda" else 10)
@@ -60,7 +67,7 @@ def main(argv=None) -> int:
     info = report.stamp(device)
     print()
     print(report.format_table(rows, copy_gbps, info))
-    csv_path, png_path = report.save(rows, copy_gbps, info, args.out)
+    csv_path, png_path = report.save(rows, copy_gbps, info, args.out or Path("bench/results"))
     print(f"\nsaved {csv_path} and {png_path}")
     return 0
 

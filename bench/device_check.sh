@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # One run on a lent GPU: install offline, run the test suite natively on CUDA, then the benchmark table.
 # Output is printed and, when $OUT is set (the device tool), saved there; well inside 8 minutes on an H100.
-# Usage: bash bench/device_check.sh [--tune] [--no-bench] [--evidence]
+# Usage: bash bench/device_check.sh [--tune] [--no-bench] [--training] [--evidence]
 #   --tune      also time each block size / warp count (python -m bench.tune)
 #   --no-bench  skip the benchmark table
+#   --training  also time whole training iterations (python -m bench --training --quick: GPT-2 small)
 #   --evidence  also run examples/warmup_free.py on the GPU (3 seeds, 1000 steps, about four minutes)
 set -uo pipefail
-tune=0 bench=1 evidence=0
+tune=0 bench=1 training=0 evidence=0
 for option in "$@"; do
   case "$option" in
     --tune) tune=1 ;;
     --no-bench) bench=0 ;;
+    --training) training=1 ;;
     --evidence) evidence=1 ;;
     *) echo "unknown option $option" >&2; exit 2 ;;
   esac
@@ -43,6 +45,10 @@ export PYTHONUNBUFFERED=1
   if [ "$bench" = 1 ]; then
     echo "== benchmark $(date -u +%H:%M:%S)"
     timeout 240 python3 -m bench --quick --out "$out_dir"
+  fi
+  if [ "$training" = 1 ]; then
+    echo "== training iterations $(date -u +%H:%M:%S)"
+    timeout 150 python3 -m bench --training --quick --out "$out_dir"
   fi
   echo "== one step past 2^31 elements $(date -u +%H:%M:%S)"
   timeout 60 python3 -m bench.huge_step

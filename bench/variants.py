@@ -34,16 +34,23 @@ THEIRS = {
 }
 
 
-def build_v0adam(case, device):
+def build_v0adam(case, device, flat_grads=False):
     params, grads = _params_and_grads(case, device)
     precision = dict(case.precision)
     if case.amsgrad:
         precision["amsgrad"] = True
-    opt = OURS[case.optimizer](params, lr=LR, v0="zero", **precision)
+    opt = OURS[case.optimizer](params, lr=LR, v0="zero", flat_grads=flat_grads, **precision)
     for param, grad in zip(params, grads):
-        param.grad.copy_(grad)  # the grads autograd would have accumulated into the flat buffer
+        if flat_grads:
+            param.grad.copy_(grad)  # the grads autograd would have accumulated into the flat buffer
+        else:
+            param.grad = grad  # autograd's own tensors, read by address
     master = precision.get("master_weights", False) and case.dtype != torch.float32
     return opt.step, bytes_per_element(case.dtype, precision.get("state_dtype", torch.float32), case.amsgrad, master)
+
+
+def build_v0adam_flat_grads(case, device):
+    return build_v0adam(case, device, flat_grads=True)
 
 
 def _torch_optimizer(**implementation):
@@ -84,6 +91,7 @@ def variants(device: torch.device, with_compile: bool):
     if device.type == "cuda":
         found = {
             "v0adam": build_v0adam,
+            "v0adam flat_grads": build_v0adam_flat_grads,
             "torch for-loop": _torch_optimizer(foreach=False),
             "torch foreach": _torch_optimizer(foreach=True),
             "torch fused": _torch_optimizer(fused=True),
@@ -94,6 +102,7 @@ def variants(device: torch.device, with_compile: bool):
         return found
     return {
         "v0adam": build_v0adam,
+        "v0adam flat_grads": build_v0adam_flat_grads,
         "torch foreach": _torch_optimizer(foreach=True),
         "torch fused": _torch_optimizer(fused=True),
     }

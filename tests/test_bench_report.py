@@ -37,3 +37,41 @@ def test_rows_speedups_table_and_csv(tmp_path):
     with open(csv_path) as handle:
         saved = list(csv.DictReader(handle))
     assert saved[1]["variant"] == "torch fused" and saved[1]["device"] == "Test GPU"
+
+
+def test_training_models_have_the_counted_params_and_tensors():
+    from bench import models
+
+    for config in (models.GPT2_SMALL_NARROW, models.LLAMA_NARROW):
+        model = models.build(config)
+        assert sum(param.numel() for param in model.parameters()) == models.param_count(config)
+    with torch.device("meta"):  # shapes only: 124M params
+        gpt2 = models.build(models.GPT2_SMALL)
+        llama = models.build(models.LLAMA_SIZES[-1])
+    assert len(list(gpt2.parameters())) == len(list(models.build(models.GPT2_SMALL_NARROW).parameters())) == 148
+    assert sum(param.numel() for param in gpt2.parameters()) == models.param_count(models.GPT2_SMALL) == 124_439_808
+    assert sum(param.numel() for param in llama.parameters()) == models.param_count(models.LLAMA_SIZES[-1])
+    assert 1.2e9 < models.param_count(models.LLAMA_SIZES[-1]) < 1.3e9
+
+
+def test_training_benchmark_runs_and_writes_only_where_asked(tmp_path, monkeypatch):
+    from bench import models, training
+
+    # A one-layer model: the runner's own CPU models have up to 148 tensors, slow in the Triton interpreter.
+    tiny = models.Config("tiny", "llama", vocab=64, context=16, dim=16, layers=1, heads=2, kv_heads=1, hidden=32)
+    monkeypatch.setattr(training, "configs_for", lambda device, quick: [(tiny, 2, 8)])
+    monkeypatch.chdir(tmp_path)  # a plain run writes nothing, here or under bench/results
+    rows = training.run(torch.device("cpu"), quick=True, iterations=1, out=None)
+    assert {row.loop for row in rows} == {loop.name for loop in training.LOOPS} and not list(tmp_path.iterdir())
+    assert all(row.optimizer_ms == pytest.approx(row.iteration_ms - row.forward_backward_ms) for row in rows)
+    assert {row.loop: row.bytes_per_element for row in rows} == {
+        "torch fused": 40,
+        "torch default": 40,
+        "v0adam": 32,
+        "v0adam flat_grads": 48,
+    }
+    info = {"device": "Test CPU", "torch": "t", "triton": "x", "date": "2026-01-01"}
+    csv_path, png_path = training.save(rows, info, tmp_path)
+    assert csv_path.name == "test-cpu_2026-01-01_training.csv" and png_path.exists()
+    with open(csv_path) as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)

@@ -68,8 +68,9 @@ def assert_same_training(model, opt, reference_model, reference_opt, **tolerance
         dict(dtype=torch.float32, amsgrad=True, skip_nonfinite=True),
         dict(dtype=torch.bfloat16, master_weights=True),
         dict(dtype=torch.bfloat16, stochastic_rounding=True),
+        dict(dtype=torch.float32, flat_grads=True),
     ],
-    ids=["fp32-amsgrad-guard", "bf16-master", "bf16-stochastic"],
+    ids=["fp32-amsgrad-guard", "bf16-master", "bf16-stochastic", "fp32-flat-grads"],
 )
 def test_compiled_training_step_follows_eager(trace_backward, precision):
     dtype = precision.pop("dtype")

@@ -148,4 +148,5 @@ def test_grads_whose_addresses_repeat_reuse_the_launch_layout(backend):
             torch.testing.assert_close(param, reference_param, **TOL)
             for key, value in reference.state[reference_param].items():
                 torch.testing.assert_close(opt.state[param][key], value, **TOL)
-    assert scans == 4  # the first step, the move, the grad gone, its return
+    # The first step, the move (only the Triton backend's tables hold the grads' addresses), the grad gone, its return.
+    assert scans == (4 if backend == "triton" else 3)

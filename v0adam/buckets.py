@@ -77,17 +77,24 @@ class Segment:
     step_index: int
 
 
-@dataclass
 class BucketWork:
     """What one step does to a bucket: the segments, the params whose step counter advances, and the
     non-contiguous params that are stepped through a contiguous copy and written back afterwards. `addresses`,
     when not None, determines the segments' layout (see `FlatBucket.collect_work`): launch tables built for it
-    hold for every work with the same addresses."""
+    hold for every work with the same addresses, so a step that finds its tables needs no segments at all.
+    `segments` may be given as a function that makes them when first asked for."""
 
-    segments: list[Segment]
-    stepped: list[int]
-    writebacks: list[tuple[torch.Tensor, torch.Tensor]]
-    addresses: tuple | None = None
+    def __init__(self, segments, stepped: list[int], writebacks: list, addresses: tuple | None = None):
+        self._segments = segments
+        self.stepped = stepped
+        self.writebacks = writebacks
+        self.addresses = addresses
+
+    @property
+    def segments(self) -> list[Segment]:
+        if callable(self._segments):
+            self._segments = self._segments()
+        return self._segments
 
 
 class FlatBucket:
@@ -112,6 +119,7 @@ class FlatBucket:
         self.backend = backend
         self.precision = precision
         self.segment_table = None  # the Triton backend's launch tables, cached between steps
+        self.torch_plan = (None, None)  # the PyTorch backend's per-group lists and their key, cached between steps
         self.params = [param for param, _ in entries]
         self.groups = [group for _, group in entries]
         self.rehomed = not any(map(is_dtensor, self.params))
@@ -314,22 +322,24 @@ class FlatBucket:
 
     def _addressed(self) -> BucketWork:
         """The work of re-homed params whose grads are reached by address (autograd's own tensors), cached on the
-        addresses of params and grads: while they stay, the segments are made again from the new grad objects
-        without any check. Every way to change what a segment covers changes an address or the shapes (the grad
-        setter and autograd keep a grad's shape, dtype and device those of its param), or makes a tensor
-        non-contiguous or sparse, which is scanned and checked at every step."""
+        addresses of the params and of the grads (the Triton backend's launch tables hold them; the PyTorch
+        backend, given tensors, needs only which grads exist): while they stay, the segments are made again from
+        the new grad objects without any check. Every way to change what a segment covers changes an address or
+        the shapes (the grad setter and autograd keep a grad's shape, dtype and device those of its param), or
+        makes a tensor non-contiguous or sparse, which is scanned and checked at every step."""
         params = self.params
         grads = [param.grad for param in params]
         addresses = None
+        # -1 for a non-contiguous grad (a sparse one included): such a step is scanned.
+        grad_addresses = [0 if grad is None else grad.data_ptr() if grad.is_contiguous() else -1 for grad in grads]
         if (
-            all(map(torch.Tensor.is_contiguous, params))
-            and all(grad is None or grad.is_contiguous() for grad in grads)  # False for a sparse grad
+            -1 not in grad_addresses
+            and all(map(torch.Tensor.is_contiguous, params))
             and [param.shape for param in params] == self.local_shapes
         ):
-            addresses = (
-                tuple(map(torch.Tensor.data_ptr, params)),
-                tuple(0 if grad is None else grad.data_ptr() for grad in grads),
-            )
+            if self.backend != "triton":
+                grad_addresses = [address == 0 for address in grad_addresses]
+            addresses = (tuple(map(torch.Tensor.data_ptr, params)), tuple(grad_addresses))
         cached_addresses, cached = self._addressed_work
         if addresses is None or addresses != cached_addresses:
             work = self._scan()
@@ -339,7 +349,10 @@ class FlatBucket:
             return work
         stepped, indices = cached
         offsets, groups = self.offsets, self.groups
-        segments = [Segment(params[i], grads[i], offsets[i], groups[i], i) for i in indices]
+
+        def segments():
+            return [Segment(params[i], grads[i], offsets[i], groups[i], i) for i in indices]
+
         return BucketWork(segments, stepped, [], addresses)
 
     def _scan(self) -> BucketWork:

@@ -111,7 +111,7 @@ def _accumulate(bucket, table, data_groups, counts, grad_sum, grad_sum_sq) -> No
     work = bucket.collect_work()
     segments = [segment for segment in work.segments if segment.group in data_groups]
     if bucket.backend == "triton":
-        table.update(segments)
+        table.update_segments(segments)
         accumulate_gradient_moments_(
             table.segments,
             table.block_segment,

@@ -30,10 +30,12 @@ def global_grad_norm(works, norm_type: float, partition_group=None) -> torch.Ten
         else:
             dtype = torch.float64 if bucket.dtype == torch.float64 else torch.float32
             grads = [segment.grad for segment in work.segments]
-            norms = list(torch._foreach_norm(grads, norm_type, dtype=dtype)) if grads else []
-            if norms and norm_type != float("inf"):
-                norms = list(torch._foreach_pow(norms, norm_type))
-            powered.append(_combine(norms, norm_type, bucket.device))
+            if grads:
+                norms = torch.stack(torch._foreach_norm(grads, norm_type, dtype=dtype))
+                norm = torch.linalg.vector_norm(norms, norm_type)
+                powered.append(norm if norm_type == float("inf") else norm**norm_type)
+            else:
+                powered.append(torch.zeros((), dtype=dtype, device=bucket.device))
         if not bucket.rehomed:  # DTensor shards: every rank adds the other ranks' part
             for group in shard_groups(bucket.params[0]):
                 _all_reduce_partial_(powered[-1], norm_type, group)

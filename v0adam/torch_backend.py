@@ -17,9 +17,6 @@ import torch
 def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
     if found_inf is not None and found_inf.item() != 0:
         return
-    by_group = {}
-    for segment in work.segments:
-        by_group.setdefault(segment.group, []).append(segment)
     fusable = (
         algorithm == "adam"
         and (grad_scale is None or grad_scale.dtype == torch.float32)  # the kernel's scale is float32
@@ -27,15 +24,15 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
         and bucket.master is None
         and rounding_seed is None
     )
-    for group_index, segments in by_group.items():
+    for group_index, positions, states, steps in _plan(bucket, work, param_groups):
         group = param_groups[group_index]
-        states = [bucket.states_of(segment, group["amsgrad"]) for segment in segments]
+        segments = [work.segments[position] for position in positions]
         if fusable:
-            _fused_update_(bucket, segments, states, group, grad_scale)
+            _fused_update_(segments, states, steps, group, grad_scale)
             continue
-        steps = bucket.steps.tolist()
+        step_values = bucket.steps.tolist()
         for segment, (*state, master) in zip(segments, states):
-            step = steps[segment.step_index]
+            step = step_values[segment.step_index]
             generator = None
             if rounding_seed is not None:
                 generator = torch.Generator(bucket.device).manual_seed(
@@ -44,7 +41,29 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
             _update_(segment.param, segment.grad, state, step, group, grad_scale, algorithm, master, generator)
 
 
-def _fused_update_(bucket, segments, states, group, grad_scale) -> None:
+def _plan(bucket, work, param_groups) -> list:
+    """Per param group: (group index, the positions of its segments in `work.segments`, their states, their step
+    counters). Made once per layout (`work.addresses`) and amsgrad switches: looking up the states of a hundred
+    small params would cost more than their update."""
+    key = (work.addresses, tuple(group["amsgrad"] for group in param_groups))
+    cached_key, plan = bucket.torch_plan
+    if work.addresses is not None and key == cached_key:
+        return plan
+    by_group = {}
+    for position, segment in enumerate(work.segments):
+        by_group.setdefault(segment.group, []).append(position)
+    plan = []
+    for group_index, positions in by_group.items():
+        segments = [work.segments[position] for position in positions]
+        amsgrad = param_groups[group_index]["amsgrad"]
+        states = [bucket.states_of(segment, amsgrad) for segment in segments]
+        plan.append((group_index, positions, states, [bucket.step_views[s.step_index] for s in segments]))
+    if work.addresses is not None:
+        bucket.torch_plan = (key, plan)
+    return plan
+
+
+def _fused_update_(segments, states, steps, group, grad_scale) -> None:
     fused = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
     beta1, beta2 = (_hyper(beta) for beta in group["betas"])
     exp_avgs, exp_avg_sqs, max_exp_avg_sqs, _ = (list(column) for column in zip(*states))
@@ -54,7 +73,7 @@ def _fused_update_(bucket, segments, states, group, grad_scale) -> None:
         exp_avgs,
         exp_avg_sqs,
         max_exp_avg_sqs if group["amsgrad"] else [],
-        [bucket.step_views[segment.step_index] for segment in segments],
+        steps,
         lr=group["lr"],
         beta1=beta1,
         beta2=beta2,

@@ -34,12 +34,15 @@ class SegmentTable:
         self.block_segment = None
         self.aligned = False
 
-    def update(self, segments, addresses=None) -> None:
-        """The tables of `segments`; `addresses` (see `BucketWork`), when given, stands for their layout: the
-        same addresses as the last update's cost one comparison, not a row per segment."""
-        if addresses is not None and addresses == self._addresses:
+    def update(self, work) -> None:
+        """The tables of a `BucketWork`'s segments; when its addresses are those of the last update (a steady
+        training loop), nothing is done: one comparison, the segments are not even made."""
+        if work.addresses is not None and work.addresses == self._addresses:
             return
-        self._addresses = addresses
+        self._addresses = work.addresses
+        self.update_segments(work.segments)
+
+    def update_segments(self, segments) -> None:
         self.update_rows(
             [
                 (s.param.data_ptr(), s.grad.data_ptr(), s.state_offset, s.param.numel(), s.group, s.step_index)
@@ -78,7 +81,7 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
     """One fused launch over every segment of the bucket; step counters were advanced by the caller.
     `rounding_seed` (a device int64 tensor) switches stochastic rounding on."""
     table = bucket.segment_table
-    table.update(work.segments, work.addresses)
+    table.update(work)
     launch_step(
         table,
         hyper,
@@ -117,7 +120,7 @@ def launch_step(table: SegmentTable, hyper, steps, exp_avg, exp_avg_sq, max_exp_
 def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
     """Per-block partial norms of the bucket's grads (one launch; see `v0adam.kernels.grad_norm`)."""
     table = bucket.segment_table
-    table.update(work.segments, work.addresses)
+    table.update(work)
     return partials_over(table, bucket.dtype, norm_type)
 
 
