@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import cases, report, timing, training, variants
+from bench import cases, report, step_host, timing, training, variants
 
 QUICK_COMPILE_CASE = "GPT-2 small fp32"
 COMPILED = ("torch compile", "v0adam compile")
@@ -33,7 +33,12 @@ def main(argv=None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.training:
-        training.run(device, args.quick, args.steps, args.out)
+        _, info = training.run(device, args.quick, args.steps, args.out)
+        host_us = step_host.measure(device)
+        print()
+        print(step_host.format_table(host_us))
+        if args.out is not None:
+            print(f"\nsaved {step_host.save(host_us, info, args.out)}")
         return 0
     if device.type == "cpu":
         print("No GPU found: benchmarking v0adam's CPU path against torch.optim.AdamW on the CPU.", flush=True)

@@ -71,10 +71,15 @@ def format_table(rows: list[Row], copy_gbps: float, info: dict) -> str:
     return "\n".join(lines)
 
 
-def save(rows: list[Row], copy_gbps: float, info: dict, out: Path) -> tuple[Path, Path]:
+def stamped_path(out: Path, info: dict, suffix: str) -> Path:
+    """out/<device>_<date><suffix>, the folder made if needed."""
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", info["device"].lower()).strip("-")
-    base = out / f"{slug}_{info['date']}"
+    return out / f"{slug}_{info['date']}{suffix}"
+
+
+def save(rows: list[Row], copy_gbps: float, info: dict, out: Path) -> tuple[Path, Path]:
+    base = stamped_path(out, info, "")
     csv_path, png_path = base.with_suffix(".csv"), base.with_suffix(".png")
     with open(csv_path, "w", newline="") as handle:
         fields = list(asdict(rows[0])) + ["copy_gbps"] + list(info)

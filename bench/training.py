@@ -10,7 +10,6 @@ fused into the step (norm 4 B), the step (28 B), and grads kept between iteratio
 
 import csv
 import gc
-import re
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -163,8 +162,9 @@ def configs_for(device: torch.device, quick: bool) -> list[tuple[models.Config, 
     return chosen
 
 
-def run(device: torch.device, quick: bool, iterations: int | None, out: Path | None) -> list[TrainingRow]:
-    iterations = iterations or 20
+def run(device: torch.device, quick: bool, iterations: int | None, out: Path | None) -> tuple[list, dict]:
+    """The rows, printed as a table and saved under `out` (only if given), and the machine's stamp."""
+    iterations = iterations or (20 if device.type == "cuda" else 60)  # a noisy CPU needs more
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 params, TF32 matmuls: how fp32 models are trained
     rows = []
@@ -199,7 +199,7 @@ def run(device: torch.device, quick: bool, iterations: int | None, out: Path | N
     if out is not None:
         csv_path, png_path = save(rows, info, out)
         print(f"\nsaved {csv_path} and {png_path}")
-    return rows
+    return rows, info
 
 
 def _tensor_count(config) -> int:
@@ -229,9 +229,7 @@ def format_table(rows: list[TrainingRow], info: dict) -> str:
 
 
 def save(rows: list[TrainingRow], info: dict, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", info["device"].lower()).strip("-")
-    base = out / f"{slug}_{info['date']}_training"
+    base = report.stamped_path(out, info, "_training")
     csv_path, png_path = base.with_suffix(".csv"), base.with_suffix(".png")
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])) + list(info))

@@ -61,7 +61,7 @@ def test_training_benchmark_runs_and_writes_only_where_asked(tmp_path, monkeypat
     tiny = models.Config("tiny", "llama", vocab=64, context=16, dim=16, layers=1, heads=2, kv_heads=1, hidden=32)
     monkeypatch.setattr(training, "configs_for", lambda device, quick: [(tiny, 2, 8)])
     monkeypatch.chdir(tmp_path)  # a plain run writes nothing, here or under bench/results
-    rows = training.run(torch.device("cpu"), quick=True, iterations=1, out=None)
+    rows, info = training.run(torch.device("cpu"), quick=True, iterations=1, out=None)
     assert {row.loop for row in rows} == {loop.name for loop in training.LOOPS} and not list(tmp_path.iterdir())
     assert all(row.optimizer_ms == pytest.approx(row.iteration_ms - row.forward_backward_ms) for row in rows)
     assert {row.loop: row.bytes_per_element for row in rows} == {
