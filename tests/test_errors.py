@@ -134,3 +134,12 @@ def test_partition_group_needs_torch_distributed():
 def test_setup_zero_needs_a_zero_redundancy_optimizer():
     with pytest.raises(ValueError, match="takes a ZeroRedundancyOptimizer"):
         v0adam.setup_zero(v0adam.V0Adam(make_params([(3,)]), backend="torch"))
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(betas=(1.5, 0.999)), dict(eps=-1.0)])
+def test_an_invalid_hyperparameter_is_reported_before_invalid_params_as_torch_does(kwargs):
+    with pytest.raises(ValueError) as theirs:
+        torch.optim.AdamW(None, **kwargs)
+    with pytest.raises(ValueError) as ours:
+        v0adam.V0AdamW(None, **kwargs)
+    assert str(ours.value) == str(theirs.value)

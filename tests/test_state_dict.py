@@ -92,3 +92,26 @@ def test_loaded_states_are_still_views_of_the_flat_buffers(backend):
     flat = opt._buckets[0].exp_avg
     for p in params:
         assert opt.state[p]["exp_avg"].untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+
+
+# Group keys that torch.optim.AdamW's state_dict holds and an older torch's did not.
+NEWER_GROUP_KEYS = ("maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_of_an_older_torch_loads_and_trains_on(backend):
+    """Param groups without the keys newer torch versions added: both optimizers fill in their defaults."""
+    params = make_params(MIXED_SHAPES, device=DEVICE)
+    original = make("torch", params, backend, amsgrad=False)
+    train(params, original, steps=3)
+    saved = original.state_dict()
+    for group in saved["param_groups"]:
+        for key in NEWER_GROUP_KEYS:
+            group.pop(key, None)
+    ours_params, their_params = clone_params(params), clone_params(params)
+    ours, theirs = make("ours", ours_params, backend, amsgrad=False), make("torch", their_params, backend, False)
+    ours.load_state_dict(save_and_load(saved))
+    theirs.load_state_dict(save_and_load(saved))
+    train(ours_params, ours, steps=3, start=3)
+    train(their_params, theirs, steps=3, start=3)
+    assert_states_close(ours, ours_params, theirs, their_params, **TOL)

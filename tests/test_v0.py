@@ -247,3 +247,24 @@ def test_numbering_needs_every_param_and_no_step_yet():
     opt.step()
     with pytest.raises(RuntimeError, match="before the first step"):
         opt.number_params_as(params)
+
+
+@pytest.mark.parametrize("options", [{}, dict(stochastic_rounding=True)], ids=["random-v0", "stochastic-rounding"])
+def test_building_the_optimizer_leaves_the_global_generator_alone(options):
+    """Swapping torch.optim.AdamW for V0AdamW keeps every later draw (data order, dropout) of a seeded run."""
+    draws = []
+    for build in (torch.optim.AdamW, lambda params: v0adam.V0AdamW(params, **options)):
+        torch.manual_seed(0)
+        build(make_params([(8, 8), (8,)], dtype=torch.bfloat16))
+        draws.append(torch.rand(3))
+    assert torch.equal(*draws)
+
+
+def test_unseeded_groups_get_seeds_of_their_own_that_follow_manual_seed():
+    seeds = []
+    for seed in (11, 11, 12):
+        torch.manual_seed(seed)
+        params = make_params([(8, 8), (4, 4)])
+        opt = v0adam.V0Adam([{"params": params[:1]}, {"params": params[1:]}], backend="torch")
+        seeds.append(tuple(group["v0_seed"] for group in opt.param_groups))
+    assert seeds[0] == seeds[1] and seeds[0] != seeds[2] and len(set(seeds[0])) == 2

@@ -1,6 +1,7 @@
 """V0Adam and V0AdamW: drop-in replacements for torch.optim.Adam and AdamW with a fused Triton step and a
 configurable initial second moment v0 (Abuduweili & Liu, arXiv 2412.02153)."""
 
+import hashlib
 import operator
 from collections.abc import Mapping
 
@@ -24,6 +25,14 @@ BACKENDS = ("auto", "triton", "torch")
 def _eagerly(function, *args):
     """function(*args) as without torch.compile: a graph break when traced (an error under fullgraph=True)."""
     return function(*args)
+
+
+def _seed_following_manual_seed(salt: str) -> int:
+    """A seed that `torch.manual_seed` makes reproducible, taken from the state of torch's global generator without
+    drawing from it: a draw would shift every later one (data order, dropout) in a run that swaps its optimizer.
+    `salt` tells apart the seeds taken at one state (two param groups, v0 and rounding)."""
+    state = torch.random.get_rng_state().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(state + salt.encode(), digest_size=8).digest(), "little") % 2**62
 
 
 def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
@@ -76,7 +85,8 @@ class V0Adam(TorchLayoutStates, Optimizer):
         v0: "random" (paper eq. 11), "data" (paper eq. 10, then call ``init_v0_from_data``), "zero", a dict
             {param: tensor} or a callable ``f(param) -> tensor`` giving the initial exp_avg_sq.
         v0_scale: σ of the random and data modes (defaults 100 and 1).
-        v0_seed: seed of the random mode (default: drawn from torch's global generator).
+        v0_seed: seed of the random mode (default: taken from the state of torch's global generator, which it
+            leaves where it was, so that torch.manual_seed makes it reproducible).
         backend: "triton", "torch", or "auto" (Triton for CUDA tensors and under TRITON_INTERPRET=1, else torch).
         decoupled_weight_decay: as torch.optim.Adam's (AdamW's weight decay); always on in V0AdamW.
         skip_nonfinite: check every gradient each step (one fused pass); a step with an inf or NaN gradient
@@ -129,6 +139,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         capturable=False,
         differentiable=False,
     ):
+        _check_hyperparameters(lr, betas, eps, weight_decay)  # before the params, as torch's Adam does
         if differentiable:
             raise ValueError("V0Adam does not support differentiable=True: its step is a kernel, not autograd ops")
         if backend not in BACKENDS:
@@ -151,7 +162,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         )
         if stochastic_rounding:
             # Saved with the param groups, so that a resumed run draws the same roundings.
-            defaults["rounding_seed"] = int(torch.randint(2**62, ()))
+            defaults["rounding_seed"] = _seed_following_manual_seed("rounding")
         self.precision = Precision(master_weights, stochastic_rounding, state_dtype)
         self.backend = backend
         self.skip_nonfinite = skip_nonfinite
@@ -177,6 +188,9 @@ class V0Adam(TorchLayoutStates, Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
+            # A checkpoint of an older torch may lack these (torch.optim.Adam fills them in the same way).
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
             for key in ("v0_scale", "v0_seed"):
                 group.setdefault(key, None)
             group.setdefault("v0", v0_modes.ZERO)
@@ -206,8 +220,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         pending_v0 = v0_modes.user_v0(source, tensors) if source is not None else {}
         group["v0"] = mode
         if mode == v0_modes.RANDOM and group["v0_seed"] is None:
-            # Like a parameter initialiser, an unseeded draw follows torch.manual_seed.
-            group["v0_seed"] = int(torch.randint(2**62, ()))
+            group["v0_seed"] = _seed_following_manual_seed(f"v0 of group {len(self.param_groups)}")
         super().add_param_group(group)
         self._pending_v0.update(pending_v0)
         if self._buckets:
