@@ -96,7 +96,8 @@ class Contestant:
 
     def __init__(self, config, device, loop: Loop | None):
         torch.manual_seed(0)
-        self.model = models.build(config).to(device)
+        with torch.device(device):  # built where it trains: initialising a billion params on the host takes minutes
+            self.model = models.build(config)
         self.params = list(self.model.parameters())
         self.loop = loop
         self.step_host_us = []
