@@ -31,7 +31,7 @@ def _seed_following_manual_seed(salt: str) -> int:
     """A seed that `torch.manual_seed` makes reproducible, taken from the state of torch's global generator without
     drawing from it: a draw would shift every later one (data order, dropout) in a run that swaps its optimizer.
     `salt` tells apart the seeds taken at one state (two param groups, v0 and rounding)."""
-    state = torch.random.get_rng_state().numpy().tobytes()
+    state = bytes(torch.random.get_rng_state().tolist())  # uint8; not .numpy(): numpy is no dependency of ours
     return int.from_bytes(hashlib.blake2b(state + salt.encode(), digest_size=8).digest(), "little") % 2**62
 
 
