@@ -115,3 +115,56 @@ def test_a_checkpoint_of_an_older_torch_loads_and_trains_on(backend):
     train(ours_params, ours, steps=3, start=3)
     train(their_params, theirs, steps=3, start=3)
     assert_states_close(ours, ours_params, theirs, their_params, **TOL)
+
+
+def register_hooks(opt, calls: list) -> None:
+    """One hook of each kind torch's optimizers take, each leaving a mark that the test can compare."""
+    opt.register_state_dict_pre_hook(lambda o: o.state.__setitem__("test", 1))
+    opt.register_state_dict_post_hook(lambda o, state_dict: {**state_dict, "saved_by": "post hook"})
+    opt.register_load_state_dict_pre_hook(
+        lambda o, state_dict: {**state_dict, "param_groups": [{**g, "lr": 5e-3} for g in state_dict["param_groups"]]}
+    )
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("loaded"))
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("before step"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("after step"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hooks_act_as_on_torchs_optimizer(backend):
+    params = make_params(MIXED_SHAPES, device=DEVICE)
+    ref_params = clone_params(params)
+    ours, theirs = make("ours", params, backend, amsgrad=False), make("torch", ref_params, backend, amsgrad=False)
+    our_calls, their_calls = [], []
+    register_hooks(ours, our_calls)
+    register_hooks(theirs, their_calls)
+    train(params, ours, 2)
+    train(ref_params, theirs, 2)
+    our_dict, their_dict = ours.state_dict(), theirs.state_dict()
+    assert our_dict["state"]["test"] == their_dict["state"]["test"] == 1 and ours.state["test"] == 1
+    assert our_dict["saved_by"] == their_dict["saved_by"] == "post hook"
+    ours.load_state_dict(save_and_load(our_dict))
+    theirs.load_state_dict(save_and_load(their_dict))
+    assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"] == 5e-3
+    assert ours.state["test"] == theirs.state["test"] == 1  # state of no param survives the load
+    train(params, ours, 2, start=2)
+    train(ref_params, theirs, 2, start=2)
+    assert our_calls == their_calls
+    assert_states_close(ours, params, theirs, ref_params, **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_count_of_skipped_steps_is_saved_and_resumed(backend):
+    params = make_params([(3, 4), (5,)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, v0="zero", backend=backend, skip_nonfinite=True)
+    train(params, opt, 1)
+    for param in params:
+        param.grad.fill_(float("inf"))
+    opt.step()
+    saved = save_and_load(opt.state_dict())
+    resumed = v0adam.V0AdamW(clone_params(params), v0="zero", backend=backend, skip_nonfinite=True)
+    resumed.load_state_dict(saved)
+    assert int(resumed.skipped_steps) == 1
+    torch_params = clone_params(params)
+    torch.optim.AdamW(torch_params).load_state_dict(saved)  # the extra group key does not trouble torch's
+    resumed.load_state_dict(torch.optim.AdamW(torch_params).state_dict())
+    assert int(resumed.skipped_steps) == 0  # a checkpoint without the count restarts it, as it replaces the states

@@ -8,21 +8,28 @@ from itertools import chain
 import torch
 
 from v0adam.sharding import local, local_part
+from v0adam.state_table import ParamState
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
+# The group key under which state_dict saves `skipped_steps` (param groups are what every checkpointer saves).
+SKIPPED_STEPS = "skipped_steps"
 
 
 class TorchLayoutStates:
     """The state methods of V0Adam (a mixin: it reads the optimizer's buckets, param groups and published views)."""
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a state_dict of V0Adam(W) or torch.optim.Adam(W), copying values into the flat buffers.
+        """Load a state_dict of V0Adam(W) or torch.optim.Adam(W), copying values into the flat buffers; hooks and
+        entries of the state that belong to no param as torch's.
 
         Every size and shape is checked before anything is written. States are kept in float32 whatever the
         param dtype, so a 16-bit model loses no state precision on load.
         """
+        state_dict = state_dict.copy()  # shallow, as torch's: a pre-hook may replace its entries
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
-            state_dict = pre_hook(self, state_dict) or state_dict
+            hook_result = pre_hook(self, state_dict)
+            if hook_result is not None:
+                state_dict = hook_result
         self._follow_param_lists()  # the states go to the params the groups hold now
         saved_groups = deepcopy(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
@@ -40,32 +47,57 @@ class TorchLayoutStates:
         )
         saved_state = {params_by_id[key]: value for key, value in state_dict["state"].items() if key in params_by_id}
         saved_state = self._checked_states(saved_state)
-        new_groups = []
+        unassigned = {key: value for key, value in state_dict["state"].items() if key not in params_by_id}
+        skipped_steps = [group.pop(SKIPPED_STEPS) for group in saved_groups if SKIPPED_STEPS in group]
+        if skipped_steps and torch.as_tensor(skipped_steps[0]).numel() != 1:
+            raise ValueError(f"loaded '{SKIPPED_STEPS}' must be a single number")
         for group, saved in zip(self.param_groups, saved_groups):
             saved["params"] = group["params"]
-            if "param_names" in group:
+            if "param_names" in group and "param_names" not in saved:
                 saved["param_names"] = group["param_names"]
-            new_groups.append(saved)
-        self.__setstate__({"param_groups": new_groups})
+        self.__setstate__({"param_groups": saved_groups})
         self._awaiting_data_v0 = False
         self._write_states(saved_state, self._published)
         for key in [key for key in self.state if key not in self._published]:  # torch's load keeps only these
             del self.state[key]
+        self.state.update(unassigned)  # state of no param, kept as torch keeps it
         self._state_table.edited = False
+        if self.skip_nonfinite:  # a checkpoint without the count (torch's, or without skip_nonfinite) restarts it
+            self.skipped_steps.copy_(torch.as_tensor(skipped_steps[0] if skipped_steps else 0))
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
+    @torch._disable_dynamo
     def state_dict(self) -> dict:
-        """torch's state_dict, each param's state a plain dict (a checkpoint loads without v0adam). The states of
-        params taken out of their groups are left out (torch's own state_dict fails on them)."""
-        grouped = {id(param) for group in self.param_groups for param in group["params"]}
-        table = self.state
-        self.state = {param: values for param, values in table.items() if id(param) in grouped}
-        try:
-            state_dict = super().state_dict()
-        finally:
-            self.state = table
-        state_dict["state"] = {key: dict(values) for key, values in state_dict["state"].items()}
+        """torch's state_dict, hooks included, each param's state a plain dict (a checkpoint loads without v0adam).
+        Two differences, both additions: the states of params taken out of their groups are left out (torch's own
+        state_dict raises a KeyError on them), and with `skip_nonfinite` every group holds `skipped_steps`, the
+        live count, where torch.distributed.checkpoint saves and loads it too."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        # Params are numbered by their positions over all groups, a repeated param by its first, as torch does.
+        param_ids, start = {}, 0
+        param_groups = []
+        for group in self.param_groups:
+            for position, param in enumerate(group["params"], start):
+                param_ids.setdefault(id(param), position)
+            start += len(group["params"])
+            packed = {key: value for key, value in group.items() if key != "params"}
+            packed["params"] = [param_ids[id(param)] for param in group["params"]]
+            if self.skip_nonfinite:
+                packed[SKIPPED_STEPS] = self.skipped_steps
+            param_groups.append(packed)
+        state = {}
+        for key, values in self.state.items():
+            if not isinstance(key, torch.Tensor):
+                state[key] = values  # whatever else was put into opt.state, kept as torch keeps it
+            elif id(key) in param_ids:
+                state[param_ids[id(key)]] = dict(values) if isinstance(values, ParamState) else values
+        state_dict = {"state": state, "param_groups": param_groups}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            hook_result = post_hook(self, state_dict)
+            if hook_result is not None:
+                state_dict = hook_result
         return state_dict
 
     def _checked_states(self, states: dict) -> dict:
