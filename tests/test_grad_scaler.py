@@ -1,5 +1,6 @@
-"""torch.amp.GradScaler hands grad_scale and found_inf to the step: grads are unscaled inside the step, and a
-step with an inf gradient changes nothing at all (params, states, step counters)."""
+"""torch.amp.GradScaler with V0AdamW as with torch.optim.AdamW: by default the scaler unscales the grads and skips
+a step with an inf gradient itself; with fused=True it hands grad_scale and found_inf to the step, which unscales
+inside the kernel. Either way a step with an inf gradient changes nothing at all (params, states, step counters)."""
 
 import pytest
 import torch
@@ -17,11 +18,16 @@ def scaled_step(scaler, params, opt, grads):
     scaler.update()
 
 
+AMP_FLAG = "_step_supports_amp_scaling"
+FUSED = pytest.mark.parametrize("fused", [False, True], ids=["scaler-unscales", "fused"])
+
+
+@FUSED
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_grad_scaler_matches_torch(backend):
+def test_grad_scaler_matches_torch(backend, fused):
     params = make_params(MIXED_SHAPES, device=DEVICE)
     ref_params = clone_params(params)
-    opt = v0adam.V0AdamW(params, lr=1e-2, v0="zero", backend=backend)
+    opt = v0adam.V0AdamW(params, lr=1e-2, v0="zero", backend=backend, fused=fused)
     ref = torch.optim.AdamW(ref_params, lr=1e-2, foreach=False)
     scalers = [torch.amp.GradScaler(DEVICE, init_scale=2.0**10, growth_interval=3) for _ in range(2)]
     for step in range(10):
@@ -34,11 +40,12 @@ def test_grad_scaler_matches_torch(backend):
     assert scalers[0].get_scale() == scalers[1].get_scale()
 
 
+@FUSED
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
-def test_found_inf_changes_nothing(backend, bad):
+def test_found_inf_changes_nothing(backend, bad, fused):
     params = make_params(MIXED_SHAPES, device=DEVICE)
-    opt = v0adam.V0AdamW(params, lr=1e-2, amsgrad=True, v0="zero", backend=backend)
+    opt = v0adam.V0AdamW(params, lr=1e-2, amsgrad=True, v0="zero", backend=backend, fused=fused)
     scaler = torch.amp.GradScaler(DEVICE)
     scaled_step(scaler, params, opt, gradients(params, 0))
     before = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
@@ -62,3 +69,23 @@ def test_found_inf_set_by_hand_skips_the_step():
     del opt.found_inf
     opt.step()
     assert not torch.equal(params[0].detach(), before) and float(opt.state[params[0]]["step"]) == 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_by_default_the_scaler_leaves_unscaled_grads_for_clipping_as_with_torch(backend):
+    """What Lightning's 16-mixed precision relies on to clip: `_step_supports_amp_scaling` as on torch's default
+    AdamW, and grads unscaled by `scaler.step` (with fused=True they stay scaled, as torch's fused AdamW leaves
+    them on a GPU)."""
+    params = make_params(MIXED_SHAPES, device=DEVICE)
+    ref_params = clone_params(params)
+    opt = v0adam.V0AdamW(params, v0="zero", backend=backend)
+    ref = torch.optim.AdamW(ref_params)
+    for fused in (False, True):  # read as GradScaler and Lightning read it
+        ours = v0adam.V0AdamW(clone_params(params), fused=fused)
+        theirs = torch.optim.AdamW(clone_params(params), fused=fused)
+        assert getattr(ours, AMP_FLAG, False) == getattr(theirs, AMP_FLAG, False) == fused
+    for trained, trained_opt in ((params, opt), (ref_params, ref)):
+        scaled_step(torch.amp.GradScaler(DEVICE, init_scale=2.0**10), trained, trained_opt, gradients(params, 0))
+    for param, ref_param, grad in zip(params, ref_params, gradients(params, 0)):
+        torch.testing.assert_close(param.grad, ref_param.grad, rtol=0, atol=0)
+        torch.testing.assert_close(param.grad, grad, rtol=0, atol=0)

@@ -44,7 +44,7 @@ def refuse_from_v0adam(monkeypatch):
 @pytest.mark.parametrize("grad_mode", ["autograd", "assign"])
 def test_step_reads_nothing_back(refuse_from_v0adam, grad_mode):
     params = make_params(MIXED_SHAPES, device=DEVICE)
-    opt = v0adam.V0AdamW(params, lr=torch.tensor(1e-2), amsgrad=True, skip_nonfinite=True, backend="triton")
+    opt = v0adam.V0AdamW(params, lr=torch.tensor(1e-2), amsgrad=True, skip_nonfinite=True, backend="triton", fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9**step)
     scaler = torch.amp.GradScaler(DEVICE)
     refuse_from_v0adam(torch.Tensor, HOST_READS)

@@ -19,6 +19,18 @@ from v0adam.state_io import TorchLayoutStates
 from v0adam.state_table import StateTable
 
 BACKENDS = ("auto", "triton", "torch")
+# The attributes a copy carries besides torch's: the settings, and what the steps taken so far left.
+_CARRIED = (
+    "backend",
+    "precision",
+    "skip_nonfinite",
+    "flat_grads",
+    "skipped_steps",
+    "_step_supports_amp_scaling",
+    "_partition_group",
+    "_step_calls",
+    "_awaiting_data_v0",
+)
 
 
 @torch.compiler.disable
@@ -100,9 +112,14 @@ class V0Adam(TorchLayoutStates, Optimizer):
             accumulates into it and ``zero_grad`` zeroes it with one memset whatever ``set_to_none`` says, so a
             param that gets no gradient is stepped with a zero one (torch's ``zero_grad(set_to_none=False)``).
             Default False: grads are read where autograd leaves them and ``zero_grad`` is torch's.
-        foreach, fused, capturable: torch.optim.Adam's, accepted so that its call sites work unchanged and
-            ignored: the step is always one fused launch per bucket, with step counters and hyperparameters on
-            the device (capturable). differentiable=True is refused.
+        fused: as torch.optim.Adam's towards a GradScaler: with True, ``scaler.step`` hands its scale and
+            found_inf to the step, which unscales each grad as it reads it and skips without a host sync (the
+            grads stay scaled; Lightning then refuses gradient clipping, as for torch's fused Adam). By default
+            the GradScaler unscales the grads first, as for torch's default Adam. Either way the step is one
+            fused launch per bucket.
+        foreach, capturable: torch.optim.Adam's, accepted so that its call sites work unchanged and ignored: the
+            step is always one launch per bucket, with step counters and hyperparameters on the device
+            (capturable). differentiable=True is refused.
 
     Parameters are re-homed into flat per-(device, dtype) buffers when the optimizer is built; their grads are
     read, in the same launch, wherever autograd leaves them (or, with ``flat_grads``, kept as views of a flat
@@ -167,26 +184,57 @@ class V0Adam(TorchLayoutStates, Optimizer):
         self.backend = backend
         self.skip_nonfinite = skip_nonfinite
         self.flat_grads = flat_grads
-        self._clip_coefficient = self._clip_norm = None
+        # As torch's: with fused=True a GradScaler hands its scale and found_inf to the step, which unscales in the
+        # kernel and skips without a host sync; else the GradScaler unscales the grads itself first, leaving them
+        # unscaled for whatever runs before the step (Lightning refuses to clip for the former).
+        self._step_supports_amp_scaling = bool(fused)
         self._partition_group = None
-        self._seed_tensors = {}
-        self._buckets = []
-        self._pending_v0 = {}
         self._step_calls = 0
+        self.skipped_steps = None  # with skip_nonfinite, a device tensor counting the steps skipped
+        self._start_unlaid()
         super().__init__(params, defaults)
-        self.state = self._state_table = StateTable()
-        self._published = {}  # param -> the state views last published in opt.state
         if isinstance(v0, Mapping):
             known = {param for group in self.param_groups for param in group["params"]}
             if any(key not in known for key in v0):
                 raise ValueError("v0 dict has a key that is not a parameter of this optimizer")
-        self._step_supports_amp_scaling = True
-        self.skipped_steps = None  # with skip_nonfinite, a device tensor counting the steps skipped
         self._build_buckets()
         self._awaiting_data_v0 = any(group["v0"] == v0_modes.DATA for group in self.param_groups)
 
+    def _start_unlaid(self) -> None:
+        """The fields of an optimizer whose params are not laid out yet: at construction, and in a copy."""
+        self._clip_coefficient = self._clip_norm = None
+        self._seed_tensors = {}
+        self._buckets = []
+        self._pending_v0 = {}
+        self.state = self._state_table = StateTable()
+        self._published = {}  # param -> the state views last published in opt.state
+
+    def __getstate__(self):
+        """torch's (defaults, state, param_groups), and v0adam's settings: what `copy.deepcopy` and pickle carry.
+        The flat buffers are not carried: the copy lays its params out afresh (see `__setstate__`)."""
+        state = super().__getstate__()
+        state.update({name: self.__dict__[name] for name in _CARRIED})
+        return state
+
     def __setstate__(self, state):
         super().__setstate__(state)
+        self._fill_group_defaults()
+        if "_buckets" not in self.__dict__:  # a copy or an unpickled optimizer; torch's load passes its groups only
+            self._lay_out_copy()
+
+    def _lay_out_copy(self) -> None:
+        """Lay out the params of a copy (its own, or those copied along with it), their states and the count of
+        skipped steps taken from what was carried."""
+        carried, skipped_steps = self.state, self.skipped_steps
+        self._start_unlaid()
+        self._state_table.update(carried)  # the params' entries are adopted as they are laid out
+        self._state_table.edited = False
+        self.skipped_steps = None
+        self._build_buckets()
+        if skipped_steps is not None:
+            self.skipped_steps.copy_(skipped_steps)
+
+    def _fill_group_defaults(self) -> None:
         for group in self.param_groups:
             # A checkpoint of an older torch may lack these (torch.optim.Adam fills them in the same way).
             group.setdefault("amsgrad", False)
