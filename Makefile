@@ -10,7 +10,7 @@ $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q "$(TORCH)"
-	$(PYTHON) -m pip install -q -e ".[test,bench,dev]"
+	$(PYTHON) -m pip install -q -e ".[test,integration,bench,dev]"
 	touch $@
 
 test: $(VENV)/.installed

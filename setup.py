@@ -13,6 +13,8 @@ setup(
     install_requires=["torch>=2.4", "triton>=3.0", "tqdm"],
     extras_require={
         "test": ["pytest", "expecttest", "hypothesis", "numpy", "matplotlib"],
+        # The frameworks tests/test_frameworks.py trains under (on the CPU, against torch.optim.AdamW).
+        "integration": ["transformers>=4.40,<6", "accelerate>=0.26,<2", "lightning>=2.2,<3"],
         "bench": ["pytest-benchmark", "matplotlib"],
         "dev": ["ruff"],
     },

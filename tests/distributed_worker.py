@@ -163,11 +163,19 @@ def zero_redundancy(job):
     return trained_params(model)
 
 
+def skip_a_nonfinite_step(model, opt):
+    opt.zero_grad()
+    for param in model.parameters():
+        param.grad = torch.full_like(param, float("nan"))
+    opt.step()
+
+
 def zero_checkpoint(job):
     model, batches = model_and_data()
     batches = local_batches(batches, job)
     opt = zero_optimizer(model, job, skip_nonfinite=True, **TRAINING)
     train(DistributedDataParallel(model), opt, batches[:RESUME_AT])
+    skip_a_nonfinite_step(model, opt)
     opt.consolidate_state_dict(to=0)
     checkpoint = os.path.join(job.directory, "zero-checkpoint.pt")
     if job.rank == 0:
@@ -176,9 +184,10 @@ def zero_checkpoint(job):
     saved = torch.load(checkpoint, weights_only=True)  # plain containers: no v0adam class in the checkpoint
     model = model_and_data()[0]
     model.load_state_dict(saved["model"])
-    opt = zero_optimizer(model, job, lr=0.5, v0="random")  # overwritten by the load
+    opt = zero_optimizer(model, job, lr=0.5, v0="random", skip_nonfinite=True)  # settings overwritten by the load
     opt.load_state_dict(saved["optim"])
     train(DistributedDataParallel(model), opt, batches[RESUME_AT:])
+    assert int(opt.optim.skipped_steps) == 1  # the count was saved and adopted
     return trained_params(model)
 
 
@@ -201,24 +210,28 @@ def fsdp_checkpoint(job):
     checkpoint = os.path.join(job.directory, "checkpoint")
     if job.scenario != "fsdp-resume":
         shard(model)
-        opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, **TRAINING)
+        opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, skip_nonfinite=True, **TRAINING)
         train(model, opt, batches[:RESUME_AT])
+        skip_a_nonfinite_step(model, opt)  # the count of skipped steps is saved too
         saved = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
         dcp.save(saved, checkpoint_id=checkpoint)
         if job.scenario == "fsdp-save":
             return []
         full_before = get_optimizer_state_dict(model, opt, options=FULL)
     model = shard(model_and_data()[0])
-    opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, lr=0.5, v0="random")  # overwritten by the load
+    # Settings overwritten by the load.
+    opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, lr=0.5, v0="random", skip_nonfinite=True)
     loaded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
     dcp.load(loaded, checkpoint_id=checkpoint)
     set_model_state_dict(model, loaded["model"])
     set_optimizer_state_dict(model, opt, loaded["optim"])
+    assert int(opt.skipped_steps) == 1
     if job.scenario == "fsdp-dcp":
         assert_same_state(get_optimizer_state_dict(model, opt, options=FULL), full_before)
-        other = v0adam.V0AdamW(model.parameters(), backend=job.backend, lr=0.5, v0="random")
+        other = v0adam.V0AdamW(model.parameters(), backend=job.backend, lr=0.5, v0="random", skip_nonfinite=True)
         set_optimizer_state_dict(model, other, full_before, options=FULL)
         assert_same_state(get_optimizer_state_dict(model, other, options=FULL), full_before)
+        assert int(other.skipped_steps) == 1
     train(model, opt, batches[RESUME_AT:])
     return trained_params(model)
 

@@ -164,6 +164,7 @@ def test_the_count_of_skipped_steps_is_saved_and_resumed(backend):
     resumed = v0adam.V0AdamW(clone_params(params), v0="zero", backend=backend, skip_nonfinite=True)
     resumed.load_state_dict(saved)
     assert int(resumed.skipped_steps) == 1
+    assert all(group["skipped_steps"] is resumed.skipped_steps for group in resumed.param_groups)  # the live count
     torch_params = clone_params(params)
     torch.optim.AdamW(torch_params).load_state_dict(saved)  # the extra group key does not trouble torch's
     resumed.load_state_dict(torch.optim.AdamW(torch_params).state_dict())

@@ -335,6 +335,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
             if self.skipped_steps is None or self.skipped_steps.device != device:
                 count = torch.zeros((), dtype=torch.int64) if self.skipped_steps is None else self.skipped_steps
                 self.skipped_steps = fixed_address(count.to(device))
+            self._hand_groups_the_count()
 
     def _lay_out(self, bucket_entries, device, dtype, previous: dict, param_indices: dict) -> FlatBucket:
         """One bucket of the new layout, its params' states carried over from `previous` (param -> old bucket and
@@ -525,6 +526,8 @@ class V0Adam(TorchLayoutStates, Optimizer):
         self._follow_param_lists()
         if self._state_edited():
             _eagerly(self._adopt_state_edits)
+        if self._count_was_assigned():
+            _eagerly(self._adopt_assigned_count)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         # Every check happens here, before the first write.

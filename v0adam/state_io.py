@@ -49,8 +49,8 @@ class TorchLayoutStates:
         saved_state = self._checked_states(saved_state)
         unassigned = {key: value for key, value in state_dict["state"].items() if key not in params_by_id}
         skipped_steps = [group.pop(SKIPPED_STEPS) for group in saved_groups if SKIPPED_STEPS in group]
-        if skipped_steps and torch.as_tensor(skipped_steps[0]).numel() != 1:
-            raise ValueError(f"loaded '{SKIPPED_STEPS}' must be a single number")
+        if skipped_steps:
+            self._check_skipped_steps(skipped_steps[0])
         for group, saved in zip(self.param_groups, saved_groups):
             saved["params"] = group["params"]
             if "param_names" in group and "param_names" not in saved:
@@ -64,15 +64,15 @@ class TorchLayoutStates:
         self._state_table.edited = False
         if self.skip_nonfinite:  # a checkpoint without the count (torch's, or without skip_nonfinite) restarts it
             self.skipped_steps.copy_(torch.as_tensor(skipped_steps[0] if skipped_steps else 0))
+            self._hand_groups_the_count()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
     @torch._disable_dynamo
     def state_dict(self) -> dict:
         """torch's state_dict, hooks included, each param's state a plain dict (a checkpoint loads without v0adam).
-        Two differences, both additions: the states of params taken out of their groups are left out (torch's own
-        state_dict raises a KeyError on them), and with `skip_nonfinite` every group holds `skipped_steps`, the
-        live count, where torch.distributed.checkpoint saves and loads it too."""
+        The states of params taken out of their groups are left out (torch's own state_dict raises a KeyError on
+        them). With `skip_nonfinite` every group holds `skipped_steps`, as in `opt.param_groups`."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         # Params are numbered by their positions over all groups, a repeated param by its first, as torch does.
@@ -84,8 +84,6 @@ class TorchLayoutStates:
             start += len(group["params"])
             packed = {key: value for key, value in group.items() if key != "params"}
             packed["params"] = [param_ids[id(param)] for param in group["params"]]
-            if self.skip_nonfinite:
-                packed[SKIPPED_STEPS] = self.skipped_steps
             param_groups.append(packed)
         state = {}
         for key, values in self.state.items():
@@ -99,6 +97,32 @@ class TorchLayoutStates:
             if hook_result is not None:
                 state_dict = hook_result
         return state_dict
+
+    def _hand_groups_the_count(self) -> None:
+        """Put `skipped_steps` into every param group, where every checkpointer saves it (torch's state_dict,
+        torch.distributed.checkpoint, ZeroRedundancyOptimizer's consolidated state_dict)."""
+        for group in self.param_groups:
+            group[SKIPPED_STEPS] = self.skipped_steps
+
+    @staticmethod
+    def _check_skipped_steps(value) -> None:
+        if torch.as_tensor(value).numel() != 1:
+            raise ValueError(f"loaded '{SKIPPED_STEPS}' must be a single number")
+
+    def _adopt_assigned_count(self) -> None:
+        """A count assigned into the groups, not in place (ZeroRedundancyOptimizer's load hands each rank's groups
+        the loaded one), becomes the count: checked, copied in, and the groups handed the count again."""
+        assigned = [group.get(SKIPPED_STEPS) for group in self.param_groups]
+        assigned = [value for value in assigned if value is not self.skipped_steps and value is not None]
+        if assigned:
+            self._check_skipped_steps(assigned[0])
+            self.skipped_steps.copy_(torch.as_tensor(assigned[0]))
+        self._hand_groups_the_count()
+
+    def _count_was_assigned(self) -> bool:
+        return self.skip_nonfinite and any(
+            group.get(SKIPPED_STEPS) is not self.skipped_steps for group in self.param_groups
+        )
 
     def _checked_states(self, states: dict) -> dict:
         """`states` (param -> values) checked against their params before anything is written, each value this
