@@ -1,234 +1,256 @@
-"""Does non-zero v0 remove the need for warmup? A small byte-level transformer language model trained on the
-Python standard library's own source files (offline, no downloads), four ways, several seeds each:
+"""Does a non-zero v0 remove the need for learning-rate warmup, at which learning rates, and at what cost?
 
-  torch.optim.AdamW with linear warmup | torch.optim.AdamW without warmup | V0AdamW v0="random" | V0AdamW v0="data"
+On the post-LayerNorm byte-level language model of `testbed.py`, three experiments, each seed the same data and
+initial weights for every method:
 
-Writes loss curves (PNG), a markdown table (final loss mean ± std, tokens/s) and the distribution of the first
-step's update magnitudes for v0 = 0, random and data (PNG) into --out.
+  sweep      a log grid of learning rates x {AdamW + warmup, AdamW without warmup, V0AdamW random at sigma 100
+             (v0adam's former default) and at sigma 1, V0AdamW data}, no warmup for the V0AdamW runs
+  sigma      V0AdamW random at sigma 1, 10, 100, 1000 at two learning rates (the paper's flat-sigma claim)
+  finetune   a model pre-trained on Python source, fine-tuned on English text by each method
 
-    python examples/warmup_free.py                 # CPU-sized, a few minutes
-    python examples/warmup_free.py --device cuda   # a larger model and more steps
+Every run follows a cosine decay to a tenth of its learning rate; the warmup, where there is one, is linear over
+the first 10% of the steps. Writes the raw losses (CSV), the tables (markdown) and the plots (PNG) to --out.
+
+    python examples/warmup_free.py                 # the full CPU sweep (make evidence), under an hour on 2 cores
+    python examples/warmup_free.py --quick         # one seed, two learning rates, a few minutes
+    python examples/warmup_free.py --device cuda   # the GPU-sized configuration, within 5 minutes
 """
 
 import argparse
+import math
+import multiprocessing
+import os
 import statistics
-import sysconfig
+import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-import v0adam
+sys.path.insert(0, str(Path(__file__).parent))
+import evidence_report  # noqa: E402
+import testbed  # noqa: E402
 
-SIZES = {
-    "cpu": dict(dim=128, layers=2, heads=4, context=64, batch=32, steps=300),
-    "cuda": dict(dim=384, layers=6, heads=6, context=256, batch=64, steps=1500),
+import v0adam  # noqa: E402
+
+WEIGHT_DECAY, WARMUP_FRACTION, FINAL_LR_FRACTION = 0.1, 0.1, 0.1
+V0_BATCHES = 20  # mini-batches that v0="data" estimates v0 from (paper eq. 10)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    v0: str | None = None  # None: torch.optim.AdamW
+    sigma: float | None = None
+    warmup: bool = False
+
+
+METHODS = (
+    Method("AdamW + warmup", warmup=True),
+    Method("AdamW, no warmup"),
+    Method("V0AdamW random σ=100", "random", 100.0),
+    Method("V0AdamW random σ=1", "random", 1.0),
+    Method("V0AdamW data", "data", 1.0),
+)
+SIGMAS = (1.0, 10.0, 100.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    size: testbed.Size
+    steps: int
+    lrs: tuple
+    seeds: int
+    sigma_lrs: tuple
+    pretrain_lr: float
+    pretrain_steps: int
+    finetune_lr: float
+    finetune_steps: int
+
+
+CONFIGS = {
+    "cpu": Config(
+        size=testbed.Size(dim=64, layers=6, heads=4, context=32, batch=16),
+        steps=800,
+        lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+        seeds=3,
+        sigma_lrs=(3e-3, 3e-2),
+        pretrain_lr=3e-3,
+        pretrain_steps=400,
+        finetune_lr=1e-3,
+        finetune_steps=200,
+    ),
+    "cuda": Config(
+        size=testbed.Size(dim=256, layers=8, heads=8, context=128, batch=32),
+        steps=400,
+        lrs=(1e-3, 3e-3, 1e-2, 3e-2),
+        seeds=2,
+        sigma_lrs=(3e-3,),
+        pretrain_lr=3e-3,
+        pretrain_steps=400,
+        finetune_lr=1e-3,
+        finetune_steps=200,
+    ),
 }
-LR, WEIGHT_DECAY, WARMUP_FRACTION = 5e-3, 0.1, 0.1
-RUNS = ("AdamW + warmup", "AdamW, no warmup", "V0AdamW random, no warmup", "V0AdamW data, no warmup")
+QUICK = dict(steps=150, lrs=(3e-3, 3e-2), seeds=1, sigma_lrs=(3e-2,), pretrain_steps=150, finetune_steps=80)
 
 
-def stdlib_corpus(max_bytes: int = 4_000_000) -> torch.Tensor:
-    """Bytes of the standard library's .py files, in a fixed order."""
-    chunks, total = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        data = path.read_bytes()
-        chunks.append(data)
-        total += len(data)
-        if total >= max_bytes:
-            break
-    return torch.frombuffer(bytearray(b"".join(chunks)[:max_bytes]), dtype=torch.uint8).long()
+@dataclass(frozen=True)
+class Run:
+    experiment: str  # "sweep", "sigma", "finetune" or "pretrain"
+    method: Method
+    lr: float
+    seed: int
+    steps: int
 
 
-class Block(torch.nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
-        self.attention = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
+def schedule(opt, steps: int, warmup: bool):
+    """Linear warmup over the first 10% of the steps (if asked), then a cosine decay to a tenth."""
+    warmup_steps = int(WARMUP_FRACTION * steps) if warmup else 0
 
-    def forward(self, x, mask):
-        h = self.norm1(x)
-        x = x + self.attention(h, h, h, attn_mask=mask, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
 
-
-class TinyLM(torch.nn.Module):
-    def __init__(self, dim, layers, heads, context):
-        super().__init__()
-        self.embed = torch.nn.Embedding(256, dim)
-        self.position = torch.nn.Parameter(torch.randn(context, dim) * 0.02)
-        self.blocks = torch.nn.ModuleList(Block(dim, heads) for _ in range(layers))
-        self.norm = torch.nn.LayerNorm(dim)
-        self.head = torch.nn.Linear(dim, 256)
-
-    def forward(self, tokens):
-        length = tokens.shape[1]
-        mask = torch.triu(torch.full((length, length), float("-inf"), device=tokens.device), diagonal=1)
-        x = self.embed(tokens) + self.position[:length]
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.head(self.norm(x))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def batches(corpus, size, context, seed, device):
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        starts = torch.randint(len(corpus) - context - 1, (size,), generator=generator)
-        window = torch.stack([corpus[s : s + context + 1] for s in starts]).to(device)
-        yield window[:, :-1], window[:, 1:]
+def make_optimizer(method: Method, model, lr: float, v0_data, size: testbed.Size):
+    if method.v0 is None:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    opt = v0adam.V0AdamW(
+        model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, v0=method.v0, v0_scale=method.sigma, v0_seed=0
+    )
+    if method.v0 == "data":
+        opt.init_v0_from_data(v0_data, testbed.lm_loss(model), num_samples=V0_BATCHES * size.batch, model=model)
+    return opt
 
 
-def lm_loss(model):
-    def loss(batch):
-        inputs, targets = batch
-        return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
-
-    return loss
-
-
-def make_optimizer(run, model, data, steps):
-    params = model.parameters()
-    if run.startswith("AdamW"):
-        opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
-    else:
-        mode = "random" if "random" in run else "data"
-        opt = v0adam.V0AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, v0=mode, v0_seed=0)
-        if mode == "data":
-            opt.init_v0_from_data(data, lm_loss(model), num_samples=5000, model=model)
-    warmup = int(WARMUP_FRACTION * steps) if "+ warmup" in run else 0
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
-    return opt, schedule
-
-
-def train(run, seed, corpus, size, device):
-    torch.manual_seed(seed)
-    model = TinyLM(size["dim"], size["layers"], size["heads"], size["context"]).to(device)
-    data = batches(corpus, size["batch"], size["context"], seed, device)
-    opt, schedule = make_optimizer(run, model, data, size["steps"])
-    loss_fn, losses = lm_loss(model), []
+def train(run: Run, config: Config, device: str, pretrained=None) -> dict:
+    """One run: its loss at every step (NaN after a divergence stops it), the median over params of the step at
+    which v0 stops dominating the second moment in params holding half the elements (`v0adam.v0_fade_steps`, from
+    the first batch), its time."""
+    torch.manual_seed(run.seed)
+    model = testbed.PostNormLM(config.size).to(device)
+    finetuning = run.experiment == "finetune"
+    if finetuning:
+        model.load_state_dict(pretrained)
+    corpus = testbed.text_corpus() if finetuning else testbed.stdlib_corpus()
+    data = testbed.batches(corpus, config.size, run.seed, device)
+    v0_data = testbed.batches(corpus, config.size, run.seed + 1000, device)  # training batches stay the same
+    opt = make_optimizer(run.method, model, run.lr, v0_data, config.size)
+    lr_schedule = schedule(opt, run.steps, run.method.warmup)
+    loss_fn, losses, fade = testbed.lm_loss(model), [], None
     start = time.perf_counter()
-    for _ in range(size["steps"]):
+    for step in range(run.steps):
         opt.zero_grad()
         loss = loss_fn(next(data))
         loss.backward()
+        if step == 0 and run.method.v0 is not None:
+            fade = weighted_median(v0adam.v0_fade_steps(opt))
         opt.step()
-        schedule.step()
+        lr_schedule.step()
         losses.append(loss.item())
-    tokens_per_second = size["steps"] * size["batch"] * size["context"] / (time.perf_counter() - start)
-    return losses, tokens_per_second
-
-
-def first_step_magnitudes(corpus, size, device, seed=0):
-    """|Δθ| / lr of every element after one step from the same model and batch, for each v0."""
-    result = {}
-    for label, mode in (("v0 = 0 (Adam)", "zero"), ("v0 random", "random"), ("v0 data", "data")):
-        torch.manual_seed(seed)
-        model = TinyLM(size["dim"], size["layers"], size["heads"], size["context"]).to(device)
-        data = batches(corpus, size["batch"], size["context"], seed, device)
-        opt = v0adam.V0AdamW(model.parameters(), lr=LR, weight_decay=0.0, v0=mode, v0_seed=0)
-        if mode == "data":
-            opt.init_v0_from_data(data, lm_loss(model), num_samples=5000, model=model)
-        before = [p.detach().clone() for p in model.parameters()]
-        opt.zero_grad()
-        lm_loss(model)(next(data)).backward()
-        opt.step()
-        result[label] = torch.cat([(p.detach() - b).abs().flatten() / LR for p, b in zip(model.parameters(), before)])
+        if not math.isfinite(losses[-1]):
+            losses += [math.nan] * (run.steps - len(losses))
+            break
+    result = dict(losses=losses, fade=fade, seconds=time.perf_counter() - start)
+    if run.experiment == "pretrain":
+        result["weights"] = {name: value.cpu() for name, value in model.state_dict().items()}
     return result
 
 
-def write_results(curves, speeds, magnitudes, out: Path, device: str, size: dict):
-    import matplotlib
+def weighted_median(fade_steps: dict) -> float:
+    """The step by which v0 has faded in the params holding half the model's elements."""
+    ordered = sorted(fade_steps.items(), key=lambda item: item[1])
+    half, seen = sum(param.numel() for param, _ in ordered) / 2, 0
+    for param, steps in ordered:
+        seen += param.numel()
+        if seen >= half:
+            return steps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(figsize=(8, 4.5))
-    for run, runs in curves.items():
-        stacked = torch.tensor(runs)
-        mean, std = stacked.mean(0), stacked.std(0) if len(stacked) > 1 else torch.zeros(stacked.shape[1])
-        steps = torch.arange(1, len(mean) + 1)
-        axes.plot(steps, mean, label=run)
-        axes.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    axes.set_xlabel("step")
-    axes.set_ylabel("training loss (nats/byte)")
-    axes.set_ylim(top=float(torch.tensor(curves[RUNS[0]])[:, 0].mean()) + 0.5)
-    axes.set_title(f"byte-level LM on the Python stdlib, lr {LR}, {len(runs)} seeds, {device}")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out / f"loss_curves_{device}.png", dpi=120)
-    plt.close(figure)
-
-    figure, axes = plt.subplots(figsize=(8, 4.5))
-    bins = torch.logspace(-6, 1, 120)
-    for label, values in magnitudes.items():
-        axes.hist(values.clamp(1e-6, 10).numpy(), bins=bins.numpy(), histtype="step", label=label, linewidth=1.5)
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("|first update| / lr, per element")
-    axes.set_ylabel("elements")
-    axes.set_title("first Adam step: sign descent at v0 = 0, graded steps with v0 > 0")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out / f"first_step_{device}.png", dpi=120)
-    plt.close(figure)
-
-    lines = [
-        f"Byte-level transformer LM ({size['layers']} layers, dim {size['dim']}, context {size['context']}, "
-        f"batch {size['batch']}, {size['steps']} steps), AdamW lr {LR}, weight decay {WEIGHT_DECAY}, "
-        f"device {device}, {len(next(iter(curves.values())))} seeds. Final loss: mean of the last 20 steps.",
-        "",
-        f"| run | final loss (mean ± std) | loss at step {size['steps'] // 10} (mean) | tokens/s |",
-        "| --- | ---: | ---: | ---: |",
+def plan(config: Config) -> list[Run]:
+    runs = [
+        Run("sweep", method, lr, seed, config.steps)
+        for seed in range(config.seeds)
+        for lr in config.lrs
+        for method in METHODS
     ]
-    for run, runs in curves.items():
-        finals = [statistics.mean(losses[-20:]) for losses in runs]
-        early = [losses[size["steps"] // 10 - 1] for losses in runs]
-        spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
-        lines.append(
-            f"| {run} | {statistics.mean(finals):.3f} ± {spread:.3f} | "
-            f"{statistics.mean(early):.3f} | {statistics.mean(speeds[run]):,.0f} |"
+    covered = {(run.method.sigma, run.lr) for run in runs if run.method.v0 == "random"}
+    runs += [
+        Run("sigma", Method(f"V0AdamW random σ={sigma:g}", "random", sigma), lr, seed, config.steps)
+        for seed in range(config.seeds)
+        for lr in config.sigma_lrs
+        for sigma in SIGMAS
+        if (sigma, lr) not in covered
+    ]
+    return runs
+
+
+def _worker_init():
+    torch.set_num_threads(1)  # one process per core: small matmuls scale better across processes than threads
+
+
+def _train_on_cpu(arguments):
+    return train(*arguments)
+
+
+def run_all(runs, config, device, pretrained=None):
+    """Results in the order of `runs`: on the CPU one process per core, on a GPU one after another."""
+    arguments = [(run, config, device, pretrained and pretrained[run.seed]) for run in runs]
+    if device == "cpu":
+        with multiprocessing.get_context("fork").Pool(os.cpu_count(), initializer=_worker_init) as pool:
+            results = _reported(runs, pool.imap(_train_on_cpu, arguments, chunksize=1))
+    else:
+        results = _reported(runs, map(_train_on_cpu, arguments))
+    return results
+
+
+def _reported(runs, results) -> list[dict]:
+    """The results, each printed as it comes."""
+    collected = []
+    for run, result in zip(runs, results):
+        final = statistics.mean(result["losses"][-20:])
+        print(
+            f"{run.experiment:<8} | {run.method.name:<22} | lr {run.lr:<6g} | seed {run.seed} | final {final:.3f} "
+            f"| {result['seconds']:.0f} s",
+            flush=True,
         )
-    lines += [
-        "",
-        "First step, |Δθ| / lr over all elements:",
-        "",
-        "| v0 | median | 99th percentile | max |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for label, values in magnitudes.items():
-        quantiles = torch.quantile(values[torch.randperm(len(values))[:1_000_000]], torch.tensor([0.5, 0.99]))
-        lines.append(f"| {label} | {quantiles[0]:.3g} | {quantiles[1]:.3g} | {values.max():.3g} |")
-    (out / f"results_{device}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        collected.append(result)
+    return collected
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=None, help="override the device's default")
+    parser.add_argument("--quick", action="store_true", help="one seed, two learning rates, short runs")
     parser.add_argument("--out", type=Path, default=Path("examples/results"))
     args = parser.parse_args()
-    size = dict(SIZES[args.device])
-    if args.steps:
-        size["steps"] = args.steps
-    corpus = stdlib_corpus()
-    curves = {run: [] for run in RUNS}
-    speeds = {run: [] for run in RUNS}
-    for seed in range(args.seeds):
-        for run in RUNS:
-            losses, tokens_per_second = train(run, seed, corpus, size, args.device)
-            curves[run].append(losses)
-            speeds[run].append(tokens_per_second)
-            print(
-                f"seed {seed} | {run:<26} | final {statistics.mean(losses[-20:]):.3f} | {tokens_per_second:,.0f} tok/s",
-                flush=True,
-            )
-    magnitudes = first_step_magnitudes(corpus, size, args.device)
-    write_results(curves, speeds, magnitudes, args.out, args.device, size)
+    config = replace(CONFIGS[args.device], **QUICK) if args.quick else CONFIGS[args.device]
+    label = f"{args.device}-quick" if args.quick else args.device
+    start = time.perf_counter()
+
+    runs = plan(config)
+    results = run_all(runs, config, args.device)
+    pretrain = Method("pre-training: AdamW + warmup", warmup=True)
+    pretraining = [
+        Run("pretrain", pretrain, config.pretrain_lr, seed, config.pretrain_steps) for seed in range(config.seeds)
+    ]
+    pretrained = {
+        run.seed: result["weights"] for run, result in zip(pretraining, run_all(pretraining, config, args.device))
+    }
+    finetuning = [
+        Run("finetune", method, config.finetune_lr, seed, config.finetune_steps)
+        for seed in range(config.seeds)
+        for method in METHODS
+    ]
+    results += run_all(finetuning, config, args.device, pretrained)
+    stall_loss = testbed.unigram_entropy(testbed.stdlib_corpus())
+    evidence_report.write(runs + finetuning, results, config, label, args.out, time.perf_counter() - start, stall_loss)
 
 
 if __name__ == "__main__":
