@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PYTHON := $(VENV)/bin/python
 
-.PHONY: test bench bench-pytest evidence lint format device-check clean
+.PHONY: test bench bench-pytest evidence evidence-quick lint format device-check clean
 
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
@@ -23,8 +23,12 @@ bench: $(VENV)/.installed
 bench-pytest: $(VENV)/.installed
 	$(PYTHON) -m pytest bench/ --benchmark-only
 
+# The v0/warmup sweep (under an hour on 2 cores), and its few-minute variant; results in examples/results/.
 evidence: $(VENV)/.installed
 	$(PYTHON) examples/warmup_free.py
+
+evidence-quick: $(VENV)/.installed
+	$(PYTHON) examples/warmup_free.py --quick
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -72,7 +72,7 @@ class Config:
 CONFIGS = {
     "cpu": Config(
         size=testbed.Size(dim=64, layers=6, heads=4, context=32, batch=16),
-        steps=800,
+        steps=600,
         lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         seeds=3,
         sigma_lrs=(3e-3, 3e-2),

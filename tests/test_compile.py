@@ -76,7 +76,7 @@ def test_compiled_training_step_follows_eager(trace_backward, precision):
     dtype = precision.pop("dtype")
     models = build_model(dtype), build_model(dtype)
     opts = [
-        v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0_seed=3, backend="triton", **precision)
+        v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0="random", v0_seed=3, backend="triton", **precision)
         for model in models
     ]
     if "rounding_seed" in opts[0].param_groups[0]:
@@ -159,7 +159,10 @@ def test_inductor_steps_each_param_where_it_lies():
     views of the flat buffer, inductor copied each with everything before it: quadratic in the number of
     params.)"""
     models = build_model(), build_model()
-    opts = [v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0_seed=1, backend="triton") for model in models]
+    opts = [
+        v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0="random", v0_seed=1, backend="triton")
+        for model in models
+    ]
     for model in models:
         torch.nn.functional.mse_loss(model(batch(0)[0]), batch(0)[1]).backward()
     _, code = run_and_get_code(torch.compile(opts[0].step, backend="inductor"))
@@ -174,7 +177,10 @@ def test_with_a_scheduler_attached_the_step_is_compiled_on_its_own():
     """torch's schedulers wrap opt.step in a function dynamo skips: a graph break at the call, then the step is a
     graph of its own, and follows the same schedule run eagerly."""
     models = build_model(), build_model()
-    opts = [v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0_seed=1, backend="triton") for model in models]
+    opts = [
+        v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0="random", v0_seed=1, backend="triton")
+        for model in models
+    ]
     schedulers = [torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.5, total_iters=3) for opt in opts]
     traced_ops = []
 
@@ -205,6 +211,7 @@ def test_compiled_step_alone():
         v0adam.V0Adam(
             [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": torch.tensor(3e-2)}],
             lr=torch.tensor(1e-2),
+            v0="random",
             v0_seed=1,
             backend="triton",
         )
@@ -249,7 +256,7 @@ def test_edits_between_compiled_steps_are_adopted():
 def test_an_untraceable_step_runs_eagerly():
     """The PyTorch backend is not traced: a graph break (an error under fullgraph=True), and the right result."""
     models = build_model(), build_model()
-    opts = [v0adam.V0AdamW(model.parameters(), v0_seed=1, backend="torch") for model in models]
+    opts = [v0adam.V0AdamW(model.parameters(), v0="random", v0_seed=1, backend="torch") for model in models]
     step = torch.compile(lambda opt: opt.step(), backend=COMPILER)
     for model, opt, run in zip(models, opts, (step, lambda opt: opt.step())):
         torch.nn.functional.mse_loss(model(batch(0)[0]), batch(0)[1]).backward()

@@ -57,7 +57,7 @@ def test_a_copy_keeps_the_settings_and_the_count_of_skipped_steps(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_model_copied_with_its_optimizer_is_trained_by_the_copied_optimizer(backend):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).to(DEVICE)
-    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, backend=backend)
+    opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, v0="random", backend=backend)
     inputs = torch.randn(16, 4, device=DEVICE)
     model(inputs).square().mean().backward()
     opt.step()

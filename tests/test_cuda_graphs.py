@@ -19,7 +19,7 @@ def build():
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8)).cuda()
     model[0].bias.requires_grad_(False)
     lr = torch.tensor(1e-2, device="cuda")
-    return model, v0adam.V0AdamW(model.parameters(), lr=lr, amsgrad=True, v0_seed=2, backend="triton")
+    return model, v0adam.V0AdamW(model.parameters(), lr=lr, amsgrad=True, v0="random", v0_seed=2, backend="triton")
 
 
 def batches(count):

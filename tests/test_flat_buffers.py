@@ -217,7 +217,7 @@ def test_a_conversion_to_bfloat16_before_the_first_step_equals_building_after_it
     construction: bitwise what an optimizer built on the converted model does."""
     model, twin = mlp(), mlp()
     twin.load_state_dict(model.state_dict())
-    options = dict(lr=1e-2, weight_decay=0.1, master_weights=True, v0_seed=3, backend=backend)
+    options = dict(lr=1e-2, weight_decay=0.1, master_weights=True, v0="random", v0_seed=3, backend=backend)
     opt = v0adam.V0AdamW(model.parameters(), **options)
     model.to(torch.bfloat16)
     twin.to(torch.bfloat16)

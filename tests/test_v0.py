@@ -23,7 +23,7 @@ def initial_v0(opt, params):
 def test_random_v0_follows_eq_11(backend, shape):
     """Per tensor: mean sigma / (fan_in + fan_out), and var / mean^2 = 2 (chi-squared, one degree of freedom)."""
     param = make_params([shape], device=DEVICE)[0]
-    opt = v0adam.V0Adam([param], v0_scale=100.0, v0_seed=3, backend=backend)
+    opt = v0adam.V0Adam([param], v0="random", v0_scale=100.0, v0_seed=3, backend=backend)
     v0 = opt.state[param]["exp_avg_sq"].double()
     receptive = math.prod(shape[2:])
     expected_mean = 100.0 / (shape[1] * receptive + shape[0] * receptive)
@@ -36,13 +36,24 @@ def test_random_v0_follows_eq_11(backend, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_random_v0_is_zero_for_biases_and_the_default(backend):
+def test_random_v0_is_zero_for_biases_and_sigma_100_by_default(backend):
     model = torch.nn.Linear(16, 8).to(DEVICE)
-    opt = v0adam.V0AdamW(model.parameters(), backend=backend)
+    opt = v0adam.V0AdamW(model.parameters(), v0="random", backend=backend)
     assert opt.param_groups[0]["v0"] == "random" and opt.param_groups[0]["v0_scale"] is None
     assert not opt.state[model.bias]["exp_avg_sq"].any()
     assert opt.state[model.weight]["exp_avg_sq"].gt(0).all()
     assert opt.state[model.weight]["exp_avg_sq"].mean().item() == pytest.approx(100 / 24, rel=0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_by_default_v0_is_zero_and_the_optimizer_is_torchs_adamw(backend):
+    """The default the evidence sweep chose (README, "v0: when it helps"): swapping AdamW for V0AdamW changes
+    nothing but the speed."""
+    params = make_params([(6, 5), (5,)], device=DEVICE)
+    ref_params = clone_params(params)
+    opt = v0adam.V0AdamW(params, backend=backend)
+    assert opt.param_groups[0]["v0"] == "zero" and not any(opt.state[p]["exp_avg_sq"].any() for p in params)
+    step_both(opt, params, torch.optim.AdamW(ref_params, foreach=False), ref_params, steps=3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -52,7 +63,7 @@ def test_random_v0_depends_only_on_seed_param_and_element(backend):
     def draw(seed, grouped=False):
         params = make_params(shapes, device=DEVICE)
         groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.1}] if grouped else params
-        return initial_v0(v0adam.V0Adam(groups, v0_seed=seed, backend=backend), params)
+        return initial_v0(v0adam.V0Adam(groups, v0="random", v0_seed=seed, backend=backend), params)
 
     same, again, split, other = draw(1), draw(1), draw(1, grouped=True), draw(2)
     for a, b, c, d in zip(same, again, split, other):
@@ -72,9 +83,9 @@ def test_random_draw_is_the_same_for_any_block_size_and_shard():
 
 def test_unseeded_random_v0_follows_torch_manual_seed():
     torch.manual_seed(11)
-    first = v0adam.V0Adam(make_params([(8, 8)]), backend="torch").param_groups[0]["v0_seed"]
+    first = v0adam.V0Adam(make_params([(8, 8)]), v0="random", backend="torch").param_groups[0]["v0_seed"]
     torch.manual_seed(11)
-    assert v0adam.V0Adam(make_params([(8, 8)]), backend="torch").param_groups[0]["v0_seed"] == first
+    assert v0adam.V0Adam(make_params([(8, 8)]), v0="random", backend="torch").param_groups[0]["v0_seed"] == first
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -229,9 +240,9 @@ def test_a_share_numbered_as_the_whole_draws_the_whole_models_v0(backend):
     """What setup_zero relies on under ZeRO: an optimizer over some params, numbered by their positions in
     the whole list, draws the v0 an optimizer over the whole list draws for them."""
     params = make_params([(6, 5), (4,), (7, 3), (2, 9)], device=DEVICE)
-    whole = v0adam.V0Adam(params, v0_seed=2, backend=backend)
+    whole = v0adam.V0Adam(params, v0="random", v0_seed=2, backend=backend)
     copies = clone_params(params)
-    share = v0adam.V0Adam(copies[2:], v0_seed=2, backend=backend)
+    share = v0adam.V0Adam(copies[2:], v0="random", v0_seed=2, backend=backend)
     assert not torch.equal(share.state[copies[2]]["exp_avg_sq"], whole.state[params[2]]["exp_avg_sq"])
     share.number_params_as(copies)
     for param, copy in zip(params[2:], copies[2:]):
@@ -249,7 +260,9 @@ def test_numbering_needs_every_param_and_no_step_yet():
         opt.number_params_as(params)
 
 
-@pytest.mark.parametrize("options", [{}, dict(stochastic_rounding=True)], ids=["random-v0", "stochastic-rounding"])
+@pytest.mark.parametrize(
+    "options", [dict(v0="random"), dict(stochastic_rounding=True)], ids=["random-v0", "stochastic-rounding"]
+)
 def test_building_the_optimizer_leaves_the_global_generator_alone(options):
     """Swapping torch.optim.AdamW for V0AdamW keeps every later draw (data order, dropout) of a seeded run."""
     draws = []
@@ -265,6 +278,6 @@ def test_unseeded_groups_get_seeds_of_their_own_that_follow_manual_seed():
     for seed in (11, 11, 12):
         torch.manual_seed(seed)
         params = make_params([(8, 8), (4, 4)])
-        opt = v0adam.V0Adam([{"params": params[:1]}, {"params": params[1:]}], backend="torch")
+        opt = v0adam.V0Adam([{"params": params[:1]}, {"params": params[1:]}], v0="random", backend="torch")
         seeds.append(tuple(group["v0_seed"] for group in opt.param_groups))
     assert seeds[0] == seeds[1] and seeds[0] != seeds[2] and len(set(seeds[0])) == 2

@@ -89,13 +89,15 @@ def _check_param(param: torch.Tensor) -> None:
 class V0Adam(TorchLayoutStates, Optimizer):
     """Adam with a fused Triton step and a configurable initial second moment v0.
 
-    With ``v0="zero"`` this is torch.optim.Adam, step for step. Other v0 modes start ``exp_avg_sq`` at v0 instead
-    of 0 (bias correction unchanged), which removes Adam's sign-descent first step.
+    With ``v0="zero"``, the default, this is torch.optim.Adam, step for step. Other v0 modes start ``exp_avg_sq`` at
+    v0 instead of 0 (bias correction unchanged), which removes Adam's sign-descent first step and, at learning
+    rates where Adam without warmup fails, lets training go without warmup (README, "v0: when it helps").
 
     Args:
         params, lr, betas, eps, weight_decay, amsgrad, maximize: as torch.optim.Adam (lr and betas may be tensors).
-        v0: "random" (paper eq. 11), "data" (paper eq. 10, then call ``init_v0_from_data``), "zero", a dict
-            {param: tensor} or a callable ``f(param) -> tensor`` giving the initial exp_avg_sq.
+        v0: "zero" (default: Adam), "data" (paper eq. 10, then call ``init_v0_from_data``), "random" (paper
+            eq. 11), a dict {param: tensor} or a callable ``f(param) -> tensor`` giving the initial exp_avg_sq.
+            ``v0adam.v0_fade_steps`` tells for how many steps a v0 will shape the step.
         v0_scale: σ of the random and data modes (defaults 100 and 1).
         v0_seed: seed of the random mode (default: taken from the state of torch's global generator, which it
             leaves where it was, so that torch.manual_seed makes it reproducible).
@@ -141,7 +143,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         amsgrad=False,
         *,
         maximize=False,
-        v0="random",
+        v0="zero",
         v0_scale=None,
         v0_seed=None,
         backend="auto",
@@ -636,7 +638,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
 class V0AdamW(V0Adam):
     """AdamW (decoupled weight decay, default 1e-2) with a fused Triton step and a configurable v0.
 
-    Same arguments as V0Adam; with ``v0="zero"`` this is torch.optim.AdamW, step for step.
+    Same arguments as V0Adam; with ``v0="zero"``, the default, this is torch.optim.AdamW, step for step.
     """
 
     _DECOUPLED_WEIGHT_DECAY = True
