@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import BACKENDS, DEVICE
 from helpers import assert_states_close, clone_params, make_params, step_both
 
@@ -73,3 +74,17 @@ def test_a_model_copied_with_its_optimizer_is_trained_by_the_copied_optimizer(ba
     for original, copied, old in zip(model.parameters(), model_copy.parameters(), before):
         assert not torch.equal(original, old)
         torch.testing.assert_close(copied, original, rtol=0, atol=0)
+
+
+def test_an_optimizer_declared_a_partition_refuses_to_be_copied(tmp_path):
+    """Its process group cannot be copied, and a copy without it would clip by its own share's norm."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        opt = v0adam.V0AdamW(make_params(SHAPES), backend="torch")
+        copied = copy.deepcopy(opt)  # before: fine
+        opt.set_partition_group()
+        with pytest.raises(TypeError, match="copy it before, then call set_partition_group on the copy"):
+            copy.deepcopy(opt)
+        copied.set_partition_group()
+    finally:
+        dist.destroy_process_group()

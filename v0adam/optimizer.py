@@ -27,7 +27,6 @@ _CARRIED = (
     "flat_grads",
     "skipped_steps",
     "_step_supports_amp_scaling",
-    "_partition_group",
     "_step_calls",
     "_awaiting_data_v0",
 )
@@ -214,6 +213,11 @@ class V0Adam(TorchLayoutStates, Optimizer):
     def __getstate__(self):
         """torch's (defaults, state, param_groups), and v0adam's settings: what `copy.deepcopy` and pickle carry.
         The flat buffers are not carried: the copy lays its params out afresh (see `__setstate__`)."""
+        if self._partition_group is not None:
+            raise TypeError(
+                "an optimizer declared one rank's share (set_partition_group) cannot be copied or pickled, since "
+                "its process group cannot: copy it before, then call set_partition_group on the copy"
+            )
         state = super().__getstate__()
         state.update({name: self.__dict__[name] for name in _CARRIED})
         return state
@@ -228,6 +232,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         """Lay out the params of a copy (its own, or those copied along with it), their states and the count of
         skipped steps taken from what was carried."""
         carried, skipped_steps = self.state, self.skipped_steps
+        self._partition_group = None
         self._start_unlaid()
         self._state_table.update(carried)  # the params' entries are adopted as they are laid out
         self._state_table.edited = False

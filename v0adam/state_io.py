@@ -11,7 +11,7 @@ from v0adam.sharding import local, local_part
 from v0adam.state_table import ParamState
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
-# The group key under which state_dict saves `skipped_steps` (param groups are what every checkpointer saves).
+# The param-group key that holds `skipped_steps`, the live count (param groups are what every checkpointer saves).
 SKIPPED_STEPS = "skipped_steps"
 
 
