@@ -84,7 +84,7 @@ def write(runs, results, config, label: str, out: Path, seconds: float, stall_lo
     lines = _markdown(table, runs, config, seconds, stall_loss)
     (out / f"evidence_{label}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _plot(table, runs, config, label, out, stall_loss)
+    _plot(table, runs, config, label, out)
 
 
 def _write_csv(runs, results, path: Path) -> None:
@@ -193,7 +193,7 @@ def _cell(table, method: str, lr: float) -> Cell:
     return table["sweep", method, lr] if ("sweep", method, lr) in table else table["sigma", method, lr]
 
 
-def _plot(table, runs, config, label: str, out: Path, stall_loss: float) -> None:
+def _plot(table, runs, config, label: str, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,11 +207,10 @@ def _plot(table, runs, config, label: str, out: Path, stall_loss: float) -> None
         line = sweep.errorbar(lrs, means, yerr=stds, marker="o", capsize=3, label=method)
         failed = [lr for lr in config.lrs if table["sweep", method, lr].divergences]
         sweep.plot(failed, [4.0] * len(failed), "x", color=line[0].get_color(), markersize=10)
-    sweep.axhline(stall_loss, color="grey", linestyle="--", linewidth=1, label="byte frequencies (stalled)")
     sweep.set_xscale("log")
     sweep.set_xlabel("peak learning rate")
     sweep.set_ylabel(f"final loss (mean of last {TAIL} steps)")
-    sweep.set_title("each method's stable range (× where a seed diverged)")
+    sweep.set_title("stable range: × marks a learning rate where a seed diverged")
     sweep.legend(fontsize=8)
     for lr in config.sigma_lrs:
         methods = sorted({run.method.name for run in runs if run.method.v0 == "random"}, key=_sigma_of)
