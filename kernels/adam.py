@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 from v0adam.kernels.precision import round_from_float32, stochastic_round_to_bfloat16, widen_to_float32
+from v0adam.kernels.quantization import dequantize, quantize
 
 # Globals a kernel reads must be tl.constexpr; the host reads them through `.value`.
 
@@ -38,6 +39,11 @@ ALIGN_ELEMENTS = tl.constexpr(8)
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
+# 8-bit states (`v0adam.quantization`): the rows of the code table (float32 [4, 256]), and the elements per
+# quantization block.
+SIGNED_CODES, SIGNED_MIDPOINTS, UNSIGNED_CODES, UNSIGNED_MIDPOINTS = (tl.constexpr(i) for i in range(4))
+QBLOCK = tl.constexpr(256)
+
 
 @triton.jit
 def _power(base, exponent):
@@ -64,6 +70,10 @@ def _adam_step_kernel(
     grad_scale_ptr,  # float32 [1]: the GradScaler's scale, gradients are divided by it; unused if not HAS_GRAD_SCALE
     found_inf_ptr,  # float32 [1]: non-zero skips the whole step; unused if not HAS_FOUND_INF
     rounding_seed_ptr,  # int64 [1]: seed of stochastic rounding, drawn once per optimizer; unused otherwise
+    exp_avg_scales_ptr,  # float32 [state elements / QBLOCK]: block scales of 8-bit m; unused unless QUANTIZED
+    exp_avg_sq_scales_ptr,  # the same for v
+    max_exp_avg_sq_scales_ptr,  # the same for max v (AMSGrad)
+    code_table_ptr,  # float32 [4, 256]: the dynamic code maps and their midpoints; unused unless QUANTIZED
     PARAM_DTYPE: tl.constexpr,  # storage dtype of params and grads
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
@@ -71,6 +81,7 @@ def _adam_step_kernel(
     STOCHASTIC_ROUNDING: tl.constexpr,  # bfloat16 params rounded stochastically (counter-based, seeded per step)
     ALGORITHM: tl.constexpr,  # ADAM, ADABELIEF, RADAM or ADABOUND
     ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise
+    QUANTIZED: tl.constexpr,  # 8-bit states: uint8 codes and block scales; state offsets are multiples of QBLOCK
     BLOCK: tl.constexpr,  # elements per program
 ):
     """One step over BLOCK elements of one segment. Equivalent PyTorch (per element, fp32 math), with
@@ -85,7 +96,8 @@ def _adam_step_kernel(
     RAdam:    p = p - lr * m / bc1 * (rect * sqrt(bc2) / (sqrt(v) + eps) if rho_t > 5 else 1)   (torch.optim.RAdam)
     AdaBound: p = p - clamp(lr * sqrt(bc2) / bc1 / (sqrt(v) + eps), lower(t), upper(t)) * m
 
-    p is read from the fp32 master when there is one, and every value is rounded once, on store.
+    p is read from the fp32 master when there is one, and every value is rounded once, on store. 8-bit states are
+    dequantized on load, the step computed in float32, and m, v (and max v) quantized with fresh scales on store.
     """
     pid = tl.program_id(0)
     row = segments_ptr + tl.load(block_segment_ptr + pid).to(tl.int64) * SEGMENT_FIELDS
@@ -134,8 +146,21 @@ def _adam_step_kernel(
     else:
         p = widen_to_float32(tl.load(param_ptr + offsets, mask=mask))
     g = widen_to_float32(tl.load(grad_ptr + offsets, mask=mask))
-    m = widen_to_float32(tl.load(exp_avg_ptr + state_offsets, mask=mask))
-    v = widen_to_float32(tl.load(exp_avg_sq_ptr + state_offsets, mask=mask))
+    if QUANTIZED:
+        scale_offsets = state_offsets // QBLOCK
+        m = dequantize(
+            tl.load(exp_avg_ptr + state_offsets, mask=mask, other=0),
+            tl.load(exp_avg_scales_ptr + scale_offsets, mask=mask, other=0.0),
+            code_table_ptr + SIGNED_CODES * 256,
+        )
+        v = dequantize(
+            tl.load(exp_avg_sq_ptr + state_offsets, mask=mask, other=0),
+            tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=mask, other=0.0),
+            code_table_ptr + UNSIGNED_CODES * 256,
+        )
+    else:
+        m = widen_to_float32(tl.load(exp_avg_ptr + state_offsets, mask=mask))
+        v = widen_to_float32(tl.load(exp_avg_sq_ptr + state_offsets, mask=mask))
     state_dtype = exp_avg_ptr.dtype.element_ty
 
     if HAS_GRAD_SCALE:
@@ -152,11 +177,35 @@ def _adam_step_kernel(
         v = beta2 * v + one_minus_beta2 * belief * belief + eps
     else:
         v = beta2 * v + one_minus_beta2 * g * g
-    tl.store(exp_avg_ptr + state_offsets, round_from_float32(m, state_dtype), mask=mask)
-    tl.store(exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
-    if amsgrad:
-        v = tl.maximum(v, widen_to_float32(tl.load(max_exp_avg_sq_ptr + state_offsets, mask=mask)))
-        tl.store(max_exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
+    if QUANTIZED:
+        # This program's quantization blocks: whole ones (BLOCK and the state offset are multiples of QBLOCK), the
+        # last maybe cut short by the segment's end; no other program writes their scales.
+        segment_position = (pid - first_block).to(tl.int64) * BLOCK
+        quantization_block = tl.arange(0, BLOCK // QBLOCK)
+        scale_mask = quantization_block * QBLOCK < numel - segment_position
+        scale_offsets_out = (state_offset + segment_position) // QBLOCK + quantization_block
+        codes, scales = quantize(m, mask, code_table_ptr + SIGNED_MIDPOINTS * 256, True, BLOCK, QBLOCK)
+        tl.store(exp_avg_ptr + state_offsets, codes, mask=mask)
+        tl.store(exp_avg_scales_ptr + scale_offsets_out, scales, mask=scale_mask)
+        codes, scales = quantize(v, mask, code_table_ptr + UNSIGNED_MIDPOINTS * 256, False, BLOCK, QBLOCK)
+        tl.store(exp_avg_sq_ptr + state_offsets, codes, mask=mask)
+        tl.store(exp_avg_sq_scales_ptr + scale_offsets_out, scales, mask=scale_mask)
+        if amsgrad:
+            v_max = dequantize(
+                tl.load(max_exp_avg_sq_ptr + state_offsets, mask=mask, other=0),
+                tl.load(max_exp_avg_sq_scales_ptr + scale_offsets, mask=mask, other=0.0),
+                code_table_ptr + UNSIGNED_CODES * 256,
+            )
+            v = tl.maximum(v, v_max)
+            codes, scales = quantize(v, mask, code_table_ptr + UNSIGNED_MIDPOINTS * 256, False, BLOCK, QBLOCK)
+            tl.store(max_exp_avg_sq_ptr + state_offsets, codes, mask=mask)
+            tl.store(max_exp_avg_sq_scales_ptr + scale_offsets_out, scales, mask=scale_mask)
+    else:
+        tl.store(exp_avg_ptr + state_offsets, round_from_float32(m, state_dtype), mask=mask)
+        tl.store(exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
+        if amsgrad:
+            v = tl.maximum(v, widen_to_float32(tl.load(max_exp_avg_sq_ptr + state_offsets, mask=mask)))
+            tl.store(max_exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
     # Correctly rounded sqrt and division (the defaults are approximate), in the reference's order of operations.
     if ALGORITHM == RADAM:
         rho_inf = 2.0 / (1.0 - tl.load(hyper + BETA2)) - 1.0
@@ -205,9 +254,13 @@ def adam_step(
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     rounding_seed: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+    code_table: torch.Tensor | None = None,
     algorithm: str = "adam",
 ) -> None:
-    """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`).
+    """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`). With `scales` (float32
+    [3, blocks]: the block scales of m, v and max v) and `code_table` (`v0adam.quantization.code_table`) the
+    states are 8-bit codes (uint8).
 
     The tables are built by `v0adam.buckets`; this checks only what would make the kernel touch wrong memory.
     Nothing here reads a value back to the host.
@@ -216,8 +269,19 @@ def adam_step(
         raise ValueError(f"segments must be int64 of shape [S, {SEGMENT_FIELDS.value}], got {tuple(segments.shape)}")
     if block_segment.dtype != torch.int32 or hyper.dtype != torch.float64 or steps.dtype != torch.float32:
         raise ValueError("block_segment must be int32, hyper float64 and steps float32")
-    if exp_avg.dtype not in (torch.float32, torch.bfloat16) or exp_avg_sq.dtype != exp_avg.dtype:
-        raise ValueError("optimizer states must be float32 or bfloat16, both the same")
+    quantized = scales is not None
+    state_dtypes = (torch.uint8,) if quantized else (torch.float32, torch.bfloat16)
+    if exp_avg.dtype not in state_dtypes or exp_avg_sq.dtype != exp_avg.dtype:
+        raise ValueError(f"optimizer states must be {' or '.join(map(str, state_dtypes))}, both the same")
+    if quantized and (
+        scales.dtype != torch.float32
+        or scales.dim() != 2
+        or scales.shape[0] != 3
+        or code_table is None
+        or tuple(code_table.shape) != (4, 256)
+        or block % QBLOCK.value
+    ):
+        raise ValueError("8-bit states need float32 scales [3, blocks], the [4, 256] code table, BLOCK % 256 == 0")
     if master is not None and master.dtype != torch.float32:
         raise ValueError("master weights must be float32")
     if rounding_seed is not None and param_dtype != torch.bfloat16:
@@ -239,6 +303,8 @@ def adam_step(
         steps if grad_scale is None else grad_scale,
         steps if found_inf is None else found_inf,
         segments if rounding_seed is None else rounding_seed,
+        *((steps,) * 3 if scales is None else scales.unbind()),
+        steps if code_table is None else code_table,
         PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
@@ -246,6 +312,7 @@ def adam_step(
         STOCHASTIC_ROUNDING=rounding_seed is not None,
         ALGORITHM=ALGORITHMS[algorithm],
         ALIGNED=aligned,
+        QUANTIZED=quantized,
         BLOCK=block,
         num_warps=num_warps,
     )

@@ -69,8 +69,9 @@ def assert_same_training(model, opt, reference_model, reference_opt, **tolerance
         dict(dtype=torch.bfloat16, master_weights=True),
         dict(dtype=torch.bfloat16, stochastic_rounding=True),
         dict(dtype=torch.float32, flat_grads=True),
+        dict(dtype=torch.float32, amsgrad=True, state_dtype=torch.uint8),
     ],
-    ids=["fp32-amsgrad-guard", "bf16-master", "bf16-stochastic", "fp32-flat-grads"],
+    ids=["fp32-amsgrad-guard", "bf16-master", "bf16-stochastic", "fp32-flat-grads", "fp32-8bit-states"],
 )
 def test_compiled_training_step_follows_eager(trace_backward, precision):
     dtype = precision.pop("dtype")
@@ -112,7 +113,10 @@ def test_compiled_step_follows_torch_adamw(trace_backward):
     assert_same_training(models[0], opt, models[1], reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("precision", [dict(amsgrad=True, skip_nonfinite=True), dict(master_weights=True)])
+@pytest.mark.parametrize(
+    "precision",
+    [dict(amsgrad=True, skip_nonfinite=True), dict(master_weights=True), dict(amsgrad=True, state_dtype=torch.uint8)],
+)
 def test_a_compiled_step_mutates_only_tensors_at_fixed_addresses(trace_backward, precision):
     """What mode="reduce-overhead" needs: CUDA graph trees skip (silently, falling back to plain launches) a graph
     that mutates an input whose address they do not know to be fixed. Checked with the same metadata inductor

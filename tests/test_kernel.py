@@ -65,12 +65,14 @@ def compile_for_h100(kernel, signature, constexprs):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
 
 dtype, aligned, mode = adam._TRITON_DTYPES[getattr(torch, sys.argv[1])], sys.argv[2] == "True", sys.argv[3]
-state = "*bf16" if mode == "rounding" else "*fp32"
+state = {"rounding": "*bf16", "8bit": "*u8"}.get(mode, "*fp32")
 signature = dict(segments_ptr="*i64", block_segment_ptr="*i32", hyper_ptr="*fp64", steps_ptr="*fp32",
                  exp_avg_ptr=state, exp_avg_sq_ptr=state, max_exp_avg_sq_ptr=state, master_ptr="*fp32",
-                 grad_scale_ptr="*fp32", found_inf_ptr="*fp32", rounding_seed_ptr="*i64")
+                 grad_scale_ptr="*fp32", found_inf_ptr="*fp32", rounding_seed_ptr="*i64",
+                 exp_avg_scales_ptr="*fp32", exp_avg_sq_scales_ptr="*fp32", max_exp_avg_sq_scales_ptr="*fp32",
+                 code_table_ptr="*fp32")
 constexprs = dict(PARAM_DTYPE=dtype, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, HAS_MASTER=mode == "master",
-                  STOCHASTIC_ROUNDING=mode == "rounding", ALIGNED=aligned, BLOCK=1024)
+                  STOCHASTIC_ROUNDING=mode == "rounding", ALIGNED=aligned, QUANTIZED=mode == "8bit", BLOCK=1024)
 ptx = compile_for_h100(adam._adam_step_kernel, signature, {**constexprs, "ALGORITHM": adam.ADAM.value})
 for algorithm in (adam.ADABELIEF, adam.RADAM, adam.ADABOUND):
     compile_for_h100(adam._adam_step_kernel, signature, {**constexprs, "ALGORITHM": algorithm.value})
@@ -88,8 +90,14 @@ print(ptx.count("ld.global.v4"))
 
 @pytest.mark.parametrize(
     "dtype, mode",
-    [("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "master"), ("bfloat16", "rounding")],
-    ids=["fp32", "bf16", "bf16-master", "bf16-rounding-bf16-states"],
+    [
+        ("float32", "plain"),
+        ("bfloat16", "plain"),
+        ("bfloat16", "master"),
+        ("bfloat16", "rounding"),
+        ("float32", "8bit"),
+    ],
+    ids=["fp32", "bf16", "bf16-master", "bf16-rounding-bf16-states", "fp32-8bit-states"],
 )
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
 def test_kernels_compile_for_h100_and_aligned_steps_use_vector_accesses(dtype, mode, aligned):

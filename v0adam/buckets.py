@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from v0adam import quantization
 from v0adam.fixed_address import fixed_address
 from v0adam.graph_capture import hold_if_capturing, upload
 from v0adam.sharding import is_dtensor, like_param, local
@@ -35,14 +36,19 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 @dataclass(frozen=True)
 class Precision:
     """How 16-bit params are stepped: an fp32 master copy, or stochastic rounding on store (else round to nearest
-    even); and the dtype of the moments (float32 unless asked; float64 for float64 params)."""
+    even); and the dtype of the moments (float32 unless asked; float64 for float64 params; torch.uint8 for 8-bit
+    blockwise-quantized moments, whatever the params)."""
 
     master_weights: bool = False
     stochastic_rounding: bool = False
     state_dtype: torch.dtype | None = None
 
+    @property
+    def quantized(self) -> bool:
+        return self.state_dtype == torch.uint8
+
     def state_dtype_for(self, param_dtype: torch.dtype) -> torch.dtype:
-        if param_dtype == torch.float64:
+        if param_dtype == torch.float64 and not self.quantized:
             return torch.float64
         return self.state_dtype or torch.float32
 
@@ -53,11 +59,15 @@ class Precision:
 
 # Slots start at multiples of 64 elements: every slot then satisfies the kernel's alignment promise (16 bytes,
 # 8 elements) for every dtype, and the padding (zeros, never read by autograd) is safe to update with its slot.
+# With 8-bit states at multiples of a quantization block, so that no block straddles two params.
 SLOT_ALIGN = 64
+# The moments, and whether their 8-bit code map is signed.
+MOMENTS = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
+SCALES_SUFFIX = "_absmax"  # the state key of an 8-bit moment's block scales: "exp_avg" + SCALES_SUFFIX
 
 
-def _padded(numel: int) -> int:
-    return -(-numel // SLOT_ALIGN) * SLOT_ALIGN
+def _padded(numel: int, align: int) -> int:
+    return -(-numel // align) * align
 
 
 class ParamMoved(RuntimeError):
@@ -125,11 +135,13 @@ class FlatBucket:
         self.rehomed = not any(map(is_dtensor, self.params))
         self.flat_grads = flat_grads and self.rehomed
         self.local_shapes = [local(param).shape for param in self.params]
+        self.quantized = precision.quantized
+        self.slot_align = quantization.QBLOCK if self.quantized else SLOT_ALIGN
         self.offsets = []
         total = 0
         for shape in self.local_shapes:
             self.offsets.append(total)
-            total += _padded(shape.numel())
+            total += _padded(shape.numel(), self.slot_align)
         self.total = total
         self.flat_param = self.flat_grad = None
         if self.rehomed:
@@ -140,6 +152,11 @@ class FlatBucket:
         self.exp_avg = fixed_address(torch.zeros(total, dtype=self.state_dtype, device=device))
         self.exp_avg_sq = fixed_address(torch.zeros(total, dtype=self.state_dtype, device=device))
         self.max_exp_avg_sq = None
+        # 8-bit moments: one float32 scale per quantization block, a row per moment (rows as MOMENTS). Codes and
+        # scales of 0 read back as 0.
+        self.scales = None
+        if self.quantized:
+            self.scales = fixed_address(torch.zeros(3, total // quantization.QBLOCK, device=device))
         # An fp32 copy of 16-bit params, the value the optimizer updates; the params are its rounding.
         self.master = None
         if precision.master_weights and dtype in LOW_PRECISION:
@@ -217,6 +234,39 @@ class FlatBucket:
             self.max_exp_avg_sq = fixed_address(torch.zeros_like(self.exp_avg_sq))
             self._state_slices.clear()
 
+    def moment(self, name: str) -> torch.Tensor:
+        """The flat buffer of a moment ("exp_avg", "exp_avg_sq" or "max_exp_avg_sq")."""
+        return getattr(self, name)
+
+    def scale_slot(self, name: str, index: int) -> torch.Tensor:
+        """The block scales of an 8-bit moment's slot for param `index`."""
+        first = self.offsets[index] // quantization.QBLOCK
+        blocks = quantization.num_blocks(self.local_shapes[index].numel())
+        return self.scales[list(MOMENTS).index(name), first : first + blocks]
+
+    def segment_scales(self, segment: Segment) -> torch.Tensor:
+        """The block scales [3, blocks] of a segment's 8-bit states (it starts at a block, see SLOT_ALIGN)."""
+        first = segment.state_offset // quantization.QBLOCK
+        return self.scales[:, first : first + quantization.num_blocks(segment.param.numel())]
+
+    def write_moment(self, name: str, index: int, values: torch.Tensor) -> None:
+        """Store `values` (shaped as the param's local part, any float dtype) as the moment of param `index`:
+        quantized for 8-bit states, else rounded into the state dtype."""
+        target = self.slot(self.moment(name), index)
+        if self.quantized:
+            codes, scales = quantization.quantize(values, MOMENTS[name])
+            target.copy_(codes)
+            self.scale_slot(name, index).copy_(scales)
+        else:
+            target.copy_(values)
+
+    def read_moment(self, name: str, index: int) -> torch.Tensor:
+        """The moment of param `index` as float values (float32 for 8-bit states), shaped as its local part."""
+        codes = self.slot(self.moment(name), index)
+        if not self.quantized:
+            return codes
+        return quantization.dequantize(codes, self.scale_slot(name, index), MOMENTS[name])
+
     def states_of(self, segment: Segment, amsgrad: bool) -> tuple:
         """exp_avg, exp_avg_sq, max_exp_avg_sq (None without amsgrad) and the master (None without one) of a
         segment, shaped as its param; made once per slot, since a step of many small params would spend more on
@@ -243,6 +293,8 @@ class FlatBucket:
         state = {"step": self.steps[index]}
         for key, buffer in buffers.items():
             state[key] = like_param(self.params[index], self.slot(buffer, index))
+            if self.quantized and key in MOMENTS:
+                state[key + SCALES_SUFFIX] = self.scale_slot(key, index)
         return state
 
     def zero_grad(self, set_to_none: bool) -> None:
@@ -368,7 +420,7 @@ class FlatBucket:
             home = self._is_home(index)
             offset = self.offsets[index]
             if home:
-                end = offset + _padded(param.numel())
+                end = offset + _padded(param.numel(), self.slot_align)
                 last = segments[-1] if segments else None
                 if (
                     previous_home

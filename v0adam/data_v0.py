@@ -84,16 +84,16 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
             sigma = v0.resolve_scale(v0.DATA, group["v0_scale"] if scale is None else scale)
             grad_sum, grad_sum_sq = (bucket.slot(buffer, index) for buffer in sums[bucket])
             _finalise_(grad_sum, grad_sum_sq, counts[bucket][index], mean_batch_size, sigma)
-            if sums[bucket][1] is not bucket.exp_avg_sq:  # bfloat16 states: the sums were float32 temporaries
-                bucket.slot(bucket.exp_avg_sq, index).copy_(grad_sum_sq)
-                bucket.slot(bucket.exp_avg, index).zero_()
+            if sums[bucket][1] is not bucket.exp_avg_sq:  # the sums were float32 temporaries
+                bucket.write_moment("exp_avg_sq", index, grad_sum_sq)
+                bucket.write_moment("exp_avg", index, grad_sum)  # zeroed by _finalise_
     return seen
 
 
 def _sum_buffers(bucket, data_groups):
     """Where the sums of g and g^2 accumulate: the bucket's own exp_avg and exp_avg_sq (their data-group slots
-    zeroed), or float32 temporaries when the states are bfloat16."""
-    if bucket.state_dtype == torch.bfloat16:
+    zeroed), or float32 temporaries when the states are bfloat16 or 8-bit."""
+    if bucket.state_dtype in (torch.bfloat16, torch.uint8):
         return torch.zeros(bucket.total, device=bucket.device), torch.zeros(bucket.total, device=bucket.device)
     for index in _data_params(bucket, data_groups):
         bucket.slot(bucket.exp_avg, index).zero_()

@@ -14,7 +14,7 @@ from v0adam import v0 as v0_modes
 from v0adam.buckets import BucketWork, FlatBucket, ParamMoved, Precision
 from v0adam.fixed_address import fixed_address
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
-from v0adam.sharding import is_dtensor, local, local_part
+from v0adam.sharding import is_dtensor, local_part
 from v0adam.state_io import TorchLayoutStates
 from v0adam.state_table import StateTable
 
@@ -108,7 +108,10 @@ class V0Adam(TorchLayoutStates, Optimizer):
             updates it and stores the param as its rounding to nearest even. No effect on float32 params.
         stochastic_rounding: without a master copy, round updated bfloat16 params stochastically (unbiased,
             counter-based, reproducible) instead of to nearest even.
-        state_dtype: dtype of exp_avg / exp_avg_sq (and v0): torch.float32 (default) or torch.bfloat16.
+        state_dtype: dtype of exp_avg / exp_avg_sq / max_exp_avg_sq (and v0): torch.float32 (default),
+            torch.bfloat16, or torch.uint8 for 8-bit states: each moment quantized in blocks of 256 elements, one
+            float32 scale per block (state keys "exp_avg_absmax", ...) and a byte per element, read and written
+            by the same single launch (README, "8-bit states").
         flat_grads: keep every grad as a view of one flat grad buffer per bucket, allocated for good: autograd
             accumulates into it and ``zero_grad`` zeroes it with one memset whatever ``set_to_none`` says, so a
             param that gets no gradient is stepped with a zero one (torch's ``zero_grad(set_to_none=False)``).
@@ -162,8 +165,10 @@ class V0Adam(TorchLayoutStates, Optimizer):
             raise ValueError("V0Adam does not support differentiable=True: its step is a kernel, not autograd ops")
         if backend not in BACKENDS:
             raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
-        if state_dtype not in (None, torch.float32, torch.bfloat16):
-            raise ValueError(f"Invalid state_dtype: {state_dtype}; expected None, torch.float32 or torch.bfloat16")
+        if state_dtype not in (None, torch.float32, torch.bfloat16, torch.uint8):
+            raise ValueError(
+                f"Invalid state_dtype: {state_dtype}; expected None, torch.float32, torch.bfloat16 or torch.uint8"
+            )
         if master_weights and stochastic_rounding:
             raise ValueError("master_weights and stochastic_rounding exclude each other: the master is never rounded")
         defaults = dict(
@@ -368,7 +373,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
                         value.copy_(old_state[key])
                 bucket.set_step_history(index, old_bucket.step_history[old_index])
             else:
-                self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, param_indices[param])
+                self._initialise_v0(bucket, index, param_indices[param])
             self._publish(param, state)
         return bucket
 
@@ -380,6 +385,11 @@ class V0Adam(TorchLayoutStates, Optimizer):
                 if self.precision.stochastic_rounding and param.dtype == torch.float16:
                     raise ValueError(
                         "stochastic_rounding supports bfloat16 params; use master_weights=True for float16"
+                    )
+                if self.precision.quantized and is_dtensor(param):
+                    raise ValueError(
+                        "8-bit states (state_dtype=torch.uint8) do not support DTensor (FSDP2) params yet: a "
+                        "quantization block must not straddle two shards"
                     )
                 self._backend_for(param.device, param.dtype)
 
@@ -428,8 +438,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
             for index, param in enumerate(bucket.params):
                 group_index = bucket.groups[index]
                 if self.param_groups[group_index]["v0"] == v0_modes.RANDOM:
-                    exp_avg_sq = self._published[param]["exp_avg_sq"]
-                    self._initialise_v0(bucket, param, exp_avg_sq, group_index, self._param_indices[param])
+                    self._initialise_v0(bucket, index, self._param_indices[param])
 
     def set_partition_group(self, process_group=None) -> None:
         """Declare this optimizer one rank's share of a model whose params are partitioned over `process_group`
@@ -445,10 +454,13 @@ class V0Adam(TorchLayoutStates, Optimizer):
             raise ValueError("set_partition_group: this rank is not a member of process_group")
         self._partition_group = process_group
 
-    def _initialise_v0(self, bucket, param, exp_avg_sq, group_index: int, param_index: int) -> None:
-        """exp_avg_sq of a param with no state yet starts at its group's v0 ("data" waits for its data pass)."""
-        group = self.param_groups[group_index]
-        exp_avg_sq = local(exp_avg_sq)
+    def _initialise_v0(self, bucket, index: int, param_index: int) -> None:
+        """exp_avg_sq of the bucket's param `index`, which has no state yet, starts at its group's v0 ("data" waits
+        for its data pass); 8-bit states get it drawn in float32 and quantized."""
+        param, group = bucket.params[index], self.param_groups[bucket.groups[index]]
+        exp_avg_sq = bucket.slot(bucket.exp_avg_sq, index)
+        if bucket.quantized:
+            exp_avg_sq = torch.empty(exp_avg_sq.shape, dtype=torch.float32, device=bucket.device)
         if param in self._pending_v0:
             exp_avg_sq.copy_(local_part(param, self._pending_v0.pop(param)))
         elif group["v0"] == v0_modes.RANDOM:
@@ -463,6 +475,8 @@ class V0Adam(TorchLayoutStates, Optimizer):
             )
         else:
             exp_avg_sq.zero_()
+        if bucket.quantized:
+            bucket.write_moment("exp_avg_sq", index, exp_avg_sq)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch's: every grad set to None (the default), so that the next backward hands each param a fresh

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from v0adam import quantization
+
 
 def _gradient(param, grad, *, lr, weight_decay, decoupled_weight_decay, maximize, grad_scale=None):
     """The gradient the moments see: unscaled, negated for maximize, plus L2 decay; decoupled decay is applied to
@@ -145,3 +147,23 @@ def adabound_step_reference(
     bound = final_lr * lr / base_lr
     lower, upper = bound * (1 - 1 / (gamma * step + 1)), bound * (1 + 1 / (gamma * step))
     param.sub_((step_size / (v.sqrt() + eps)).clamp(lower, upper) * exp_avg)
+
+
+def quantized_step_reference(step_reference, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, **hyperparameters):
+    """`step_reference` (one of the above) on 8-bit states (`v0adam.quantization`): each moment a pair (uint8
+    codes shaped as the param, float32 block scales), or None for max_exp_avg_sq without AMSGrad. The moments are
+    dequantized into float32, stepped, and quantized back in place with fresh scales; the update itself uses the
+    float32 moments of this step."""
+    pairs = {"exp_avg": (exp_avg, True), "exp_avg_sq": (exp_avg_sq, False), "max_exp_avg_sq": (max_exp_avg_sq, False)}
+    moments = {
+        name: None if pair is None else quantization.dequantize(*pair, signed) for name, (pair, signed) in pairs.items()
+    }
+    if step_reference is radam_step_reference:  # RAdam keeps no max
+        del moments["max_exp_avg_sq"]
+    step_reference(param, grad, *moments.values(), step, **hyperparameters)
+    for name, values in moments.items():
+        pair, signed = pairs[name]
+        if pair is not None:
+            codes, scales = quantization.quantize(values, signed)
+            pair[0].copy_(codes)
+            pair[1].copy_(scales)

@@ -7,6 +7,8 @@ from itertools import chain
 
 import torch
 
+from v0adam import quantization
+from v0adam.buckets import MOMENTS, SCALES_SUFFIX
 from v0adam.sharding import local, local_part
 from v0adam.state_table import ParamState
 
@@ -23,7 +25,9 @@ class TorchLayoutStates:
         entries of the state that belong to no param as torch's.
 
         Every size and shape is checked before anything is written. States are kept in float32 whatever the
-        param dtype, so a 16-bit model loses no state precision on load.
+        param dtype, so a 16-bit model loses no state precision on load. 8-bit states (codes and block scales)
+        load as they are into an optimizer with 8-bit states and are dequantized into any other; float states are
+        quantized into 8-bit ones.
         """
         state_dict = state_dict.copy()  # shallow, as torch's: a pre-hook may replace its entries
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -126,7 +130,8 @@ class TorchLayoutStates:
 
     def _checked_states(self, states: dict) -> dict:
         """`states` (param -> values) checked against their params before anything is written, each value this
-        rank's part (a DTensor param's shard; a layout mismatch raises here)."""
+        rank's part (a DTensor param's shard; a layout mismatch raises here). 8-bit moments come out dequantized
+        unless this optimizer's states are 8-bit too."""
         for param, values in states.items():
             for key in STATE_KEYS:
                 if key in values and tuple(values[key].shape) != tuple(param.shape):
@@ -136,6 +141,9 @@ class TorchLayoutStates:
                     )
             if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
                 raise ValueError("loaded state 'step' must be a single number")
+            _check_scales(param, values)
+        if not self.precision.quantized:
+            states = {param: _dequantized(values) for param, values in states.items()}
         return {
             param: {
                 key: local_part(param, torch.as_tensor(value)) if key in STATE_KEYS else value
@@ -156,15 +164,18 @@ class TorchLayoutStates:
                 state = bucket.state_views(index, amsgrad)
                 values = states.get(param, {})
                 for key, view in state.items():
-                    if key in values:
+                    if key.endswith(SCALES_SUFFIX) and key.removesuffix(SCALES_SUFFIX) in values:
+                        continue  # written with its moment
+                    if key in values and bucket.quantized and key in MOMENTS:
+                        _write_8bit(bucket, index, key, values)
+                    elif key in values:
                         local(view).copy_(torch.as_tensor(values[key]))
                     else:
-                        local(view).zero_()
+                        local(view).zero_()  # 8-bit codes and scales of 0 read back as 0 too
                 if "master_param" in state and "master_param" not in values:  # a checkpoint without masters
                     local(state["master_param"]).copy_(local(param.detach()))
                 if "exp_avg_sq" not in values:
-                    group_index = bucket.groups[index]
-                    self._initialise_v0(bucket, param, state["exp_avg_sq"], group_index, self._param_indices[param])
+                    self._initialise_v0(bucket, index, self._param_indices[param])
                 bucket.set_step_history(index, hash(("loaded", float(state["step"]))))
                 extras = {key: value for key, value in values.items() if key not in state}
                 self._publish(param, state, extras)
@@ -193,3 +204,48 @@ class TorchLayoutStates:
         for param, entry in kept.items():  # republished: the entry may be a copy that does not report edits
             published = self._published[param]
             self._publish(param, published, {key: value for key, value in entry.items() if key not in published})
+
+
+def dequantized_state_dict(state_dict: dict) -> dict:
+    """A copy of an optimizer state_dict with every 8-bit moment turned into float32 values (and its block scales
+    dropped): what torch.optim.Adam(W), or a V0Adam with float states, loads. Needs no optimizer and no model, so
+    it converts a saved checkpoint as well. Tensors other than the 8-bit moments are shared, not copied."""
+    states = state_dict["state"]
+    return {
+        **state_dict,
+        "state": {key: _dequantized(values) if isinstance(values, dict) else values for key, values in states.items()},
+    }
+
+
+def _check_scales(param, values: dict) -> None:
+    """An 8-bit moment (uint8 codes) comes with its block scales, one float per quantization block."""
+    for key in MOMENTS:
+        if key not in values or torch.as_tensor(values[key]).dtype != torch.uint8:
+            continue
+        scales = values.get(key + SCALES_SUFFIX)
+        expected = (quantization.num_blocks(param.numel()),)
+        if scales is None or tuple(scales.shape) != expected or not scales.is_floating_point():
+            raise ValueError(
+                f"loaded 8-bit state '{key}' needs '{key}{SCALES_SUFFIX}', floats of shape {expected} (one scale per "
+                f"{quantization.QBLOCK} elements)"
+            )
+
+
+def _dequantized(values: dict) -> dict:
+    """`values` with every 8-bit moment replaced by its float32 values, and its scales dropped."""
+    values = dict(values)
+    for key, signed in MOMENTS.items():
+        if key in values and torch.as_tensor(values[key]).dtype == torch.uint8:
+            scales = values.pop(key + SCALES_SUFFIX)
+            values[key] = quantization.dequantize(values[key], scales.to(torch.float32), signed)
+    return values
+
+
+def _write_8bit(bucket, index: int, key: str, values: dict) -> None:
+    """Write a loaded moment into an 8-bit slot: codes and scales as they are, float values quantized."""
+    loaded = torch.as_tensor(values[key])
+    if loaded.dtype == torch.uint8:
+        local(bucket.slot(bucket.moment(key), index)).copy_(loaded)
+        bucket.scale_slot(key, index).copy_(values[key + SCALES_SUFFIX])
+    else:
+        bucket.write_moment(key, index, loaded)

@@ -5,13 +5,17 @@ instead of a few per tensor. Segments whose params have the states' dtype (float
 own fused Adam kernel (`torch._fused_adam_`, CPU and CUDA since torch 2.4) in one call per param group, a
 GradScaler's scale or a clip coefficient included: that kernel divides the grads by it and writes them back, so
 that after the step the grads are unscaled and clipped, as torch's own loop leaves them. 16-bit params and the
-rest of the family take plain tensor ops in the states' dtype. The found-inf flag and the step counters are read
+rest of the family take plain tensor ops in the states' dtype; 8-bit states are dequantized into float32 for
+them and quantized back (`v0adam.quantization`). The found-inf flag and the step counters are read
 on the host: free on CPU, one synchronisation per bucket if this backend is forced onto a GPU.
 """
 
 import math
 
 import torch
+
+from v0adam import quantization
+from v0adam.buckets import MOMENTS
 
 
 def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
@@ -38,7 +42,27 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
                 generator = torch.Generator(bucket.device).manual_seed(
                     hash((rounding_seed, int(step), segment.state_offset)) % 2**63
                 )
-            _update_(segment.param, segment.grad, state, step, group, grad_scale, algorithm, master, generator)
+            if bucket.quantized:
+                _update_8bit_(bucket, segment, state, step, group, grad_scale, algorithm, master, generator)
+            else:
+                _update_(segment.param, segment.grad, state, step, group, grad_scale, algorithm, master, generator)
+
+
+def _update_8bit_(bucket, segment, codes, step, group, grad_scale, algorithm, master, generator) -> None:
+    """`_update_` on 8-bit moments (`codes`: uint8 views, None for a moment not kept): dequantized into float32,
+    stepped, quantized back with fresh block scales."""
+    scales = bucket.segment_scales(segment)
+    signs = MOMENTS.values()
+    moments = [
+        None if row_codes is None else quantization.dequantize(row_codes, row_scales, signed)
+        for row_codes, row_scales, signed in zip(codes, scales, signs)
+    ]
+    _update_(segment.param, segment.grad, moments, step, group, grad_scale, algorithm, master, generator)
+    for row_codes, row_scales, signed, values in zip(codes, scales, signs, moments):
+        if row_codes is not None:
+            new_codes, new_scales = quantization.quantize(values, signed)
+            row_codes.copy_(new_codes)
+            row_scales.copy_(new_scales)
 
 
 def _plan(bucket, work, param_groups) -> list:

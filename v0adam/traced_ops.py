@@ -53,7 +53,7 @@ def _table_of(params: list[torch.Tensor], grads: list[torch.Tensor], flat_layout
 # The op takes the params and grads, not the flat buffers they view: torch.compile (2.13) returns wrong outputs
 # or fails for a custom op that takes those buffers while the views are graph inputs.
 @torch.library.custom_op(
-    "v0adam::adam_step_", mutates_args=("params", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master")
+    "v0adam::adam_step_", mutates_args=("params", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master", "scales")
 )
 def _adam_step_op(
     params: list[torch.Tensor],
@@ -67,6 +67,7 @@ def _adam_step_op(
     grad_scale: torch.Tensor | None,
     found_inf: torch.Tensor | None,
     rounding_seed: torch.Tensor | None,
+    scales: torch.Tensor | None,
     flat_layout: list[int],
     algorithm: str,
 ) -> None:
@@ -84,6 +85,7 @@ def _adam_step_op(
         grad_scale=grad_scale,
         found_inf=found_inf,
         rounding_seed=rounding_seed,
+        scales=scales,
         algorithm=algorithm,
     )
 
@@ -135,6 +137,7 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
             grad_scale,
             found_inf,
             rounding_seed,
+            bucket.scales,
             launch_layout,
             algorithm,
         )

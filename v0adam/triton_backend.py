@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from v0adam import quantization
 from v0adam.fixed_address import fixed_address
 from v0adam.graph_capture import hold_if_capturing, upload, upload_into
 from v0adam.kernels import adam as adam_kernel
@@ -94,13 +95,17 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
         grad_scale=grad_scale,
         found_inf=found_inf,
         rounding_seed=rounding_seed,
+        scales=bucket.scales,
         algorithm=algorithm,
     )
 
 
 def launch_step(table: SegmentTable, hyper, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
-    """The kernel launch over `table` with this backend's block size and warps; `options` as `adam_step`'s."""
+    """The kernel launch over `table` with this backend's block size and warps; `options` as `adam_step`'s, the
+    code table added for 8-bit states (`scales` given)."""
     hold_table_if_capturing(table)
+    if options.get("scales") is not None:
+        options["code_table"] = quantization.code_table(table.device)
     adam_kernel.adam_step(
         table.segments,
         table.block_segment,
