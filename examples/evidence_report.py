@@ -98,6 +98,87 @@ def _write_csv(runs, results, path: Path) -> None:
                 )
 
 
+def best_lrs(sweep_csv: Path, lrs) -> dict:
+    """{method: its best lr} from the raw CSV a sweep wrote (as its "at its best learning rate" table says)."""
+    curves = defaultdict(list)
+    with sweep_csv.open(newline="") as file:
+        for row in csv.DictReader(file):
+            if row["experiment"] == "sweep":
+                curves[row["method"], float(row["lr"]), row["seed"]].append(float(row["loss"]))
+    table = defaultdict(Cell)
+    for (method, lr, _), losses in curves.items():
+        table["sweep", method, lr].add(dict(losses=losses, fade=None))
+    methods = dict.fromkeys(method for method, _, _ in curves)
+    return {method: _best(table, method, lrs)[0] for method in methods}
+
+
+def write_long(runs, results, config, label: str, out: Path, seconds: float) -> None:
+    """The long runs' table, raw CSV and loss curves (files evidence_<label>_long.*)."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = cells(runs, results)
+    _write_csv(runs, results, out / f"evidence_{label}_long.csv")
+    shares = defaultdict(list)
+    for run, result in zip(runs, results):
+        if "v0_share" in result:
+            shares[run.method.name].append(result["v0_share"])
+    size, methods = config.size, _methods(runs, "long")
+    lines = [
+        f"The testbed of `evidence_{label}.md` ({size.layers} layers, dim {size.dim}), each method at its best "
+        f"learning rate in that sweep, {config.long_steps} steps (cosine decay to 10% over them, warmup where named "
+        f"over the first 10%), seeds 0–{config.seeds - 1}. {seconds / 60:.0f} min in all.",
+        "",
+        f"| method | lr | loss at step {config.steps} | final loss | against AdamW + warmup | v0 fades at step "
+        "(predicted) | v0's share of v at the end (measured) |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    reference = next(table["long", methods[0], run.lr] for run in runs if run.method.name == methods[0])
+    for method in methods:
+        lr = next(run.lr for run in runs if run.method.name == method)
+        cell = table["long", method, lr]
+        at_sweep_length = statistics.mean(
+            statistics.mean(curve[config.steps - TAIL : config.steps]) for curve in cell.curves
+        )
+        versus = compare(cell, reference) if method != methods[0] else "—"
+        share = f"{statistics.mean(shares[method]):.3f}" if shares[method] else "—"
+        lines.append(
+            f"| {method} | {lr:g} | {at_sweep_length:.3f} | {cell.text()} | {versus} | "
+            f"{_fade(table, 'long', method, [lr])} | {share} |"
+        )
+    lines += [
+        "",
+        f"loss at step {config.steps}: the mean of steps {config.steps - TAIL + 1}–{config.steps} of these runs (their "
+        "learning rate is still high there; the sweep's runs had decayed by then). v0's share of v: the median over "
+        "the model's elements of β₂ᵗ · v0 / v_t after the last step, mean over seeds.",
+    ]
+    (out / f"evidence_{label}_long.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot_long(table, runs, methods, label, out)
+
+
+def _plot_long(table, runs, methods, label: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    window = 50
+    for method in methods:
+        lr = next(run.lr for run in runs if run.method.name == method)
+        curves = table["long", method, lr].curves
+        mean = [statistics.mean(step) for step in zip(*curves)]
+        smoothed = [statistics.mean(mean[max(0, i - window) : i + 1]) for i in range(len(mean))]
+        axes.plot(range(1, len(mean) + 1), smoothed, label=f"{method} (lr {lr:g})")
+    axes.set_xlabel("step")
+    axes.set_ylabel(f"training loss (mean over seeds, running mean of {window})")
+    axes.set_ylim(top=3.3)
+    axes.set_title("each method at its best learning rate, long runs")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / f"evidence_{label}_long.png", dpi=110)
+    plt.close(figure)
+
+
 def _methods(runs, experiment: str) -> list:
     return list(dict.fromkeys(run.method.name for run in runs if run.experiment == experiment))
 

@@ -7,6 +7,8 @@ initial weights for every method:
              (v0adam's former default) and at sigma 1, V0AdamW data}, no warmup for the V0AdamW runs
   sigma      V0AdamW random at sigma 1, 10, 100, 1000 at two learning rates (the paper's flat-sigma claim)
   finetune   a model pre-trained on Python source, fine-tuned on English text by each method
+  long       (--long, after the sweep) each method at its best learning rate in the sweep, for long enough that
+             v0 fades in the data mode; the share v0 still holds of the second moment at the end is measured
 
 Every run follows a cosine decay to a tenth of its learning rate; the warmup, where there is one, is linear over
 the first 10% of the steps. Writes the raw losses (CSV), the tables (markdown) and the plots (PNG) to --out.
@@ -14,6 +16,7 @@ the first 10% of the steps. Writes the raw losses (CSV), the tables (markdown) a
     python examples/warmup_free.py                 # the full CPU sweep (make evidence), under an hour on 2 cores
     python examples/warmup_free.py --quick         # one seed, two learning rates, a few minutes
     python examples/warmup_free.py --device cuda   # the GPU-sized configuration, within 5 minutes
+    python examples/warmup_free.py --long          # the long runs, from the sweep's results in --out
 """
 
 import argparse
@@ -67,6 +70,7 @@ class Config:
     pretrain_steps: int
     finetune_lr: float
     finetune_steps: int
+    long_steps: int
 
 
 CONFIGS = {
@@ -80,6 +84,7 @@ CONFIGS = {
         pretrain_steps=400,
         finetune_lr=1e-3,
         finetune_steps=200,
+        long_steps=2500,
     ),
     "cuda": Config(
         size=testbed.Size(dim=256, layers=8, heads=8, context=128, batch=32),
@@ -91,14 +96,17 @@ CONFIGS = {
         pretrain_steps=400,
         finetune_lr=1e-3,
         finetune_steps=200,
+        long_steps=1200,
     ),
 }
-QUICK = dict(steps=150, lrs=(3e-3, 3e-2), seeds=1, sigma_lrs=(3e-2,), pretrain_steps=150, finetune_steps=80)
+QUICK = dict(
+    steps=150, lrs=(3e-3, 3e-2), seeds=1, sigma_lrs=(3e-2,), pretrain_steps=150, finetune_steps=80, long_steps=300
+)
 
 
 @dataclass(frozen=True)
 class Run:
-    experiment: str  # "sweep", "sigma", "finetune" or "pretrain"
+    experiment: str  # "sweep", "sigma", "finetune", "pretrain" or "long"
     method: Method
     lr: float
     seed: int
@@ -132,7 +140,7 @@ def make_optimizer(method: Method, model, lr: float, v0_data, size: testbed.Size
 def train(run: Run, config: Config, device: str, pretrained=None) -> dict:
     """One run: its loss at every step (NaN after a divergence stops it), the median over params of the step at
     which v0 stops dominating the second moment in params holding half the elements (`v0adam.v0_fade_steps`, from
-    the first batch), its time."""
+    the first batch), its time; for a long run with a v0, the share v0 holds of the second moment at the end."""
     torch.manual_seed(run.seed)
     model = testbed.PostNormLM(config.size).to(device)
     finetuning = run.experiment == "finetune"
@@ -143,7 +151,7 @@ def train(run: Run, config: Config, device: str, pretrained=None) -> dict:
     v0_data = testbed.batches(corpus, config.size, run.seed + 1000, device)  # training batches stay the same
     opt = make_optimizer(run.method, model, run.lr, v0_data, config.size)
     lr_schedule = schedule(opt, run.steps, run.method.warmup)
-    loss_fn, losses, fade = testbed.lm_loss(model), [], None
+    loss_fn, losses, fade, v0 = testbed.lm_loss(model), [], None, None
     start = time.perf_counter()
     for step in range(run.steps):
         opt.zero_grad()
@@ -151,6 +159,7 @@ def train(run: Run, config: Config, device: str, pretrained=None) -> dict:
         loss.backward()
         if step == 0 and run.method.v0 is not None:
             fade = weighted_median(v0adam.v0_fade_steps(opt))
+            v0 = {param: state["exp_avg_sq"].clone() for param, state in opt.state.items()}
         opt.step()
         lr_schedule.step()
         losses.append(loss.item())
@@ -158,6 +167,8 @@ def train(run: Run, config: Config, device: str, pretrained=None) -> dict:
             losses += [math.nan] * (run.steps - len(losses))
             break
     result = dict(losses=losses, fade=fade, seconds=time.perf_counter() - start)
+    if run.experiment == "long" and v0 is not None:
+        result["v0_share"] = v0_share(opt, v0)
     if run.experiment == "pretrain":
         result["weights"] = {name: value.cpu() for name, value in model.state_dict().items()}
     return result
@@ -171,6 +182,17 @@ def weighted_median(fade_steps: dict) -> float:
         seen += param.numel()
         if seen >= half:
             return steps
+
+
+@torch.no_grad()
+def v0_share(opt, v0: dict) -> float:
+    """The median over the model's elements of the share v0 still holds of Adam's second moment: β₂ᵗ · v0 / v_t
+    (the bias corrections cancel), measured on the optimizer's own states (one param group here)."""
+    beta2, shares = float(opt.param_groups[0]["betas"][1]), []
+    for param, state in opt.state.items():
+        decayed = v0[param] * beta2 ** float(state["step"])
+        shares.append((decayed / state["exp_avg_sq"].clamp_min(torch.finfo(torch.float32).tiny)).flatten())
+    return torch.cat(shares).clamp_max(1.0).median().item()
 
 
 def plan(config: Config) -> list[Run]:
@@ -228,11 +250,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="one seed, two learning rates, short runs")
+    parser.add_argument("--long", action="store_true", help="the long runs, at the best lrs of the sweep in --out")
     parser.add_argument("--out", type=Path, default=Path("examples/results"))
     args = parser.parse_args()
     config = replace(CONFIGS[args.device], **QUICK) if args.quick else CONFIGS[args.device]
     label = f"{args.device}-quick" if args.quick else args.device
     start = time.perf_counter()
+    if args.long:
+        best_lrs = evidence_report.best_lrs(args.out / f"evidence_{label}.csv", config.lrs)
+        runs = [
+            Run("long", method, best_lrs[method.name], seed, config.long_steps)
+            for seed in range(config.seeds)
+            for method in METHODS
+        ]
+        results = run_all(runs, config, args.device)
+        evidence_report.write_long(runs, results, config, label, args.out, time.perf_counter() - start)
+        return
 
     runs = plan(config)
     results = run_all(runs, config, args.device)

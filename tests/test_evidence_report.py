@@ -48,3 +48,29 @@ def test_the_report_marks_divergences_stalls_and_ties(tmp_path):
     csv_rows = (tmp_path / "evidence_test.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + sum(run.steps for run in runs)
     assert (tmp_path / "evidence_test.png").stat().st_size > 0
+
+
+def test_the_long_runs_start_from_the_sweeps_best_lrs_and_report_v0s_measured_share(tmp_path):
+    runs = warmup_free.plan(CONFIG)
+    runs += [warmup_free.Run("finetune", method, CONFIG.finetune_lr, 0, 30) for method in warmup_free.METHODS]
+    results = [dict(losses=made_up_losses(run), fade=None) for run in runs]
+    evidence_report.write(runs, results, CONFIG, "test", tmp_path, seconds=60, stall_loss=STALL)
+    best = evidence_report.best_lrs(tmp_path / "evidence_test.csv", CONFIG.lrs)
+    assert best["AdamW, no warmup"] == 1e-3  # it diverged at 1e-2
+    assert best["V0AdamW random σ=100"] == 1e-2  # it stalled at 1e-3, a higher loss
+    config = replace(CONFIG, long_steps=40)
+    long_runs = [
+        warmup_free.Run("long", method, best[method.name], seed, 40)
+        for seed in range(2)
+        for method in warmup_free.METHODS
+    ]
+    long_results = [
+        dict(losses=made_up_losses(run), fade=None if run.method.v0 is None else 1000.0)
+        | ({} if run.method.v0 is None else {"v0_share": 0.5 + 0.1 * run.seed})
+        for run in long_runs
+    ]
+    evidence_report.write_long(long_runs, long_results, config, "test", tmp_path, seconds=60)
+    rows = rows_of((tmp_path / "evidence_test_long.md").read_text())
+    assert rows["V0AdamW data"][1:] == ["0.001", "1.505", "1.505 ± 0.007", "better (-0.500)", "1,000", "0.550"]
+    assert rows["AdamW + warmup"][-2:] == ["—", "—"]
+    assert (tmp_path / "evidence_test_long.png").stat().st_size > 0

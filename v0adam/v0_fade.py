@@ -11,6 +11,9 @@ so v0's share of it, β₂ᵗ · v0 / (β₂ᵗ · v0 + (1 − β₂ᵗ) · s), 
 
 At β₂ = 0.999 a v0 a thousand times the squared gradients outweighs them for about 6,900 steps: an implicit
 warmup of that length, since the steps are shorter by up to sqrt(v̂ / s) meanwhile.
+
+Gradients usually shrink as a model learns, so v0 outweighs the later ones for longer than the first batch
+predicts: read the result as a lower bound (README, "v0: when it helps").
 """
 
 import math
