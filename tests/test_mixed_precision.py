@@ -1,5 +1,6 @@
 """16-bit training modes: an fp32 master copy, stochastic rounding, bfloat16 optimizer states."""
 
+import functools
 import io
 
 import pytest
@@ -108,7 +109,10 @@ class Regression(torch.nn.Module):
         return self.net(x.to(self.net[0].weight.dtype)).float().squeeze(1)
 
 
-def loss_curve(dtype, backend, **precision):
+@functools.cache  # each curve is deterministic, and several tests compare the same ones
+def loss_curve(dtype, backend, mode=None):
+    """The training losses of `Regression` in `dtype` with the precision option `mode` (a key of MODES)."""
+    precision = MODES[mode] if mode else {}
     torch.manual_seed(0)
     model = Regression().to(device=DEVICE, dtype=dtype)
     generator = torch.Generator().manual_seed(1)
@@ -144,7 +148,7 @@ def test_bfloat16_training_follows_the_fp32_loss_curve(backend, mode):
     to nearest 0.010, stochastic 0.007). Tolerance: every step after the tenth within 0.015 of the fp32 curve,
     under 3% of the starting loss, and the final loss within 50% of fp32's."""
     reference = loss_curve(torch.float32, backend)
-    curve = loss_curve(torch.bfloat16, backend, **MODES[mode])
+    curve = loss_curve(torch.bfloat16, backend, mode)
     assert reference[-1] < 0.1 * reference[0]
     assert (curve[10:] - reference[10:]).abs().max() < 0.015
     assert curve[-1] < 1.5 * reference[-1]
@@ -154,7 +158,7 @@ def test_bfloat16_training_follows_the_fp32_loss_curve(backend, mode):
 def test_master_weights_and_stochastic_rounding_beat_round_to_nearest(backend):
     """The reason both modes exist: updates smaller than half a bf16 spacing are not lost. Measured final losses:
     master 0.031, stochastic 0.034, round to nearest 0.039 (fp32 0.029)."""
-    final = {mode: loss_curve(torch.bfloat16, backend, **MODES[mode])[-1] for mode in MODES}
+    final = {mode: loss_curve(torch.bfloat16, backend, mode)[-1] for mode in MODES}
     assert final["master"] < final["round-to-nearest"]
     assert final["stochastic"] < final["round-to-nearest"]
 

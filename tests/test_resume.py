@@ -12,19 +12,27 @@ from conftest import BACKENDS
 WORKER = Path(__file__).with_name("resume_worker.py")
 
 
-def run_worker(backend, precision, phase, path):
-    result = subprocess.run(
-        [sys.executable, str(WORKER), backend, precision, phase, str(path)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def run_workers(backend, precision, *phases_and_paths):
+    """Run the worker once per (phase, path), all at once, each in a fresh process."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), backend, precision, phase, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for phase, path in phases_and_paths
+    ]
+    for worker in workers:
+        _, stderr = worker.communicate()
+        assert worker.returncode == 0, stderr[-3000:]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("precision", ["fp32", "bf16-stochastic"])
 def test_resume_in_a_fresh_process_is_bitwise_exact(backend, precision, tmp_path):
-    run_worker(backend, precision, "full", tmp_path / "full.pt")
-    run_worker(backend, precision, "first", tmp_path / "resumed.pt")
-    run_worker(backend, precision, "second", tmp_path / "resumed.pt")
+    run_workers(backend, precision, ("full", tmp_path / "full.pt"), ("first", tmp_path / "resumed.pt"))
+    run_workers(backend, precision, ("second", tmp_path / "resumed.pt"))
     full = torch.load(tmp_path / "full.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
     for key, value in full["model"].items():
