@@ -10,6 +10,10 @@ Scenarios (rank 0 saves a list of tensors to OUT):
       that full state dict into a third optimizer), train the remaining steps there; the params.
   fsdp-compiled: fsdp with clipping and step compiled by torch.compile(fullgraph=True, backend="aot_eager").
   fsdp-save, fsdp-resume: the two halves of fsdp-dcp as separate jobs (which may differ in world size).
+  fsdp-8bit: fsdp without the guard, with 8-bit states (quantization blocks per shard); the params.
+  fsdp-8bit-save, fsdp-8bit-resume: its first RESUME_AT steps, saved with torch.distributed.checkpoint (the
+      moments as float32 DTensors, checked against the codes they stand for), and the rest in a new job, whose
+      loaded codes are checked against the checkpoint's values quantized; the params.
   zero-resume: train RESUME_AT steps under ZeroRedundancyOptimizer, save its consolidated state_dict, load it into
       a fresh model and optimizer (ZeRO's load_state_dict assigns each rank's share into `optim.state`), train the
       remaining steps there; the params.
@@ -44,7 +48,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import v0adam
-from v0adam import zero
+from v0adam import quantization, zero
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,41 @@ def fsdp_checkpoint(job):
     return trained_params(model)
 
 
+def fsdp_8bit(job):
+    model, batches = model_and_data()
+    batches = local_batches(batches, job)
+    shard(model)
+    opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, state_dtype=torch.uint8, **TRAINING)
+    checkpoint = os.path.join(job.directory, "checkpoint-8bit")
+    params = dict(model.named_parameters())
+    if job.scenario == "fsdp-8bit":
+        train(model, opt, batches)
+        return trained_params(model)
+    if job.scenario == "fsdp-8bit-save":
+        train(model, opt, batches[:RESUME_AT])
+        saved = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+        for name, values in saved["optim"]["state"].items():
+            assert set(values) == {"step", "exp_avg", "exp_avg_sq"}, set(values)
+            for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+                state = opt.state[params[name]]
+                codes, scales = v0adam.sharding.local(state[key]), state[key + "_absmax"]
+                assert isinstance(values[key], DTensor) and values[key].dtype == torch.float32
+                assert torch.equal(values[key].to_local(), quantization.dequantize(codes, scales, signed))
+        dcp.save(saved, checkpoint_id=checkpoint)
+        return []
+    loaded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    dcp.load(loaded, checkpoint_id=checkpoint)
+    set_model_state_dict(model, loaded["model"])
+    set_optimizer_state_dict(model, opt, loaded["optim"])
+    for name, values in loaded["optim"]["state"].items():
+        for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+            codes, scales = quantization.quantize(values[key].to_local(), signed)
+            state = opt.state[params[name]]
+            assert torch.equal(v0adam.sharding.local(state[key]), codes) and torch.equal(state[key + "_absmax"], scales)
+    train(model, opt, batches[RESUME_AT:])
+    return trained_params(model)
+
+
 def fsdp_from_torch(job):
     model, batches = model_and_data()
     reference = torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"], weight_decay=TRAINING["weight_decay"])
@@ -312,6 +351,9 @@ SCENARIOS = {
     "fsdp-save": fsdp_checkpoint,
     "fsdp-resume": fsdp_checkpoint,
     "fsdp-from-torch": fsdp_from_torch,
+    "fsdp-8bit": fsdp_8bit,
+    "fsdp-8bit-save": fsdp_8bit,
+    "fsdp-8bit-resume": fsdp_8bit,
     "random-v0-fsdp": random_v0,
     "random-v0-zero": random_v0,
     "data-v0-ddp": data_v0,

@@ -386,11 +386,6 @@ class V0Adam(TorchLayoutStates, Optimizer):
                     raise ValueError(
                         "stochastic_rounding supports bfloat16 params; use master_weights=True for float16"
                     )
-                if self.precision.quantized and is_dtensor(param):
-                    raise ValueError(
-                        "8-bit states (state_dtype=torch.uint8) do not support DTensor (FSDP2) params yet: a "
-                        "quantization block must not straddle two shards"
-                    )
                 self._backend_for(param.device, param.dtype)
 
     def _follow_moves(self, action):

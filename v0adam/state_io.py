@@ -9,7 +9,7 @@ import torch
 
 from v0adam import quantization
 from v0adam.buckets import MOMENTS, SCALES_SUFFIX
-from v0adam.sharding import local, local_part
+from v0adam.sharding import is_dtensor, like_param, local, local_part
 from v0adam.state_table import ParamState
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
@@ -76,7 +76,11 @@ class TorchLayoutStates:
     def state_dict(self) -> dict:
         """torch's state_dict, hooks included, each param's state a plain dict (a checkpoint loads without v0adam).
         The states of params taken out of their groups are left out (torch's own state_dict raises a KeyError on
-        them). With `skip_nonfinite` every group holds `skipped_steps`, as in `opt.param_groups`."""
+        them). With `skip_nonfinite` every group holds `skipped_steps`, as in `opt.param_groups`.
+
+        8-bit states are saved as they are (codes and block scales), except those of DTensor params: their blocks
+        follow this rank's shard, which another world size cuts elsewhere, so they are saved as float32 DTensors
+        that torch.distributed.checkpoint can reshard, and quantized again on load."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         # Params are numbered by their positions over all groups, a repeated param by its first, as torch does.
@@ -94,7 +98,10 @@ class TorchLayoutStates:
             if not isinstance(key, torch.Tensor):
                 state[key] = values  # whatever else was put into opt.state, kept as torch keeps it
             elif id(key) in param_ids:
-                state[param_ids[id(key)]] = dict(values) if isinstance(values, ParamState) else values
+                values = dict(values) if isinstance(values, ParamState) else values
+                if self.precision.quantized and is_dtensor(key):
+                    values = _dequantized(values, key)
+                state[param_ids[id(key)]] = values
         state_dict = {"state": state, "param_groups": param_groups}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             hook_result = post_hook(self, state_dict)
@@ -142,8 +149,10 @@ class TorchLayoutStates:
             if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
                 raise ValueError("loaded state 'step' must be a single number")
             _check_scales(param, values)
-        if not self.precision.quantized:
-            states = {param: _dequantized(values) for param, values in states.items()}
+        states = {
+            param: values if self.precision.quantized and not is_dtensor(param) else _dequantized(values, param)
+            for param, values in states.items()
+        }
         return {
             param: {
                 key: local_part(param, torch.as_tensor(value)) if key in STATE_KEYS else value
@@ -218,12 +227,13 @@ def dequantized_state_dict(state_dict: dict) -> dict:
 
 
 def _check_scales(param, values: dict) -> None:
-    """An 8-bit moment (uint8 codes) comes with its block scales, one float per quantization block."""
+    """An 8-bit moment (uint8 codes) comes with its block scales, one float per quantization block (of this rank's
+    shard when the codes are a DTensor's)."""
     for key in MOMENTS:
         if key not in values or torch.as_tensor(values[key]).dtype != torch.uint8:
             continue
         scales = values.get(key + SCALES_SUFFIX)
-        expected = (quantization.num_blocks(param.numel()),)
+        expected = (quantization.num_blocks(local(values[key]).numel()),)
         if scales is None or tuple(scales.shape) != expected or not scales.is_floating_point():
             raise ValueError(
                 f"loaded 8-bit state '{key}' needs '{key}{SCALES_SUFFIX}', floats of shape {expected} (one scale per "
@@ -231,13 +241,17 @@ def _check_scales(param, values: dict) -> None:
             )
 
 
-def _dequantized(values: dict) -> dict:
-    """`values` with every 8-bit moment replaced by its float32 values, and its scales dropped."""
+def _dequantized(values: dict, param=None) -> dict:
+    """`values` with every 8-bit moment replaced by its float32 values, and its scales dropped. Codes that are a
+    DTensor (with this rank's scales) come out a DTensor laid out as `param`."""
     values = dict(values)
     for key, signed in MOMENTS.items():
         if key in values and torch.as_tensor(values[key]).dtype == torch.uint8:
-            scales = values.pop(key + SCALES_SUFFIX)
-            values[key] = quantization.dequantize(values[key], scales.to(torch.float32), signed)
+            scales = values.pop(key + SCALES_SUFFIX).to(torch.float32)
+            codes = values[key]
+            values[key] = quantization.dequantize(local(codes), scales, signed)
+            if is_dtensor(codes):
+                values[key] = like_param(param, values[key])
     return values
 
 
