@@ -21,27 +21,37 @@ from distributed_worker import DATA_SAMPLES, MAX_NORM, NAN_STEP, TRAINING, loss_
 import v0adam  # noqa: E402
 
 
+def run_jobs(tmp_path, *jobs):
+    """Run each job, (scenario, backend, world size), on its own gloo processes, all at once; what each one's rank 0
+    saved."""
+    started = []
+    for scenario, backend, world in jobs:
+        out = tmp_path / f"{scenario}-{world}.pt"
+        # gloo runs on CPU tensors: there the Triton backend needs the interpreter, GPU or not.
+        environment = {**os.environ, "TRITON_INTERPRET": "1"} if backend == "triton" else dict(os.environ)
+        store = tmp_path / f"store-{scenario}-{world}"
+        logs = [open(tmp_path / f"{scenario}-{world}-rank{rank}.log", "w") for rank in range(world)]  # pipes fill
+        workers = [
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(rank), str(world), str(store), scenario, backend, str(out)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+            for rank, log in enumerate(logs)
+        ]
+        started.append((out, logs, workers))
+    for _, logs, workers in started:
+        for log, worker in zip(logs, workers):
+            worker.wait(timeout=180)
+            log.close()
+            assert worker.returncode == 0, Path(log.name).read_text()[-3000:]
+    return [torch.load(out, weights_only=True) for out, _, _ in started]
+
+
 def run_job(tmp_path, scenario, backend, world=2):
     """Run `scenario` on `world` gloo processes; what rank 0 saved."""
-    out = tmp_path / f"{scenario}-{world}.pt"
-    # gloo runs on CPU tensors: there the Triton backend needs the interpreter, GPU or not.
-    environment = {**os.environ, "TRITON_INTERPRET": "1"} if backend == "triton" else dict(os.environ)
-    store = tmp_path / f"store-{scenario}-{world}"
-    logs = [open(tmp_path / f"{scenario}-{world}-rank{rank}.log", "w") for rank in range(world)]  # pipes could fill
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), str(world), str(store), scenario, backend, str(out)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )
-        for rank, log in enumerate(logs)
-    ]
-    for rank, worker in enumerate(workers):
-        worker.wait(timeout=180)
-        logs[rank].close()
-        assert worker.returncode == 0, Path(logs[rank].name).read_text()[-3000:]
-    return torch.load(out, weights_only=True)
+    return run_jobs(tmp_path, (scenario, backend, world))[0]
 
 
 def single_process_training(norm_type=2.0, skipped_step=None):
@@ -107,10 +117,8 @@ def test_fsdp2_with_8bit_states_checkpoints_float32_dtensors_and_resumes_at_any_
     as float32 DTensors and a load quantizes them again. A resumed run differs from the uninterrupted one by that
     second rounding only, at the same world size too (the signed map has no -1: a block whose largest magnitude
     is negative reads back a little smaller, and its values round again)."""
-    straight = run_job(tmp_path, "fsdp-8bit", "triton")
-    run_job(tmp_path, "fsdp-8bit-save", "triton")
-    same_world = run_job(tmp_path, "fsdp-8bit-resume", "triton")
-    one_rank = run_job(tmp_path, "fsdp-8bit-resume", "triton", world=1)
+    straight, _ = run_jobs(tmp_path, ("fsdp-8bit", "triton", 2), ("fsdp-8bit-save", "triton", 2))
+    same_world, one_rank = run_jobs(tmp_path, ("fsdp-8bit-resume", "triton", 2), ("fsdp-8bit-resume", "triton", 1))
     for param, resumed, resharded, reference in zip(straight, same_world, one_rank, single_process_training()):
         # A tenth of one step of lr 0.01 over the three resumed steps (measured: up to 5e-4); the uninterrupted
         # run is within 2e-3 of six steps with float32 states (measured: 9e-4).
@@ -123,7 +131,7 @@ def test_fsdp2_with_8bit_states_checkpoints_float32_dtensors_and_resumes_at_any_
 @pytest.mark.parametrize("wrapper", ["fsdp", "zero"])
 def test_random_v0_does_not_depend_on_world_size(backend, wrapper, tmp_path):
     scenario = f"random-v0-{wrapper}"
-    one, two = run_job(tmp_path, scenario, backend, world=1), run_job(tmp_path, scenario, backend)
+    one, two = run_jobs(tmp_path, (scenario, backend, 1), (scenario, backend, 2))
     assert [v.shape for v in one] == [torch.Size([500, 300]), (500,), (3, 500), (3,), (1, 3), (1,)]
     for v0_one, v0_two in zip(one, two):
         assert torch.equal(v0_one, v0_two)
