@@ -16,6 +16,8 @@ setup(
         # The frameworks tests/test_frameworks.py trains under (on the CPU, against torch.optim.AdamW).
         "integration": ["transformers>=4.40,<6", "accelerate>=0.26,<2", "lightning>=2.2,<3"],
         "bench": ["pytest-benchmark", "matplotlib"],
+        # The 8-bit optimizers the benchmark and examples/eight_bit_quality.py compare with, where they run.
+        "compare": ["torchao>=0.10", "bitsandbytes>=0.45"],
         "dev": ["ruff"],
     },
 )

@@ -60,11 +60,10 @@ def main(argv=None) -> int:
             if built is None:
                 print("n/a", flush=True)
                 continue
-            step, per_element = built
-            ms = timing.median_ms(step, device, steps=steps, warmup=3)
-            rows.append(report.make_row(case, name, per_element, ms, copy_gbps))
+            ms = timing.median_ms(built.step, device, steps=steps, warmup=3)
+            rows.append(report.make_row(case, name, built.bytes_per_element, ms, copy_gbps, built.state_bytes()))
             print(f"{ms:8.3f} ms  {rows[-1].gbps:7.0f} GB/s", flush=True)
-            del step
+            del built
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()

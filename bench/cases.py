@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 
 M = 2**20
+EIGHT_BIT = (("state_dtype", torch.uint8),)  # v0adam's 8-bit states, as a case's precision
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def gpu_cases(quick: bool) -> list[Case]:
     cases.append(Case("GPT-2 bf16 master", **bf16, precision=(("master_weights", True),)))
     cases.append(Case("GPT-2 bf16 stochastic", **bf16, precision=(("stochastic_rounding", True),)))
     cases.append(Case("GPT-2 bf16 bf16-states", **bf16, precision=(("state_dtype", torch.bfloat16),)))
+    cases.append(Case("GPT-2 small fp32 8-bit", gpt2_small_shapes(), precision=EIGHT_BIT))
+    cases.append(Case("GPT-2 bf16 8-bit", **bf16, precision=EIGHT_BIT))
     cases.append(Case("Llama 1B fp32", llama_1b_shapes()))
     for optimizer in ("radam", "adabelief", "adabound"):
         cases.append(Case(f"GPT-2 small {optimizer}", gpt2_small_shapes(), optimizer=optimizer))
@@ -66,13 +69,19 @@ def cpu_cases(quick: bool) -> list[Case]:
     sizes = [1, 16] if quick else [1, 4, 16, 64]
     cases = [Case(f"fp32 {size}M", ((size * M,),)) for size in sizes]
     cases.append(Case("GPT-2 small fp32", gpt2_small_shapes()))
+    cases.append(Case("fp32 16M 8-bit", ((16 * M,),), precision=EIGHT_BIT))
     return cases
 
 
-def bytes_per_element(param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool, master: bool = False) -> int:
+def bytes_per_element(
+    param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool, master: bool = False
+) -> int | float:
     """Minimum traffic of one step (SPEC §3): param read (unless a master is) and written, grad read, each state
-    read and written, the fp32 master read and written."""
+    read and written, the fp32 master read and written. An 8-bit state (uint8) also moves its float32 scale, one
+    per 256 elements."""
     param, state = param_dtype.itemsize, state_dtype.itemsize
+    if state_dtype == torch.uint8:
+        state += 4 / 256
     states = 3 if amsgrad else 2
     if master:
         return param + param + 2 * state * states + 2 * 4

@@ -16,14 +16,15 @@ class Row:
     variant: str
     elements: int
     tensors: int
-    bytes_per_element: int
+    bytes_per_element: float  # the minimum traffic of this variant's step
+    state_bytes_per_param: float  # measured on the optimizer's state tensors
     ms: float
     gbps: float
     pct_of_copy: float
     v0adam_speedup: float  # this variant's time over v0adam's on the same case (1.0 on v0adam's own row)
 
 
-def make_row(case, variant, bytes_per_element, ms, copy_gbps) -> Row:
+def make_row(case, variant, bytes_per_element, ms, copy_gbps, state_bytes_per_param=float("nan")) -> Row:
     gbps = case.numel * bytes_per_element / ms / 1e6
     return Row(
         case.name,
@@ -31,6 +32,7 @@ def make_row(case, variant, bytes_per_element, ms, copy_gbps) -> Row:
         case.numel,
         len(case.shapes),
         bytes_per_element,
+        state_bytes_per_param,
         ms,
         gbps,
         100 * gbps / copy_gbps,
@@ -60,13 +62,13 @@ def format_table(rows: list[Row], copy_gbps: float, info: dict) -> str:
         f"{info['device']} | torch {info['torch']} | triton {info['triton']} | {info['date']}",
         f"measured copy bandwidth: {copy_gbps:.0f} GB/s (read + write)",
         "",
-        "| case | variant | ms | GB/s | % of copy | v0adam speedup |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| case | variant | ms | GB/s | % of copy | v0adam speedup | B/element moved | state B/param |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
             f"| {row.case} | {row.variant} | {row.ms:.3f} | {row.gbps:.0f} | {row.pct_of_copy:.1f} | "
-            f"{row.v0adam_speedup:.2f}x |"
+            f"{row.v0adam_speedup:.2f}x | {row.bytes_per_element:.3g} | {row.state_bytes_per_param:.2f} |"
         )
     return "\n".join(lines)
 

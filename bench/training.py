@@ -5,7 +5,8 @@ Per model: the iteration (median), forward + backward alone (grads set to None, 
 (the optimizer's share of the iteration: clipping, step, zero_grad, and what its grads cost the backward), and the
 host time of `step()` (on a GPU the launch overhead; on the CPU the whole step). Modelled bytes per element are the
 optimizer's traffic per iteration (SPEC §3): clipping as torch.nn.utils.clip_grad_norm_ (norm 4 B + scale 8 B) or
-fused into the step (norm 4 B), the step (28 B), and grads kept between iterations (accumulation 12 B + memset 4 B).
+fused into the step (norm 4 B), the step (28 B; 16.06 B with 8-bit states), and grads kept between iterations
+(accumulation 12 B + memset 4 B).
 """
 
 import csv
@@ -19,6 +20,7 @@ import torch
 
 import v0adam
 from bench import models, report
+from bench.cases import bytes_per_element
 
 LR = 1e-4
 MAX_NORM = 1.0
@@ -29,7 +31,7 @@ class Loop:
     """One training loop: how it clips, steps and zeroes, and the bytes per element that costs the optimizer."""
 
     name: str
-    bytes_per_element: int
+    bytes_per_element: float
     build: object  # params -> optimizer
     clip: object  # (optimizer, params) -> None
 
@@ -60,6 +62,12 @@ LOOPS = (
         lambda params: v0adam.V0AdamW(params, lr=LR, v0="zero", flat_grads=True),
         _fused_clip,
     ),
+    Loop(
+        "v0adam 8-bit",
+        4 + bytes_per_element(torch.float32, torch.uint8, amsgrad=False),
+        lambda params: v0adam.V0AdamW(params, lr=LR, v0="zero", state_dtype=torch.uint8),
+        _fused_clip,
+    ),
 )
 
 
@@ -74,7 +82,7 @@ class TrainingRow:
     forward_backward_ms: float
     optimizer_ms: float  # iteration - forward_backward: what the optimizer adds to an iteration
     step_host_us: float
-    bytes_per_element: int
+    bytes_per_element: float
 
 
 def _loss(model, tokens):
@@ -222,7 +230,7 @@ def format_table(rows: list[TrainingRow], info: dict) -> str:
         lines.append(
             f"| {row.model} ({row.params / 1e6:.0f}M, {row.tensors} tensors, batch {row.batch}) | {row.loop} | "
             f"{row.iteration_ms:.2f} | {row.forward_backward_ms:.2f} | {row.optimizer_ms:.2f} | {share:.2f}x | "
-            f"{row.step_host_us:.0f} | {row.bytes_per_element} |"
+            f"{row.step_host_us:.0f} | {row.bytes_per_element:.3g} |"
         )
     lines.append("")
     lines.append("vs torch fused: torch fused's optimizer ms over this loop's (higher is better)")

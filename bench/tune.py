@@ -24,7 +24,7 @@ def main() -> None:
         triton_backend.BLOCK, triton_backend.NUM_WARPS = block, warps
         cells = []
         for case in tuned:
-            step, per_element = variants.build_v0adam(case, device)
+            step, per_element, _ = variants.build_v0adam(case, device)
             ms = timing.median_ms(step, device, steps=30, warmup=3)
             gbps = case.numel * per_element / ms / 1e6
             cells.append(f"{ms:.3f} ({100 * gbps / copy_gbps:.1f}%)")

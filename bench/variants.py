@@ -1,13 +1,27 @@
 """The optimizers under test, each built over a fresh copy of the case's params with grads in place."""
 
+import functools
+import importlib.util
 import inspect
+from typing import NamedTuple
 
 import torch
 
 import v0adam
 from bench.cases import bytes_per_element
+from bench.memory import state_bytes_per_param
 
 LR = 1e-4
+
+
+class Built(NamedTuple):
+    step: object  # () -> None, one optimizer step
+    bytes_per_element: float  # the minimum traffic of that implementation's step
+    state_bytes: object  # () -> bytes its state holds per param, measured (after a step)
+
+
+def _built(step, per_element, opt, params) -> Built:
+    return Built(step, per_element, functools.partial(state_bytes_per_param, opt, params))
 
 
 def _params_and_grads(case, device):
@@ -46,7 +60,8 @@ def build_v0adam(case, device, flat_grads=False):
         else:
             param.grad = grad  # autograd's own tensors, read by address
     master = precision.get("master_weights", False) and case.dtype != torch.float32
-    return opt.step, bytes_per_element(case.dtype, precision.get("state_dtype", torch.float32), case.amsgrad, master)
+    per_element = bytes_per_element(case.dtype, precision.get("state_dtype", torch.float32), case.amsgrad, master)
+    return _built(opt.step, per_element, opt, params)
 
 
 def build_v0adam_flat_grads(case, device):
@@ -66,7 +81,25 @@ def _torch_optimizer(**implementation):
             param.grad = grad
         options = dict(amsgrad=True) if case.amsgrad else {}
         opt = cls(params, lr=LR, **options, **implementation)
-        return opt.step, bytes_per_element(case.dtype, case.dtype, case.amsgrad)
+        return _built(opt.step, bytes_per_element(case.dtype, case.dtype, case.amsgrad), opt, params)
+
+    return build
+
+
+def _library_8bit(module: str, name: str):
+    """A builder for a library's 8-bit AdamW (`module.name`: torchao's, bitsandbytes'), for the 8-bit cases of
+    AdamW; None where the library is not installed. Both keep tensors under 4096 elements in float32 states."""
+
+    def build(case, device):
+        if dict(case.precision).get("state_dtype") != torch.uint8 or case.optimizer != "adamw" or case.amsgrad:
+            return None
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            return None
+        params, grads = _params_and_grads(case, device)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        opt = getattr(importlib.import_module(module), name)(params, lr=LR)
+        return _built(opt.step, bytes_per_element(case.dtype, torch.uint8, amsgrad=False), opt, params)
 
     return build
 
@@ -77,17 +110,21 @@ def build_compiled(case, device):
         param.grad = grad
     options = dict(amsgrad=True) if case.amsgrad else {}
     opt = THEIRS[case.optimizer](params, lr=LR, **options)
-    return torch.compile(opt.step), bytes_per_element(case.dtype, case.dtype, case.amsgrad)
+    return _built(torch.compile(opt.step), bytes_per_element(case.dtype, case.dtype, case.amsgrad), opt, params)
 
 
 def build_v0adam_compiled(case, device):
-    step, per_element = build_v0adam(case, device)
-    return torch.compile(step), per_element
+    built = build_v0adam(case, device)
+    return built._replace(step=torch.compile(built.step))
 
 
 def variants(device: torch.device, with_compile: bool):
-    """name -> builder(case, device) -> (step callable, minimum bytes per element of that implementation), or
-    None where that implementation does not exist for the case's optimizer."""
+    """name -> builder(case, device) -> `Built`, or None where that implementation does not exist for the case
+    (torch's fused RAdam, a library's 8-bit AdamW for a case without 8-bit states or where it is not installed)."""
+    eight_bit = {
+        "torchao AdamW8bit": _library_8bit("torchao.optim", "AdamW8bit"),
+        "bnb AdamW8bit": _library_8bit("bitsandbytes.optim", "AdamW8bit"),
+    }
     if device.type == "cuda":
         found = {
             "v0adam": build_v0adam,
@@ -99,10 +136,11 @@ def variants(device: torch.device, with_compile: bool):
         if with_compile:
             found["torch compile"] = build_compiled
             found["v0adam compile"] = build_v0adam_compiled
-        return found
+        return {**found, **eight_bit}
     return {
         "v0adam": build_v0adam,
         "v0adam flat_grads": build_v0adam_flat_grads,
         "torch foreach": _torch_optimizer(foreach=True),
         "torch fused": _torch_optimizer(fused=True),
+        **eight_bit,
     }

@@ -14,6 +14,9 @@ def test_bytes_per_element_match_the_spec_table():
     assert cases.bytes_per_element(torch.bfloat16, torch.float32, amsgrad=False) == 22
     assert cases.bytes_per_element(torch.bfloat16, torch.bfloat16, amsgrad=False) == 14
     assert cases.bytes_per_element(torch.bfloat16, torch.float32, amsgrad=False, master=True) == 28
+    # 8-bit states: a byte per element and state, plus a float32 scale per 256 elements.
+    assert cases.bytes_per_element(torch.float32, torch.uint8, amsgrad=False) == pytest.approx(16 + 4 * 4 / 256)
+    assert cases.bytes_per_element(torch.bfloat16, torch.uint8, amsgrad=False) == pytest.approx(10 + 4 * 4 / 256)
 
 
 def test_model_shapes_have_the_published_sizes():
@@ -24,14 +27,18 @@ def test_model_shapes_have_the_published_sizes():
 
 def test_rows_speedups_table_and_csv(tmp_path):
     case = cases.Case("fp32 1M", ((2**20,),))
-    rows = [report.make_row(case, "v0adam", 28, 0.5, 1000.0), report.make_row(case, "torch fused", 28, 1.0, 1000.0)]
+    rows = [
+        report.make_row(case, "v0adam", 16.0625, 0.5, 1000.0, 2.03125),
+        report.make_row(case, "torch fused", 28, 1.0, 1000.0, 8.0),
+    ]
     report.add_speedups(rows)
-    assert rows[0].gbps == pytest.approx(2**20 * 28 / 0.5 / 1e6)
+    assert rows[0].gbps == pytest.approx(2**20 * 16.0625 / 0.5 / 1e6)
     assert rows[0].pct_of_copy == pytest.approx(100 * rows[0].gbps / 1000.0)
     assert rows[1].v0adam_speedup == pytest.approx(2.0)
     info = {"device": "Test GPU", "torch": "t", "triton": "x", "date": "2026-01-01"}
     table = report.format_table(rows, 1000.0, info)
-    assert "| fp32 1M | torch fused | 1.000 | 29 | 2.9 | 2.00x |" in table
+    assert "| fp32 1M | torch fused | 1.000 | 29 | 2.9 | 2.00x | 28 | 8.00 |" in table
+    assert "| fp32 1M | v0adam | 0.500 | 34 | 3.4 | 1.00x | 16.1 | 2.03 |" in table
     csv_path, png_path = report.save(rows, 1000.0, info, tmp_path)
     assert csv_path.name == "test-gpu_2026-01-01.csv" and png_path.exists()
     with open(csv_path) as handle:
@@ -69,6 +76,7 @@ def test_training_benchmark_runs_and_writes_only_where_asked(tmp_path, monkeypat
         "torch default": 40,
         "v0adam": 32,
         "v0adam flat_grads": 48,
+        "v0adam 8-bit": pytest.approx(4 + 16 + 4 * 4 / 256),
     }
     info = {"device": "Test CPU", "torch": "t", "triton": "x", "date": "2026-01-01"}
     csv_path, png_path = training.save(rows, info, tmp_path)
