@@ -229,6 +229,24 @@ def test_grad_scale_clipping_and_skipped_steps_with_8bit_states(backend):
             assert torch.equal(opt.state[param][key], saved), key
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_padding_of_8bit_slots_reads_back_zero(backend):
+    """Slots are padded to whole quantization blocks. A step by address never writes the padding; it must read
+    back 0 whatever its block's scale, or a later step over whole slots (flat grads at home) would move it."""
+    params = make_params([(300,), (5,)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, state_dtype=torch.uint8, backend=backend, flat_grads=True)
+    for param, grad in zip(params, gradients(params, 1)):
+        param.grad = grad  # replaces the flat buffer's views: stepped by address
+    opt.step()
+    (bucket,) = opt._buckets
+    padding = torch.ones(bucket.total, dtype=torch.bool, device=DEVICE)
+    for offset, shape in zip(bucket.offsets, bucket.local_shapes):
+        padding[offset : offset + shape.numel()] = False
+    for row, (name, signed) in enumerate([("exp_avg", True), ("exp_avg_sq", False)]):
+        values = quantization.dequantize(bucket.moment(name), bucket.scales[row], signed)
+        assert bool(values[~padding].ne(0).any()) and not bool(values[padding].any()), name
+
+
 FAMILY = {
     "V0Adam": (adam_step_reference, dict(amsgrad=True), {}),
     "V0AdaBelief": (adabelief_step_reference, dict(amsgrad=True), {}),

@@ -152,11 +152,12 @@ class FlatBucket:
         self.exp_avg = fixed_address(torch.zeros(total, dtype=self.state_dtype, device=device))
         self.exp_avg_sq = fixed_address(torch.zeros(total, dtype=self.state_dtype, device=device))
         self.max_exp_avg_sq = None
-        # 8-bit moments: one float32 scale per quantization block, a row per moment (rows as MOMENTS). Codes and
-        # scales of 0 read back as 0.
+        # 8-bit moments: one float32 scale per quantization block, a row per moment (rows as MOMENTS), and every
+        # code at the code of 0, so that padding, which a step by address never writes, always reads back 0.
         self.scales = None
         if self.quantized:
             self.scales = fixed_address(torch.zeros(3, total // quantization.QBLOCK, device=device))
+            self.exp_avg.fill_(quantization.zero_code(MOMENTS["exp_avg"]))
         # An fp32 copy of 16-bit params, the value the optimizer updates; the params are its rounding.
         self.master = None
         if precision.master_weights and dtype in LOW_PRECISION:
@@ -244,10 +245,14 @@ class FlatBucket:
         blocks = quantization.num_blocks(self.local_shapes[index].numel())
         return self.scales[list(MOMENTS).index(name), first : first + blocks]
 
-    def segment_scales(self, segment: Segment) -> torch.Tensor:
-        """The block scales [3, blocks] of a segment's 8-bit states (it starts at a block, see SLOT_ALIGN)."""
-        first = segment.state_offset // quantization.QBLOCK
-        return self.scales[:, first : first + quantization.num_blocks(segment.param.numel())]
+    def zero_moment(self, name: str, index: int) -> None:
+        """Set the moment of param `index` to 0 (codes of 0 and scales of 0 for 8-bit states)."""
+        slot = self.slot(self.moment(name), index)
+        if self.quantized:
+            slot.fill_(quantization.zero_code(MOMENTS[name]))
+            self.scale_slot(name, index).zero_()
+        else:
+            slot.zero_()
 
     def write_moment(self, name: str, index: int, values: torch.Tensor) -> None:
         """Store `values` (shaped as the param's local part, any float dtype) as the moment of param `index`:

@@ -59,6 +59,12 @@ def code_table(device: torch.device) -> torch.Tensor:
     return _device_tables[device]
 
 
+@functools.cache
+def zero_code(signed: bool) -> int:
+    """The code of 0: the byte a state reads back as 0 whatever its block's scale."""
+    return int((dynamic_code_map(signed) == 0).nonzero())
+
+
 def num_blocks(numel: int) -> int:
     return -(-numel // QBLOCK)
 

@@ -173,14 +173,16 @@ class TorchLayoutStates:
                 state = bucket.state_views(index, amsgrad)
                 values = states.get(param, {})
                 for key, view in state.items():
-                    if key.endswith(SCALES_SUFFIX) and key.removesuffix(SCALES_SUFFIX) in values:
+                    if key.endswith(SCALES_SUFFIX):
                         continue  # written with its moment
                     if key in values and bucket.quantized and key in MOMENTS:
                         _write_8bit(bucket, index, key, values)
                     elif key in values:
                         local(view).copy_(torch.as_tensor(values[key]))
+                    elif key in MOMENTS:
+                        bucket.zero_moment(key, index)
                     else:
-                        local(view).zero_()  # 8-bit codes and scales of 0 read back as 0 too
+                        local(view).zero_()
                 if "master_param" in state and "master_param" not in values:  # a checkpoint without masters
                     local(state["master_param"]).copy_(local(param.detach()))
                 if "exp_avg_sq" not in values:

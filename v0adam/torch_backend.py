@@ -35,34 +35,57 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
             _fused_update_(segments, states, steps, group, grad_scale)
             continue
         step_values = bucket.steps.tolist()
+        if bucket.quantized:
+            _update_8bit_(bucket, segments, states, step_values, group, grad_scale, algorithm, rounding_seed)
+            continue
         for segment, (*state, master) in zip(segments, states):
             step = step_values[segment.step_index]
-            generator = None
-            if rounding_seed is not None:
-                generator = torch.Generator(bucket.device).manual_seed(
-                    hash((rounding_seed, int(step), segment.state_offset)) % 2**63
-                )
-            if bucket.quantized:
-                _update_8bit_(bucket, segment, state, step, group, grad_scale, algorithm, master, generator)
-            else:
-                _update_(segment.param, segment.grad, state, step, group, grad_scale, algorithm, master, generator)
+            generator = _rounding_generator(bucket, segment, step, rounding_seed)
+            _update_(segment.param, segment.grad, state, step, group, grad_scale, algorithm, master, generator)
 
 
-def _update_8bit_(bucket, segment, codes, step, group, grad_scale, algorithm, master, generator) -> None:
-    """`_update_` on 8-bit moments (`codes`: uint8 views, None for a moment not kept): dequantized into float32,
-    stepped, quantized back with fresh block scales."""
-    scales = bucket.segment_scales(segment)
-    signs = MOMENTS.values()
-    moments = [
-        None if row_codes is None else quantization.dequantize(row_codes, row_scales, signed)
-        for row_codes, row_scales, signed in zip(codes, scales, signs)
-    ]
-    _update_(segment.param, segment.grad, moments, step, group, grad_scale, algorithm, master, generator)
-    for row_codes, row_scales, signed, values in zip(codes, scales, signs, moments):
-        if row_codes is not None:
-            new_codes, new_scales = quantization.quantize(values, signed)
-            row_codes.copy_(new_codes)
-            row_scales.copy_(new_scales)
+def _rounding_generator(bucket, segment, step, rounding_seed):
+    """The generator of a segment's stochastic rounding at this step (None without it)."""
+    if rounding_seed is None:
+        return None
+    seed = hash((rounding_seed, int(step), segment.state_offset)) % 2**63
+    return torch.Generator(bucket.device).manual_seed(seed)
+
+
+def _update_8bit_(bucket, segments, states, step_values, group, grad_scale, algorithm, rounding_seed) -> None:
+    """`_update_` on 8-bit moments: each run of segments whose states lie back to back is dequantized into float32
+    at once, each segment stepped on its part, and the run quantized back with fresh block scales (a run, not each
+    segment: a step of many small params would spend more on the calls than on the values)."""
+    kept = [name for name, codes in zip(MOMENTS, states[0]) if codes is not None]
+    rows = {name: list(MOMENTS).index(name) for name in kept}
+    for run in _back_to_back(segments, states):
+        start = run[0][0].state_offset // quantization.QBLOCK
+        end = start + sum(quantization.num_blocks(segment.param.numel()) for segment, _ in run)
+        codes = {name: bucket.moment(name)[start * quantization.QBLOCK : end * quantization.QBLOCK] for name in kept}
+        scales = {name: bucket.scales[rows[name], start:end] for name in kept}
+        values = {name: quantization.dequantize(codes[name], scales[name], MOMENTS[name]) for name in kept}
+        for segment, (*_, master) in run:
+            first = segment.state_offset - start * quantization.QBLOCK
+            shape, numel = segment.param.shape, segment.param.numel()
+            moments = [values[name][first : first + numel].view(shape) if name in values else None for name in MOMENTS]
+            step = step_values[segment.step_index]
+            generator = _rounding_generator(bucket, segment, step, rounding_seed)
+            _update_(segment.param, segment.grad, moments, step, group, grad_scale, algorithm, master, generator)
+        for name in kept:
+            new_codes, new_scales = quantization.quantize(values[name], MOMENTS[name])
+            codes[name].copy_(new_codes)
+            scales[name].copy_(new_scales)
+
+
+def _back_to_back(segments, states) -> list[list]:
+    """The (segment, states) pairs in runs whose 8-bit slots follow each other without a gap (whole blocks)."""
+    runs, end = [], None
+    for segment, state in zip(segments, states):
+        if segment.state_offset != end:
+            runs.append([])
+        runs[-1].append((segment, state))
+        end = segment.state_offset + quantization.num_blocks(segment.param.numel()) * quantization.QBLOCK
+    return runs
 
 
 def _plan(bucket, work, param_groups) -> list:
