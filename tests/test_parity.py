@@ -1,5 +1,7 @@
 """V0Adam(W) with v0='zero' against torch.optim.Adam(W): params and every state, every step, over 20 steps."""
 
+import itertools
+
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE
@@ -47,14 +49,45 @@ def run_pair(name, backend, grad_mode, shapes=MIXED_SHAPES, steps=STEPS, groups=
     return opt
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("grad_mode", ["autograd", "assign"])
-@pytest.mark.parametrize("name", ["adam", "adamw"])
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1], ids=["wd0", "wd0.1"])
-@pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
-@pytest.mark.parametrize("maximize", [False, True], ids=["", "maximize"])
-def test_matches_torch(backend, grad_mode, name, weight_decay, amsgrad, maximize):
-    run_pair(name, backend, grad_mode, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+OPTIONS = dict(grad_mode=("autograd", "assign"), name=("adam", "adamw"), weight_decay=(0.0, 0.1))
+OPTIONS.update(amsgrad=(False, True), maximize=(False, True))
+
+
+def covering(options: dict, strength: int) -> list[dict]:
+    """Combinations of the options in which every `strength` of them take every set of values together at least
+    once (a covering array, chosen greedily: 12 of the 32 combinations for 5 switches and strength 3)."""
+    names, combinations = list(options), [dict(zip(options, values)) for values in itertools.product(*options.values())]
+    subsets = list(itertools.combinations(names, strength))
+
+    def covers(combination):
+        return {(subset, tuple(combination[name] for name in subset)) for subset in subsets}
+
+    uncovered, chosen = set().union(*map(covers, combinations)), []
+    while uncovered:
+        best = max(combinations, key=lambda combination: len(covers(combination) & uncovered))
+        chosen.append(best)
+        uncovered -= covers(best)
+    return chosen
+
+
+def _case(backend: str, options: dict):
+    label = "-".join(
+        [backend, options["name"], options["grad_mode"], f"wd{options['weight_decay']:g}"]
+        + [name for name in ("amsgrad", "maximize") if options[name]]
+    )
+    return pytest.param(backend, options, id=label)
+
+
+# Every combination on the PyTorch backend; on the Triton backend, which runs in the interpreter on a CPU, every
+# three switches in every combination of their values (the kernel's branches on them are independent).
+CASES = [_case("torch", dict(zip(OPTIONS, values))) for values in itertools.product(*OPTIONS.values())]
+CASES += [_case("triton", options) for options in covering(OPTIONS, strength=3)]
+
+
+@pytest.mark.parametrize("backend, options", CASES)
+def test_matches_torch(backend, options):
+    options = dict(options)
+    run_pair(options.pop("name"), backend, options.pop("grad_mode"), **options)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
