@@ -19,6 +19,12 @@ from v0adam.reference import (
 # In the interpreter the kernel's float32 arithmetic is numpy's, operation for operation the reference's; compiled
 # for a GPU, Triton may fuse a multiply and an add, and a value at a rounding boundary may then take the next code.
 EXACT = DEVICE == "cpu"
+# Params after the reference's step: equal to float32 rounding in the interpreter. On a GPU a moment one code apart
+# changes that element's update by up to 7% of a step of lr 1e-2, which the next steps carry on.
+PARAM_TOL = dict(rtol=1e-6, atol=1e-7) if EXACT else dict(rtol=0, atol=2e-3)
+# Where the arithmetic differs from the reference's in its order (torch's lerp for m, the family's kernel
+# expressions), a code one apart is possible in the interpreter too.
+REORDERED_PARAM_TOL = dict(rtol=1e-4, atol=1e-5) if EXACT else PARAM_TOL
 HYPER = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -148,7 +154,7 @@ def test_kernel_equals_the_reference_bit_for_bit(flat_grads, amsgrad):
                 param.grad = grad
         opt.step()
         step_reference_params(ref_params, ref_states, grads, step)
-        assert_matches_reference(opt, params, ref_params, ref_states, dict(rtol=1e-6, atol=1e-7))
+        assert_matches_reference(opt, params, ref_params, ref_states, PARAM_TOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -169,8 +175,9 @@ def test_bfloat16_params_with_8bit_states(backend, mode):
         step_reference_params(ref_params, ref_states, grads, step)
         for param, ref_param in zip(params, ref_params):
             if mode == "master_weights":
-                torch.testing.assert_close(opt.state[param]["master_param"], ref_param, rtol=1e-6, atol=1e-7)
-                assert torch.equal(param.detach(), ref_param.to(torch.bfloat16))
+                master = opt.state[param]["master_param"]
+                torch.testing.assert_close(master, ref_param, **PARAM_TOL)
+                assert torch.equal(param.detach(), master.to(torch.bfloat16))
             else:
                 spacing = ref_param.abs() * 2.0**-7 + 1e-30
                 assert bool(((param.detach().float() - ref_param).abs() <= spacing).all())
@@ -213,10 +220,10 @@ def test_grad_scale_clipping_and_skipped_steps_with_8bit_states(backend):
         for param, grad, state in zip(ref_params, scaled, ref_states):
             reference_step(param, grad, state, step, grad_scale=divisor)
         if backend == "triton":
-            assert_matches_reference(opt, params, ref_params, ref_states, dict(rtol=1e-6, atol=1e-7))
+            assert_matches_reference(opt, params, ref_params, ref_states, PARAM_TOL)
         else:  # torch's lerp for m may round the other way: one code apart at most
             for param, ref_param in zip(params, ref_params):
-                torch.testing.assert_close(param.detach(), ref_param, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(param.detach(), ref_param, **REORDERED_PARAM_TOL)
     before = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
     grads = gradients(params, 9)
     step_with(opt, params, grads, (scale, torch.tensor(1.0, device=DEVICE)))
@@ -279,7 +286,7 @@ def test_the_family_with_8bit_states_follows_the_quantized_reference(backend, na
         # for the family (torch's lerp for m, the kernel's fused expressions): the codes of a value at a rounding
         # boundary may then differ by one, which moves a param by much less than the tolerance.
         for param, ref_param, ref_state in zip(params, ref_params, ref_states):
-            torch.testing.assert_close(param.detach(), ref_param, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(param.detach(), ref_param, **REORDERED_PARAM_TOL)
             for key, expected in ref_state.items():
                 ours = quantization.dequantize(*codes_and_scales(opt.state[param], key), key == "exp_avg")
                 theirs = quantization.dequantize(*expected, key == "exp_avg")
