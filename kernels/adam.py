@@ -26,6 +26,33 @@ LR, BETA1, BETA2, EPS, WEIGHT_DECAY, MAXIMIZE, AMSGRAD, DECOUPLED, FINAL_LR, BAS
 )
 HYPER_FIELDS = tl.constexpr(11)
 
+# Columns of the step-scalar table (float32, shape [num_params, SCALAR_FIELDS]): what one param's step needs
+# besides its elements, computed once per step by `v0adam.kernels.step_scalars` from its counter and its group's
+# row of the hyperparameter table. The flags are 0 or 1; RECTIFICATION and RECTIFIED are RAdam's, LOWER_BOUND,
+# UPPER_BOUND and BOUNDED_STEP AdaBound's.
+(
+    LR_F32,
+    STEP_SIZE,
+    BIAS_CORRECTION1,
+    BIAS_CORRECTION2_SQRT,
+    BETA1_F32,
+    ONE_MINUS_BETA1,
+    BETA2_F32,
+    ONE_MINUS_BETA2,
+    EPS_F32,
+    L2_WEIGHT_DECAY,
+    DECAY_FACTOR,
+    MAXIMIZE_FLAG,
+    AMSGRAD_FLAG,
+    DECOUPLED_FLAG,
+    RECTIFICATION,
+    RECTIFIED,
+    LOWER_BOUND,
+    UPPER_BOUND,
+    BOUNDED_STEP,
+) = (tl.constexpr(i) for i in range(19))
+SCALAR_FIELDS = tl.constexpr(19)
+
 # The update rules one kernel implements (its ALGORITHM switch): Adam(W) and the members of the family the
 # v0 paper applies its initialisation to. They share everything but the second moment and the final step.
 ADAM, ADABELIEF, RADAM, ADABOUND = (tl.constexpr(i) for i in range(4))
@@ -46,22 +73,10 @@ QBLOCK = tl.constexpr(256)
 
 
 @triton.jit
-def _power(base, exponent):
-    """base ** exponent for an int32 exponent >= 0, by repeated squaring in base's dtype (float64 here)."""
-    result = base * 0.0 + 1.0
-    while exponent > 0:
-        if exponent % 2 == 1:
-            result = result * base
-        base = base * base
-        exponent = exponent // 2
-    return result
-
-
-@triton.jit
 def _adam_step_kernel(
     segments_ptr,  # int64 [num_segments, SEGMENT_FIELDS]: see the column constants above
     block_segment_ptr,  # int32 [num_blocks]: the segment each program works on
-    hyper_ptr,  # float64 [num_groups, HYPER_FIELDS]: lr, betas, eps, weight decay, switches, per param group
+    scalars_ptr,  # float32 [num_params, SCALAR_FIELDS]: each param's step scalars, computed for this step
     steps_ptr,  # float32 [num_params]: step counters, already incremented for this step
     exp_avg_ptr,  # float32 or bfloat16 flat buffer: first moment m
     exp_avg_sq_ptr,  # flat buffer, same dtype: second moment v
@@ -106,34 +121,27 @@ def _adam_step_kernel(
     state_offset = tl.load(row + STATE_OFFSET)
     numel = tl.load(row + NUMEL)
     first_block = tl.load(row + FIRST_BLOCK)
-    group = tl.load(row + GROUP)
-    step = tl.load(steps_ptr + tl.load(row + STEP_INDEX)).to(tl.int32)
+    step_index = tl.load(row + STEP_INDEX)
     if ALIGNED:
         param_ptr = tl.multiple_of(param_ptr, ALIGN_BYTES)
         grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
         state_offset = tl.multiple_of(state_offset, ALIGN_ELEMENTS)
         numel = tl.multiple_of(numel, ALIGN_ELEMENTS)
 
-    hyper = hyper_ptr + group * HYPER_FIELDS
-    lr = tl.load(hyper + LR)
-    beta1 = tl.load(hyper + BETA1)
-    beta2 = tl.load(hyper + BETA2)
-    eps = tl.load(hyper + EPS).to(tl.float32)
-    weight_decay = tl.load(hyper + WEIGHT_DECAY)
-    maximize = tl.load(hyper + MAXIMIZE) != 0
-    amsgrad = tl.load(hyper + AMSGRAD) != 0
-    decoupled = tl.load(hyper + DECOUPLED) != 0
-    # Scalars in float64 (as torch computes them on the host), then one rounding to float32.
-    bias_correction1 = 1.0 - _power(beta1, step)
-    bias_correction2 = 1.0 - _power(beta2, step)
-    step_size = (lr / bias_correction1).to(tl.float32)
-    bias_correction2_sqrt = tl.sqrt(bias_correction2).to(tl.float32)
-    decay_factor = (1.0 - lr * weight_decay).to(tl.float32)
-    l2_weight_decay = weight_decay.to(tl.float32)
-    one_minus_beta1 = (1.0 - beta1).to(tl.float32)
-    one_minus_beta2 = (1.0 - beta2).to(tl.float32)
-    beta1 = beta1.to(tl.float32)
-    beta2 = beta2.to(tl.float32)
+    # Everything but the elements was computed once for this step (`v0adam.kernels.step_scalars`).
+    scalars = scalars_ptr + step_index * SCALAR_FIELDS
+    step_size = tl.load(scalars + STEP_SIZE)
+    bias_correction2_sqrt = tl.load(scalars + BIAS_CORRECTION2_SQRT)
+    beta1 = tl.load(scalars + BETA1_F32)
+    one_minus_beta1 = tl.load(scalars + ONE_MINUS_BETA1)
+    beta2 = tl.load(scalars + BETA2_F32)
+    one_minus_beta2 = tl.load(scalars + ONE_MINUS_BETA2)
+    eps = tl.load(scalars + EPS_F32)
+    l2_weight_decay = tl.load(scalars + L2_WEIGHT_DECAY)
+    decay_factor = tl.load(scalars + DECAY_FACTOR)
+    maximize = tl.load(scalars + MAXIMIZE_FLAG) != 0
+    amsgrad = tl.load(scalars + AMSGRAD_FLAG) != 0
+    decoupled = tl.load(scalars + DECOUPLED_FLAG) != 0
 
     offsets = (pid - first_block).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     if HAS_FOUND_INF:
@@ -208,19 +216,13 @@ def _adam_step_kernel(
             tl.store(max_exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
     # Correctly rounded sqrt and division (the defaults are approximate), in the reference's order of operations.
     if ALGORITHM == RADAM:
-        rho_inf = 2.0 / (1.0 - tl.load(hyper + BETA2)) - 1.0
-        rho_t = rho_inf - 2.0 * step * (1.0 - bias_correction2) / bias_correction2
-        rect = tl.sqrt(tl.maximum((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t), 0.0))
-        update = tl.div_rn(m, bias_correction1.to(tl.float32)) * lr.to(tl.float32)
-        if rho_t > 5.0:  # the variance of the adaptive step is tractable: rectify it
+        update = tl.div_rn(m, tl.load(scalars + BIAS_CORRECTION1)) * tl.load(scalars + LR_F32)
+        if tl.load(scalars + RECTIFIED) != 0:
             adaptive = tl.div_rn(bias_correction2_sqrt, tl.sqrt_rn(v) + eps)
-            update = update * adaptive * rect.to(tl.float32)
+            update = update * adaptive * tl.load(scalars + RECTIFICATION)
     elif ALGORITHM == ADABOUND:
-        final_lr = tl.load(hyper + FINAL_LR) * lr / tl.load(hyper + BASE_LR)
-        gamma_t = tl.load(hyper + GAMMA) * step
-        lower = (final_lr * (1.0 - 1.0 / (gamma_t + 1.0))).to(tl.float32)
-        upper = (final_lr * (1.0 + 1.0 / gamma_t)).to(tl.float32)
-        bounded_step = (lr * tl.sqrt(bias_correction2) / bias_correction1).to(tl.float32)
+        lower, upper = tl.load(scalars + LOWER_BOUND), tl.load(scalars + UPPER_BOUND)
+        bounded_step = tl.load(scalars + BOUNDED_STEP)
         update = tl.minimum(tl.maximum(tl.div_rn(bounded_step, tl.sqrt_rn(v) + eps), lower), upper) * m
     else:
         denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
@@ -230,8 +232,11 @@ def _adam_step_kernel(
     if HAS_MASTER:
         tl.store(master_ptr + state_offsets, p, mask=mask)
     if STOCHASTIC_ROUNDING:
-        # The Philox counter is (flat element index, step): a fresh, reproducible draw for every element and step.
-        p_stored = stochastic_round_to_bfloat16(p, tl.load(rounding_seed_ptr), state_offsets, step)
+        # The Philox counter is (flat element index // 4, step): a fresh, reproducible draw for every element and
+        # step. Slots start at multiples of 64 elements, programs at multiples of BLOCK: a multiple of 4 here.
+        step = tl.load(steps_ptr + step_index).to(tl.int32)
+        first_element = state_offset + (pid - first_block).to(tl.int64) * BLOCK
+        p_stored = stochastic_round_to_bfloat16(p, tl.load(rounding_seed_ptr), first_element, step, BLOCK)
     else:
         p_stored = round_from_float32(p, PARAM_DTYPE)
     tl.store(param_ptr + offsets, p_stored, mask=mask)
@@ -240,7 +245,7 @@ def _adam_step_kernel(
 def adam_step(
     segments: torch.Tensor,
     block_segment: torch.Tensor,
-    hyper: torch.Tensor,
+    scalars: torch.Tensor,
     steps: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
@@ -258,7 +263,8 @@ def adam_step(
     code_table: torch.Tensor | None = None,
     algorithm: str = "adam",
 ) -> None:
-    """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`). With `scales` (float32
+    """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`), `scalars` computed for
+    this step by `v0adam.kernels.step_scalars.advance_steps`. With `scales` (float32
     [3, blocks]: the block scales of m, v and max v) and `code_table` (`v0adam.quantization.code_table`) the
     states are 8-bit codes (uint8).
 
@@ -267,8 +273,10 @@ def adam_step(
     """
     if segments.dtype != torch.int64 or segments.dim() != 2 or segments.shape[1] != SEGMENT_FIELDS.value:
         raise ValueError(f"segments must be int64 of shape [S, {SEGMENT_FIELDS.value}], got {tuple(segments.shape)}")
-    if block_segment.dtype != torch.int32 or hyper.dtype != torch.float64 or steps.dtype != torch.float32:
-        raise ValueError("block_segment must be int32, hyper float64 and steps float32")
+    if block_segment.dtype != torch.int32 or steps.dtype != torch.float32:
+        raise ValueError("block_segment must be int32 and steps float32")
+    if scalars.dtype != torch.float32 or tuple(scalars.shape) != (steps.numel(), SCALAR_FIELDS.value):
+        raise ValueError(f"scalars must be float32 [num_params, {SCALAR_FIELDS.value}] (`v0adam.kernels.step_scalars`)")
     quantized = scales is not None
     state_dtypes = (torch.uint8,) if quantized else (torch.float32, torch.bfloat16)
     if exp_avg.dtype not in state_dtypes or exp_avg_sq.dtype != exp_avg.dtype:
@@ -294,7 +302,7 @@ def adam_step(
     _adam_step_kernel[(num_blocks,)](
         segments,
         block_segment,
-        hyper,
+        scalars,
         steps,
         exp_avg,
         exp_avg_sq,

@@ -26,15 +26,18 @@ def round_from_float32(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def stochastic_round_to_bfloat16(x, seed, element, step):
-    """float32 -> bfloat16, rounding up with probability equal to the discarded fraction, so that the result is
-    x on average. Adds uniform random 16 bits below the kept ones and truncates. The draw is Philox with counter
-    (element index, step): reproducible, and different for every element and step. NaN kept NaN."""
-    low = (element & 0xFFFFFFFF).to(tl.uint32)
-    high = (element >> 32).to(tl.uint32)
-    random, _, _, _ = tl.philox(
-        seed, low, high, tl.full(low.shape, 0, tl.uint32) + step.to(tl.uint32), tl.full(low.shape, 0, tl.uint32)
-    )
+def stochastic_round_to_bfloat16(x, seed, first_element, step, BLOCK: tl.constexpr):
+    """float32 -> bfloat16 of the BLOCK values `x` of elements first_element, first_element + 1, ..., rounding up
+    with probability equal to the discarded fraction, so that the result is x on average. Adds uniform random
+    16 bits below the kept ones and truncates. The draw is Philox with counter (element index // 4, step), whose
+    four outputs serve four consecutive elements (`first_element` is a multiple of 4): reproducible, different for
+    every element and step, and a quarter of the arithmetic of a draw per element. NaN kept NaN."""
+    counter = first_element // 4 + tl.arange(0, BLOCK // 4)
+    low = (counter & 0xFFFFFFFF).to(tl.uint32)
+    high = (counter >> 32).to(tl.uint32)
+    zeros = tl.full(low.shape, 0, tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, low, high, zeros + step.to(tl.uint32), zeros)
+    random = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK,))  # element 4i + j gets output j
     bits = x.to(tl.uint32, bitcast=True)
     rounded = (bits + (random & 0xFFFF)) >> 16
     rounded = tl.where(x != x, 0x7FC0, rounded)

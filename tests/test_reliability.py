@@ -6,6 +6,7 @@ import torch
 from conftest import BACKENDS, DEVICE
 from helpers import MIXED_SHAPES, assert_states_close, clone_params, gradients, make_params, set_grads
 from v0adam.kernels import adam as adam_kernel
+from v0adam.kernels.step_scalars import advance_steps
 from v0adam.kernels.v0_init import draw_random_v0_
 
 import v0adam
@@ -139,12 +140,16 @@ def test_addressing_past_two_to_the_31_elements():
     segments[0, adam_kernel.STATE_OFFSET.value] = -start
     segments[0, adam_kernel.NUMEL.value] = start + n
     segments[0, adam_kernel.FIRST_BLOCK.value] = -(start // block)
-    hyper = torch.tensor([[1e-2, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0]], dtype=torch.float64, device=DEVICE)
+    hyper = torch.zeros(1, adam_kernel.HYPER_FIELDS.value, dtype=torch.float64, device=DEVICE)
+    hyper[0, :8] = torch.tensor([1e-2, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0])
+    steps, group = torch.zeros(1, device=DEVICE), torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    scalars = torch.zeros(1, adam_kernel.SCALAR_FIELDS.value, device=DEVICE)
+    advance_steps(steps, None, None, group, hyper, scalars)
     adam_kernel.adam_step(
         segments.to(DEVICE),
         torch.zeros(1, dtype=torch.int32, device=DEVICE),
-        hyper,
-        torch.ones(1, device=DEVICE),
+        scalars,
+        steps,
         exp_avg,
         exp_avg_sq,
         None,

@@ -129,6 +129,8 @@ class FlatBucket:
         self.backend = backend
         self.precision = precision
         self.segment_table = None  # the Triton backend's launch tables, cached between steps
+        self.param_group = None  # the Triton backend's device copy of `groups` (int32)
+        self.step_scalars = None  # the Triton backend's per-param scalars of the current step
         self.torch_plan = (None, None)  # the PyTorch backend's per-group lists and their key, cached between steps
         self.params = [param for param, _ in entries]
         self.groups = [group for _, group in entries]

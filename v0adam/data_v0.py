@@ -51,7 +51,7 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
     sums = {bucket: _sum_buffers(bucket, data_groups) for bucket in optimizer._buckets}
 
     counts = {bucket: [0] * len(bucket.params) for bucket in optimizer._buckets}
-    tables = {bucket: triton_backend.SegmentTable(bucket.device) for bucket in optimizer._buckets}
+    tables = {bucket: triton_backend.SegmentTable.for_bucket(bucket) for bucket in optimizer._buckets}
     was_training = model.training if model is not None else None
     if model is not None:
         model.eval()  # as the authors collect their statistics
@@ -112,14 +112,15 @@ def _accumulate(bucket, table, data_groups, counts, grad_sum, grad_sum_sq) -> No
     segments = [segment for segment in work.segments if segment.group in data_groups]
     if bucket.backend == "triton":
         table.update_segments(segments)
-        accumulate_gradient_moments_(
-            table.segments,
-            table.block_segment,
-            grad_sum,
-            grad_sum_sq,
-            param_dtype=bucket.dtype,
-            block=triton_backend.BLOCK,
-        )
+        for block_segment, _ in table.launches:
+            accumulate_gradient_moments_(
+                table.segments,
+                block_segment,
+                grad_sum,
+                grad_sum_sq,
+                param_dtype=bucket.dtype,
+                block=triton_backend.BLOCK,
+            )
     else:
         for segment in segments:
             end = segment.state_offset + segment.grad.numel()

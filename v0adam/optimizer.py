@@ -360,7 +360,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         for param in without_grad:
             param.grad = None
         if bucket.backend == "triton":
-            bucket.segment_table = triton_backend.SegmentTable(device)
+            triton_backend.prepare(bucket)
         for index, (param, group_index) in enumerate(bucket_entries):
             amsgrad = self.param_groups[group_index]["amsgrad"]
             state = bucket.state_views(index, amsgrad)
@@ -563,19 +563,19 @@ class V0Adam(TorchLayoutStates, Optimizer):
                 dtype = torch.float32 if bucket.backend == "triton" else grad_scale.dtype
                 bucket_scale = grad_scale.to(bucket.device, dtype, non_blocking=True)
             bucket_found_inf = None if found_inf is None else found_inf.to(bucket.device, non_blocking=True)
-            self._advance_steps(bucket, work.stepped, bucket_found_inf)
             rounding_seed = None
             if self.precision.stochastic_for(bucket.dtype):
                 rounding_seed = self.param_groups[0]["rounding_seed"]
             if bucket.backend == "triton":
+                launcher = traced_ops if torch.compiler.is_compiling() else triton_backend
+                increment = bucket.step_increment(work.stepped)
                 hyper = self._hyper_table(bucket.device)
+                launcher.advance_bucket_steps(bucket, increment, bucket_found_inf, hyper, self._ALGORITHM)
                 if rounding_seed is not None:
                     rounding_seed = self._device_seed(rounding_seed, bucket.device)
-                launcher = traced_ops if torch.compiler.is_compiling() else triton_backend
-                launcher.step_bucket(
-                    bucket, work, hyper, bucket_scale, bucket_found_inf, rounding_seed, self._ALGORITHM
-                )
+                launcher.step_bucket(bucket, work, bucket_scale, bucket_found_inf, rounding_seed, self._ALGORITHM)
             else:
+                self._advance_steps(bucket, work.stepped, bucket_found_inf)
                 torch_backend.step_bucket(
                     bucket, work, self.param_groups, bucket_scale, bucket_found_inf, rounding_seed, self._ALGORITHM
                 )

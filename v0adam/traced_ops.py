@@ -10,6 +10,7 @@ import functools
 import torch
 
 from v0adam import triton_backend
+from v0adam.kernels.step_scalars import advance_steps
 from v0adam.sharding import local
 from v0adam.triton_backend import SegmentTable
 
@@ -29,14 +30,18 @@ def _traced_layout(bucket, work) -> tuple[list[torch.Tensor], list[torch.Tensor]
 
 
 @functools.lru_cache(maxsize=4096)  # a traced step takes one table per re-homed param (see step_bucket)
-def _table_for(device, param_addresses: tuple, grad_addresses: tuple, flat_layout: tuple) -> SegmentTable:
-    table = SegmentTable(device)
+def _table_for(
+    device, dtype, quantized: bool, param_addresses: tuple, grad_addresses: tuple, flat_layout: tuple
+) -> SegmentTable:
+    table = SegmentTable(device, dtype, quantized)
     fields = (flat_layout[field::FIELDS] for field in range(FIELDS))
     table.update_rows(list(zip(param_addresses, grad_addresses, *fields)))
     return table
 
 
-def _table_of(params: list[torch.Tensor], grads: list[torch.Tensor], flat_layout: list[int]) -> SegmentTable:
+def _table_of(
+    params: list[torch.Tensor], grads: list[torch.Tensor], flat_layout: list[int], quantized: bool
+) -> SegmentTable:
     """The launch tables of a traced layout over these tensors, cached by address: no host-to-device copy while the
     compiled graph hands the ops the same tensors (a CUDA graph replay always does; inductor's temporaries may move
     between calls, and then a table is rebuilt)."""
@@ -44,6 +49,8 @@ def _table_of(params: list[torch.Tensor], grads: list[torch.Tensor], flat_layout
         raise ValueError("v0adam's traced step needs contiguous params and gradients")
     return _table_for(
         grads[0].device if grads else None,
+        grads[0].dtype if grads else None,
+        quantized,
         tuple(param.data_ptr() for param in params),
         tuple(grad.data_ptr() for grad in grads),
         tuple(flat_layout),
@@ -58,7 +65,7 @@ def _table_of(params: list[torch.Tensor], grads: list[torch.Tensor], flat_layout
 def _adam_step_op(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
-    hyper: torch.Tensor,
+    scalars: torch.Tensor,
     steps: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
@@ -74,8 +81,8 @@ def _adam_step_op(
     if not params:
         return
     triton_backend.launch_step(
-        _table_of(params, grads, flat_layout),
-        hyper,
+        _table_of(params, grads, flat_layout, scales is not None),
+        scalars,
         steps,
         exp_avg,
         exp_avg_sq,
@@ -97,17 +104,43 @@ def _(*args) -> None:
 
 @torch.library.custom_op("v0adam::grad_norm_partials", mutates_args=())
 def _grad_norm_partials_op(grads: list[torch.Tensor], flat_layout: list[int], norm_type: float) -> torch.Tensor:
-    table = _table_of(grads, grads, flat_layout)  # the norm kernel reads no param: their addresses are not needed
-    return triton_backend.partials_over(table, grads[0].dtype, norm_type)
+    # The norm kernel reads no param: their addresses are not needed. The tail split depends on addresses, which
+    # the fake cannot see: both return as many partials as any split could need.
+    table = _table_of(grads, grads, flat_layout, quantized=False)
+    capacity = triton_backend.partials_capacity(flat_layout[1::FIELDS])
+    return triton_backend.partials_over(table, grads[0].dtype, norm_type, capacity)
 
 
 @_grad_norm_partials_op.register_fake
 def _(grads, flat_layout, norm_type):
-    blocks = sum(-(-numel // triton_backend.BLOCK) for numel in flat_layout[1::FIELDS])
-    return grads[0].new_empty(blocks, dtype=torch.float32)
+    return grads[0].new_empty(triton_backend.partials_capacity(flat_layout[1::FIELDS]), dtype=torch.float32)
 
 
-def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
+@torch.library.custom_op("v0adam::advance_steps_", mutates_args=("steps", "scalars"))
+def _advance_steps_op(
+    steps: torch.Tensor,
+    increment: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+    param_group: torch.Tensor,
+    hyper: torch.Tensor,
+    scalars: torch.Tensor,
+    algorithm: str,
+) -> None:
+    advance_steps(steps, increment, found_inf, param_group, hyper, scalars, algorithm)
+
+
+@_advance_steps_op.register_fake
+def _(*args) -> None:
+    return None  # it only writes into its arguments
+
+
+def advance_bucket_steps(bucket, increment, found_inf, hyper: torch.Tensor, algorithm: str) -> None:
+    """`triton_backend.advance_bucket_steps` for a traced step."""
+    mask = increment if isinstance(increment, torch.Tensor) else None
+    _advance_steps_op(bucket.steps, mask, found_inf, bucket.param_group, hyper, bucket.step_scalars, algorithm)
+
+
+def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
     """`triton_backend.step_bucket` for a traced step over the params in `work.stepped`.
 
     Re-homed params take one launch each. Handed several views of one buffer to mutate, the compiler (torch 2.13)
@@ -128,7 +161,7 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
         _adam_step_op(
             launch_params,
             launch_grads,
-            hyper,
+            bucket.step_scalars,
             bucket.steps,
             bucket.exp_avg,
             bucket.exp_avg_sq,

@@ -10,6 +10,7 @@ from v0adam.fixed_address import fixed_address
 from v0adam.graph_capture import hold_if_capturing, upload, upload_into
 from v0adam.kernels import adam as adam_kernel
 from v0adam.kernels.grad_norm import grad_norm_partials
+from v0adam.kernels.step_scalars import advance_steps
 
 
 def interpreter_enabled() -> bool:
@@ -25,15 +26,28 @@ NUM_WARPS = 4
 
 
 class SegmentTable:
-    """The segment and block tables of one bucket, in device memory, rebuilt only when an address changes."""
+    """The segment and block tables of one bucket, in device memory, rebuilt only when an address changes.
 
-    def __init__(self, device: torch.device):
+    A segment that breaks the kernel's alignment promise costs only itself: its aligned bulk stays with the
+    others, and what remains (the tail of a segment whose numel is not a multiple of ALIGN_ELEMENTS, or a whole
+    segment at an unaligned address) is stepped by a second, unaligned launch over the blocks after theirs. A tail
+    starts at a multiple of `granularity` elements (a quantization block with 8-bit states, so that no block is
+    shared by two launches). Without such a part, one launch.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, quantized: bool = False):
         self.device = device
+        self.itemsize = dtype.itemsize
+        self.granularity = quantization.QBLOCK if quantized else adam_kernel.ALIGN_ELEMENTS.value
         self._key = None
         self._addresses = None
         self.segments = None
         self.block_segment = None
-        self.aligned = False
+        self.launches = []  # (block_segment view, aligned) per launch, aligned first
+
+    @classmethod
+    def for_bucket(cls, bucket) -> "SegmentTable":
+        return cls(bucket.device, bucket.dtype, bucket.quantized)
 
     def update(self, work) -> None:
         """The tables of a `BucketWork`'s segments; when its addresses are those of the last update (a steady
@@ -55,37 +69,79 @@ class SegmentTable:
         """Rows of (param address, grad address, state offset, numel, group, step index), one per segment."""
         if rows == self._key:
             return
-        first_block, blocks_per_segment, table = 0, [], []
-        for param_addr, grad_addr, state_offset, numel, group, step_index in rows:
-            blocks = -(-numel // BLOCK)
-            table.append((param_addr, grad_addr, state_offset, numel, first_block, group, step_index))
-            blocks_per_segment.append(blocks)
-            first_block += blocks
+        pieces = {True: [], False: []}
+        for row in rows:
+            for piece, aligned in self._pieces(*row):
+                pieces[aligned].append(piece)
+        table, blocks_per_segment, launch_blocks = [], [], []
+        for aligned in (True, False):
+            first_block = 0  # block numbers count from each launch's first program
+            for param_addr, grad_addr, state_offset, numel, group, step_index in pieces[aligned]:
+                blocks = -(-numel // BLOCK)
+                table.append((param_addr, grad_addr, state_offset, numel, first_block, group, step_index))
+                blocks_per_segment.append(blocks)
+                first_block += blocks
+            launch_blocks.append(first_block)
         host_table = torch.tensor(table, dtype=torch.int64).reshape(-1, adam_kernel.SEGMENT_FIELDS.value)
         host_blocks = torch.repeat_interleave(
-            torch.arange(len(rows), dtype=torch.int32), torch.tensor(blocks_per_segment, dtype=torch.int64)
+            torch.arange(len(table), dtype=torch.int32), torch.tensor(blocks_per_segment, dtype=torch.int64)
         )
         self.segments = upload(host_table, self.device)
         self.block_segment = upload(host_blocks, self.device)
-        align_bytes, align_elements = adam_kernel.ALIGN_BYTES.value, adam_kernel.ALIGN_ELEMENTS.value
-        self.aligned = all(
-            param_addr % align_bytes == 0
-            and grad_addr % align_bytes == 0
-            and state_offset % align_elements == 0
-            and numel % align_elements == 0
-            for param_addr, grad_addr, state_offset, numel, _, _ in rows
-        )
+        aligned_blocks, unaligned_blocks = launch_blocks
+        self.launches = [
+            (self.block_segment[start : start + count], aligned)
+            for start, count, aligned in ((0, aligned_blocks, True), (aligned_blocks, unaligned_blocks, False))
+            if count
+        ]
         self._key = rows
 
+    def _pieces(self, param_addr, grad_addr, state_offset, numel, group, step_index):
+        """(row, aligned) for the parts of one segment: its aligned bulk and its unaligned tail, either maybe empty."""
+        align_bytes, align_elements = adam_kernel.ALIGN_BYTES.value, adam_kernel.ALIGN_ELEMENTS.value
+        row = (param_addr, grad_addr, state_offset, numel, group, step_index)
+        if param_addr % align_bytes or grad_addr % align_bytes or state_offset % align_elements:
+            return [(row, False)]
+        if numel % align_elements == 0:
+            return [(row, True)]
+        bulk = numel - numel % self.granularity
+        step = bulk * self.itemsize
+        pieces = [((param_addr, grad_addr, state_offset, bulk, group, step_index), True)] if bulk else []
+        if numel > bulk:
+            tail = (param_addr + step, grad_addr + step, state_offset + bulk, numel - bulk, group, step_index)
+            pieces.append((tail, False))
+        return pieces
 
-def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
-    """One fused launch over every segment of the bucket; step counters were advanced by the caller.
-    `rounding_seed` (a device int64 tensor) switches stochastic rounding on."""
+    @property
+    def num_blocks(self) -> int:
+        return self.block_segment.numel()
+
+
+def prepare(bucket) -> None:
+    """The bucket's device tables of this backend: its launch tables, each param's group and step scalars."""
+    bucket.segment_table = SegmentTable.for_bucket(bucket)
+    bucket.param_group = fixed_address(upload(torch.tensor(bucket.groups, dtype=torch.int32), bucket.device))
+    scalars = torch.zeros(len(bucket.params), adam_kernel.SCALAR_FIELDS.value, device=bucket.device)
+    bucket.step_scalars = fixed_address(scalars)
+
+
+def advance_bucket_steps(bucket, increment, found_inf, hyper: torch.Tensor, algorithm: str) -> None:
+    """The bucket's step counters advanced by `increment` (1.0 or a device mask) unless found_inf, and the step
+    scalars of its params computed (one launch; see `v0adam.kernels.step_scalars`)."""
+    hold_if_capturing(bucket.device, bucket.param_group)
+    mask = increment if isinstance(increment, torch.Tensor) else None
+    advance_steps(bucket.steps, mask, found_inf, bucket.param_group, hyper, bucket.step_scalars, algorithm)
+
+
+def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
+    """One fused launch over every segment of the bucket (two with an unaligned part); step counters and scalars
+    were advanced by `advance_bucket_steps`. `rounding_seed` (a device int64 tensor) switches stochastic rounding
+    on."""
     table = bucket.segment_table
     table.update(work)
     launch_step(
         table,
-        hyper,
+        bucket.step_scalars,
         bucket.steps,
         bucket.exp_avg,
         bucket.exp_avg_sq,
@@ -100,40 +156,59 @@ def step_bucket(bucket, work, hyper: torch.Tensor, grad_scale, found_inf, roundi
     )
 
 
-def launch_step(table: SegmentTable, hyper, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
-    """The kernel launch over `table` with this backend's block size and warps; `options` as `adam_step`'s, the
+def launch_step(table: SegmentTable, scalars, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
+    """The kernel launches over `table` with this backend's block size and warps; `options` as `adam_step`'s, the
     code table added for 8-bit states (`scales` given)."""
     hold_table_if_capturing(table)
     if options.get("scales") is not None:
         options["code_table"] = quantization.code_table(table.device)
-    adam_kernel.adam_step(
-        table.segments,
-        table.block_segment,
-        hyper,
-        steps,
-        exp_avg,
-        exp_avg_sq,
-        max_exp_avg_sq,
-        master,
-        aligned=table.aligned,
-        block=BLOCK,
-        num_warps=NUM_WARPS,
-        **options,
-    )
+    for block_segment, aligned in table.launches:
+        adam_kernel.adam_step(
+            table.segments,
+            block_segment,
+            scalars,
+            steps,
+            exp_avg,
+            exp_avg_sq,
+            max_exp_avg_sq,
+            master,
+            aligned=aligned,
+            block=BLOCK,
+            num_warps=NUM_WARPS,
+            **options,
+        )
 
 
 def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
-    """Per-block partial norms of the bucket's grads (one launch; see `v0adam.kernels.grad_norm`)."""
+    """Per-block partial norms of the bucket's grads (see `v0adam.kernels.grad_norm`)."""
     table = bucket.segment_table
     table.update(work)
     return partials_over(table, bucket.dtype, norm_type)
 
 
-def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: float) -> torch.Tensor:
+def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: float, capacity: int | None = None):
+    """One partial per block of `table`, in a float32 tensor of `capacity` elements (default: as many as blocks),
+    the rest zeros, which neither a sum nor a max of norms changes."""
     hold_table_if_capturing(table)
-    return grad_norm_partials(
-        table.segments, table.block_segment, param_dtype=param_dtype, norm_type=norm_type, block=BLOCK
-    )
+    partials = torch.zeros(table.num_blocks if capacity is None else capacity, device=table.device)
+    start = 0
+    for block_segment, aligned in table.launches:
+        grad_norm_partials(
+            table.segments,
+            block_segment,
+            partials[start : start + block_segment.numel()],
+            param_dtype=param_dtype,
+            norm_type=norm_type,
+            aligned=aligned,
+            block=BLOCK,
+        )
+        start += block_segment.numel()
+    return partials
+
+
+def partials_capacity(numels) -> int:
+    """An upper bound of the blocks of segments of these sizes, however they are split for alignment."""
+    return sum(-(-numel // BLOCK) + 1 for numel in numels)
 
 
 def hold_table_if_capturing(table: SegmentTable) -> None:
