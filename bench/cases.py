@@ -31,7 +31,11 @@ def _numel(shape) -> int:
 
 def gpt2_small_shapes() -> tuple[tuple[int, ...], ...]:
     """GPT-2 small (124M): 148 tensors."""
-    d, vocab, context, layers = 768, 50257, 1024, 12
+    return gpt2_shapes(d=768, vocab=50257, context=1024, layers=12)
+
+
+def gpt2_shapes(d: int, vocab: int, context: int, layers: int) -> tuple[tuple[int, ...], ...]:
+    """The parameter shapes of a GPT-2 of this width, vocabulary, context and depth."""
     shapes = [(vocab, d), (context, d)]
     for _ in range(layers):
         shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]

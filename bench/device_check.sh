@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # One run on a lent GPU: install offline, run the test suite natively on CUDA, then the benchmark table.
 # Output is printed and, when $OUT is set (the device tool), saved there; well inside 8 minutes on an H100.
-# Usage: bash bench/device_check.sh [--tune] [--no-bench] [--training] [--evidence]
-#   --tune      also time each block size / warp count (python -m bench.tune)
-#   --no-bench  skip the benchmark table
-#   --training  also time whole training iterations (python -m bench --training --quick: GPT-2 small)
-#   --evidence  also run examples/warmup_free.py's GPU-sized sweep (2 seeds, 400 steps, within five minutes)
+# Usage: bash bench/device_check.sh [--tune] [--no-bench] [--no-training] [--evidence]
+#   --tune         also time each block size / warp count (python -m bench.tune)
+#   --no-bench     skip the benchmark table (its rows include 8-bit and bf16 states)
+#   --no-training  skip whole training iterations (python -m bench --training --quick: GPT-2 small)
+#   --evidence     also run examples/warmup_free.py's GPU-sized sweep (2 seeds, 400 steps, within five minutes)
+# After the table, the static model's predictions (python -m bench.static) for comparison with what was measured.
 set -uo pipefail
-tune=0 bench=1 training=0 evidence=0
+tune=0 bench=1 training=1 evidence=0
 for option in "$@"; do
   case "$option" in
     --tune) tune=1 ;;
     --no-bench) bench=0 ;;
-    --training) training=1 ;;
+    --no-training) training=0 ;;
     --evidence) evidence=1 ;;
     *) echo "unknown option $option" >&2; exit 2 ;;
   esac
@@ -37,21 +38,23 @@ export PYTHONUNBUFFERED=1
   echo "== tests (native CUDA) $(date -u +%H:%M:%S)"
   # The gloo jobs of test_distributed.py run on CPU tensors on any machine, and CI runs them: left out here.
   # In: torch.compile with inductor and CUDA graphs (test_compile.py, test_cuda_graphs.py), GPU-only.
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_distributed.py -rs 2>&1 | tail -30
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_distributed.py -rs 2>&1 | tail -30
   if [ "$tune" = 1 ]; then
     echo "== block size / warps $(date -u +%H:%M:%S)"
     timeout 120 python3 -m bench.tune
   fi
   if [ "$bench" = 1 ]; then
     echo "== benchmark $(date -u +%H:%M:%S)"
-    timeout 240 python3 -m bench --quick --out "$out_dir"
+    timeout 150 python3 -m bench --quick --out "$out_dir"
   fi
+  echo "== static model (predicted) $(date -u +%H:%M:%S)"
+  timeout 60 python3 -m bench.static --csv "$out_dir/static_model.csv" | tail -12
   if [ "$training" = 1 ]; then
     echo "== training iterations $(date -u +%H:%M:%S)"
-    timeout 150 python3 -m bench --training --quick --out "$out_dir"
+    timeout 100 python3 -m bench --training --quick --out "$out_dir"
   fi
   echo "== one step past 2^31 elements $(date -u +%H:%M:%S)"
-  timeout 60 python3 -m bench.huge_step
+  timeout 30 python3 -m bench.huge_step
   if [ "$evidence" = 1 ]; then
     echo "== evidence: training without warmup $(date -u +%H:%M:%S)"
     timeout 330 python3 examples/warmup_free.py --device cuda --out "$out_dir" 2>&1 | grep -v "v0 from data"

@@ -1,0 +1,113 @@
+"""The static sm_90 model (`python -m bench.static`): every launch v0adam makes for GPT-2-shaped params, with and
+without an odd-sized tensor, compiled with the runtime's specialization and read in SASS. Run in a fresh process
+(under TRITON_INTERPRET=1 the kernels in this one are not compilable)."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import static  # noqa: E402
+
+# Variants the model predicts below their target, with what remains to be done (issue #22).
+KNOWN_MISSES = {
+    "8-bit": "the nearest-code search: about 16 dependent table gathers per element and state",
+    "bf16-states stochastic": "a register saved to the stack on the main path; the unaligned launch issue-bound",
+    "bf16-states": "a register saved to the stack on the main path (56 registers, STACK 8)",
+}
+
+
+def _run_model(csv_path: Path, *configurations: str) -> list[dict]:
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    only = [argument for name in configurations for argument in ("--configuration", name)]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.static", "--csv", str(csv_path), *only],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Calibration against the committed H200 run" in result.stdout
+    with open(csv_path) as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory) -> list[dict]:
+    return _run_model(tmp_path_factory.mktemp("static") / "model.csv")
+
+
+def _of(predictions, configuration: str) -> list[dict]:
+    return [row for row in predictions if row["variant"].startswith(f"{configuration} / ")]
+
+
+def test_every_configuration_and_kernel_is_modelled(predictions):
+    for configuration in static.CONFIGURATIONS:
+        kernels = {row["kernel"] for row in _of(predictions, configuration.name)}
+        assert kernels, f"{configuration.name}: no launch recorded that an earlier configuration did not make"
+    kernels = {row["kernel"].split(" (")[0] for row in predictions}
+    expected = {"step aligned", "step unaligned", "random v0", "data v0"}
+    expected |= {f"grad norm {norm} {kind}" for norm in ("1", "2", "inf") for kind in ("aligned", "unaligned")}
+    assert expected <= kernels
+
+
+def test_the_model_is_reproducible(predictions, tmp_path):
+    """A second run predicts the same, number for number (here for two configurations: a second full run would
+    double the test's minute)."""
+    again = _run_model(tmp_path / "again.csv", "fp32", "fp32 8-bit")
+    assert again and again == [row for row in predictions if row["variant"].split(" / ")[0] in ("fp32", "fp32 8-bit")]
+
+
+def test_aligned_launches_use_128_bit_accesses_and_unaligned_ones_none(predictions):
+    for row in predictions:
+        if row["kernel"].startswith(("step", "grad norm")):
+            vector = "128b" in row["loads"]
+            assert vector == row["kernel"].endswith(" aligned"), row
+
+
+def test_nothing_a_step_program_does_grows_with_the_step_count(predictions):
+    """No loop on the step kernel's main path: at step 1e6 a thread issues what it issues at step 1 (the bias
+    corrections are the step scalars' job, once per param)."""
+    steps = [row for row in predictions if row["kernel"].startswith("step")]
+    assert steps and all(row["instructions_per_element_late"] == row["instructions_per_element"] for row in steps)
+
+
+def test_the_model_agrees_with_the_committed_h200_measurements(predictions):
+    """Calibration: the aligned step's prediction against the measured rows, within 5 points (the model ignores
+    everything but bytes and issue slots, so it is optimistic by a few percent)."""
+    rows = static.calibration([static.Prediction(**_typed(row)) for row in predictions])
+    assert len(rows) == len(static.CALIBRATION)
+    for case, predicted, measured in rows:
+        assert 0 <= predicted - measured <= 5.0, (case, predicted, measured)
+
+
+def _with_known_misses(name: str):
+    """A configuration as a test parameter; a known miss is expected to fail, strictly: once it meets its target
+    the test fails until the miss is taken off the list."""
+    miss = next((reason for key, reason in KNOWN_MISSES.items() if key in name), None)
+    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"issue #22: {miss}") if miss else ())
+
+
+@pytest.mark.parametrize("configuration", [_with_known_misses(c.name) for c in static.CONFIGURATIONS])
+def test_each_step_variant_meets_its_target_at_step_1e6(predictions, configuration):
+    """>= 95% of copy bandwidth for its bytes (8-bit states: 90%), no spills, for the step and grad-norm launches;
+    the one-off v0 initialisations and the per-param step scalars are reported, not held to it."""
+    for row in _of(predictions, configuration):
+        if row["kernel"].startswith(("step", "grad norm")):
+            target = static.EIGHT_BIT_TARGET_PCT if "8-bit" in configuration else static.TARGET_PCT
+            assert float(row["pct_of_copy_late"]) >= target, row
+            assert int(row["spills"]) == 0, row
+
+
+def _typed(row: dict) -> dict:
+    fields = static.Prediction.__dataclass_fields__
+    return {
+        name: fields[name].type(value) if fields[name].type in (int, float) else value for name, value in row.items()
+    }
