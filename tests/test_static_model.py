@@ -82,7 +82,7 @@ def test_nothing_a_step_program_does_grows_with_the_step_count(predictions):
 def test_the_model_agrees_with_the_committed_h200_measurements(predictions):
     """Calibration: the aligned step's prediction against the measured rows, within 5 points (the model ignores
     everything but bytes and issue slots, so it is optimistic by a few percent)."""
-    rows = static.calibration([static.Prediction(**_typed(row)) for row in predictions])
+    rows = static.calibration([static.Prediction.from_row(row) for row in predictions])
     assert len(rows) == len(static.CALIBRATION)
     for case, predicted, measured in rows:
         assert 0 <= predicted - measured <= 5.0, (case, predicted, measured)
@@ -99,15 +99,7 @@ def _with_known_misses(name: str):
 def test_each_step_variant_meets_its_target_at_step_1e6(predictions, configuration):
     """>= 95% of copy bandwidth for its bytes (8-bit states: 90%), no spills, for the step and grad-norm launches;
     the one-off v0 initialisations and the per-param step scalars are reported, not held to it."""
-    for row in _of(predictions, configuration):
-        if row["kernel"].startswith(("step", "grad norm")):
-            target = static.EIGHT_BIT_TARGET_PCT if "8-bit" in configuration else static.TARGET_PCT
-            assert float(row["pct_of_copy_late"]) >= target, row
-            assert int(row["spills"]) == 0, row
-
-
-def _typed(row: dict) -> dict:
-    fields = static.Prediction.__dataclass_fields__
-    return {
-        name: fields[name].type(value) if fields[name].type in (int, float) else value for name, value in row.items()
-    }
+    for prediction in map(static.Prediction.from_row, _of(predictions, configuration)):
+        if prediction.target_pct is not None:
+            assert prediction.pct_of_copy_late >= prediction.target_pct, prediction
+            assert prediction.spills == 0, prediction

@@ -1,0 +1,151 @@
+"""What v0adam launches, recorded instead of run: optimizers in each precision mode step GPT-2-shaped params (and
+the same with an odd-sized classifier head) on the CPU, and every Triton launch is kept with the specialization
+Triton's runtime gives its arguments (pointer and integer divisibility by 16, integers equal to 1), ready to be
+compiled ahead of time (`bench.static`)."""
+
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton._C.libtriton import native_specialize_impl
+
+from bench import cases
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    dtype: torch.dtype = torch.float32
+    options: tuple = ()  # V0AdamW keyword arguments, as (name, value) pairs
+    optimizer: str = "V0AdamW"
+    clip_norm_type: float | None = None  # clip_grad_norm_ of this type first: a grad-norm launch, a grad divisor
+
+
+EIGHT_BIT = (("state_dtype", torch.uint8),)
+STOCHASTIC = (("stochastic_rounding", True),)
+FAMILY = (("RAdam", "V0RAdam"), ("AdaBelief", "V0AdaBelief"), ("AdaBound", "V0AdaBound"))
+CONFIGURATIONS = (
+    Configuration("fp32"),
+    Configuration("fp32 AMSGrad", options=(("amsgrad", True),)),
+    Configuration("fp32 clip + nonfinite guard", options=(("skip_nonfinite", True),), clip_norm_type=2.0),
+    Configuration("fp32 nonfinite guard", options=(("skip_nonfinite", True),)),
+    Configuration("fp32 random v0", options=(("v0", "random"),)),
+    Configuration("fp32 data v0", options=(("v0", "data"),)),
+    Configuration("bf16", torch.bfloat16),
+    Configuration("bf16 clip", torch.bfloat16, clip_norm_type=2.0),
+    Configuration("bf16 clip inf-norm", torch.bfloat16, clip_norm_type=float("inf")),
+    Configuration("bf16 data v0", torch.bfloat16, (("v0", "data"),)),
+    Configuration("bf16 master", torch.bfloat16, (("master_weights", True),)),
+    Configuration("bf16 stochastic", torch.bfloat16, STOCHASTIC),
+    Configuration("bf16 bf16-states", torch.bfloat16, (("state_dtype", torch.bfloat16),)),
+    Configuration("bf16 bf16-states stochastic", torch.bfloat16, (("state_dtype", torch.bfloat16),) + STOCHASTIC),
+    Configuration("fp32 8-bit", options=EIGHT_BIT),
+    Configuration("bf16 8-bit", torch.bfloat16, EIGHT_BIT),
+    Configuration("fp32 8-bit AMSGrad", options=EIGHT_BIT + (("amsgrad", True),)),
+    *(Configuration(f"fp32 {name}", optimizer=optimizer) for name, optimizer in FAMILY),
+    *(Configuration(f"bf16 stochastic {name}", torch.bfloat16, STOCHASTIC, optimizer) for name, optimizer in FAMILY),
+    *(
+        Configuration(f"bf16 master {name}", torch.bfloat16, (("master_weights", True),), optimizer)
+        for name, optimizer in FAMILY
+    ),
+    *(Configuration(f"fp32 8-bit {name}", options=EIGHT_BIT, optimizer=optimizer) for name, optimizer in FAMILY),
+)
+MODELS = {
+    "GPT-2": cases.gpt2_shapes(d=64, vocab=512, context=64, layers=2),
+    "GPT-2 + 10-class head": cases.gpt2_shapes(d=64, vocab=512, context=64, layers=2) + ((10, 64), (10,)),
+}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One recorded launch: which kernel, and what its compilation specialises on."""
+
+    kernel: str
+    signature: tuple  # (name, type) per argument, "constexpr" for the constants
+    constexprs: tuple  # (name, value)
+    divisible: tuple  # indices of the arguments Triton's runtime marks divisible by 16
+    num_warps: int
+
+
+class _Recorder:
+    """Stands in for a jitted kernel: `kernel[grid](*args, **kwargs)` records the launch and runs nothing."""
+
+    def __init__(self, kernel, launches: set):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        return self._record
+
+    def _record(self, *args, num_warps=4, **kwargs):
+        from triton.backends.nvidia.compiler import CUDABackend
+
+        signature, constexprs, divisible = [], [], []
+        for index, (param, value) in enumerate(zip(self.kernel.params, _bound(self.kernel, args, kwargs))):
+            if param.is_constexpr:
+                signature.append((param.name, "constexpr"))
+                constexprs.append((param.name, _constant(value)))
+                continue
+            kind, specialization = native_specialize_impl(CUDABackend, value, False, True, True)
+            if kind == "constexpr":  # an integer 1
+                constexprs.append((param.name, specialization))
+            elif specialization == "D":
+                divisible.append(index)
+            signature.append((param.name, kind))
+        self.launches.add(
+            Launch(self.kernel.__name__, tuple(signature), tuple(constexprs), tuple(divisible), num_warps)
+        )
+
+
+def _bound(kernel, args, kwargs) -> list:
+    names = [param.name for param in kernel.params]
+    return list(args) + [kwargs[name] for name in names[len(args) :]]
+
+
+def _constant(value):
+    return value.value if isinstance(value, triton.language.constexpr) else value
+
+
+def kernel_modules():
+    from v0adam.kernels import adam, grad_norm, step_scalars, v0_init
+
+    return {
+        "_adam_step_kernel": adam,
+        "_advance_steps_kernel": step_scalars,
+        "_grad_norm_partials_kernel": grad_norm,
+        "_random_v0_kernel": v0_init,
+        "_accumulate_moments_kernel": v0_init,
+    }
+
+
+def record_launches(configuration: Configuration, shapes) -> set[Launch]:
+    """The launches of one optimizer step (and its construction) in `configuration` over params of `shapes`,
+    grads handed over by autograd as in a training loop."""
+    import v0adam
+    from v0adam import triton_backend
+
+    launches = set()
+    modules = kernel_modules()
+    originals = {name: getattr(module, name) for name, module in modules.items()}
+    interpreter_enabled = triton_backend.interpreter_enabled
+    try:
+        for name, module in modules.items():
+            setattr(module, name, _Recorder(originals[name], launches))
+        triton_backend.interpreter_enabled = lambda: True  # the Triton backend on CPU tensors, launches recorded
+        generator = torch.Generator().manual_seed(0)
+        params = [
+            torch.nn.Parameter(torch.randn(shape, generator=generator).to(configuration.dtype)) for shape in shapes
+        ]
+        opt = getattr(v0adam, configuration.optimizer)(params, lr=1e-3, backend="triton", **dict(configuration.options))
+        grads = [torch.randn(param.shape, generator=generator).to(configuration.dtype) for param in params]
+        if dict(configuration.options).get("v0") == "data":
+            opt.init_v0_from_data([torch.zeros(2)], lambda batch: sum((p * g).sum() for p, g in zip(params, grads)))
+        for param, grad in zip(params, grads):
+            param.grad = grad.clone()
+        if configuration.clip_norm_type is not None:
+            opt.clip_grad_norm_(1.0, configuration.clip_norm_type)
+        opt.step()
+    finally:
+        for name, module in modules.items():
+            setattr(module, name, originals[name])
+        triton_backend.interpreter_enabled = interpreter_enabled
+    return launches
