@@ -2,10 +2,12 @@ from setuptools import setup
 
 setup(
     name="v0adam",
-    version="0.1.0",
+    version="0.2.0",
     description="Fused Triton Adam/AdamW for PyTorch with a non-zero initial second moment v0 (arXiv 2412.02153)",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     # The kernels live in kernels/ but install as v0adam.kernels: a top-level `kernels` package exists on PyPI.
     packages=["v0adam", "v0adam.kernels"],
