@@ -92,6 +92,7 @@ def _adam_step_kernel(
     PARAM_DTYPE: tl.constexpr,  # storage dtype of params and grads
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
+    HAS_AMSGRAD: tl.constexpr,  # the bucket has a max v buffer: some group may use AMSGrad
     HAS_MASTER: tl.constexpr,  # update the fp32 master, store the param as its rounding
     STOCHASTIC_ROUNDING: tl.constexpr,  # bfloat16 params rounded stochastically (counter-based, seeded per step)
     ALGORITHM: tl.constexpr,  # ADAM, ADABELIEF, RADAM or ADABOUND
@@ -140,7 +141,10 @@ def _adam_step_kernel(
     l2_weight_decay = tl.load(scalars + L2_WEIGHT_DECAY)
     decay_factor = tl.load(scalars + DECAY_FACTOR)
     maximize = tl.load(scalars + MAXIMIZE_FLAG) != 0
-    amsgrad = tl.load(scalars + AMSGRAD_FLAG) != 0
+    if HAS_AMSGRAD:
+        amsgrad = tl.load(scalars + AMSGRAD_FLAG) != 0
+    else:  # no group of the bucket has AMSGrad: neither the flag nor its branch is in the code
+        amsgrad = False
     decoupled = tl.load(scalars + DECOUPLED_FLAG) != 0
 
     offsets = (pid - first_block).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -316,6 +320,7 @@ def adam_step(
         PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
+        HAS_AMSGRAD=max_exp_avg_sq is not None,
         HAS_MASTER=master is not None,
         STOCHASTIC_ROUNDING=rounding_seed is not None,
         ALGORITHM=ALGORITHMS[algorithm],

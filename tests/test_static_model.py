@@ -17,8 +17,8 @@ from bench import static  # noqa: E402
 # Variants the model predicts below their target, with what remains to be done (issue #22).
 KNOWN_MISSES = {
     "8-bit": "the nearest-code search: about 16 dependent table gathers per element and state",
-    "bf16-states stochastic": "a register saved to the stack on the main path; the unaligned launch issue-bound",
-    "bf16-states": "a register saved to the stack on the main path (56 registers, STACK 8)",
+    "bf16-states stochastic": "the unaligned launch: issue-bound (a Philox draw per 4 elements, scalar accesses)",
+    "bf16-states": "ptxas moves one value through the stack on the main path (STL, then LDL at once)",
 }
 
 
