@@ -32,6 +32,9 @@ class LaunchRecorder:
 
 @pytest.mark.parametrize("lr_kind", ["float", "tensor"])
 def test_lr_schedule_never_changes_the_compiled_kernel(monkeypatch, lr_kind):
+    from v0adam import triton_backend
+
+    monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)  # as on a GPU
     recorder = LaunchRecorder(adam_kernel._adam_step_kernel)
     monkeypatch.setattr(adam_kernel, "_adam_step_kernel", recorder)
     params = make_params(MIXED_SHAPES, device=DEVICE)
@@ -70,11 +73,13 @@ def test_tables_used_while_capturing_a_cuda_graph_outlive_later_rebuilds(monkeyp
 
 
 @pytest.mark.parametrize("quantized", [False, True], ids=["float-states", "8-bit"])
-def test_an_odd_sized_tensor_costs_only_itself(quantized):
+def test_an_odd_sized_tensor_costs_only_itself(monkeypatch, quantized):
     """Segments that keep the alignment promise stay in the aligned launch; an odd numel sends only its tail (from
     a multiple of 8 elements, of a quantization block with 8-bit states) to the unaligned launch, an unaligned
     address only its own segment."""
     from v0adam import triton_backend
+
+    monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
 
     table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32, quantized)
     whole, odd, misplaced = (4096, 8192, 0, 1000, 0, 0), (16384, 32768, 1024, 10, 1, 1), (65540, 131072, 2048, 64, 0, 2)
@@ -90,6 +95,37 @@ def test_an_odd_sized_tensor_costs_only_itself(quantized):
     assert aligned_blocks == len(aligned_rows) and unaligned_blocks == len(unaligned_rows)  # one block each here
     # Block numbers restart with each launch: its first program is its block 0.
     assert [row[4] for row in table.segments.tolist()] == list(range(len(aligned_rows))) + [0, 1]
+
+
+@pytest.mark.parametrize(
+    "dtype, options",
+    [
+        (torch.float32, {}),
+        (torch.bfloat16, {"stochastic_rounding": True}),
+        (torch.float32, {"state_dtype": torch.uint8, "amsgrad": True}),
+    ],
+    ids=["fp32", "bf16-stochastic", "8-bit-amsgrad"],
+)
+def test_splitting_off_the_unaligned_tails_changes_nothing(monkeypatch, dtype, options):
+    """The same steps with odd-sized tensors split into an aligned bulk and an unaligned tail (as on a GPU) and
+    stepped whole (as the interpreter does by default): params and every state bitwise equal."""
+    from v0adam import triton_backend
+
+    runs = []
+    for split in (True, False):
+        monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", split)
+        params = make_params(MIXED_SHAPES, dtype=dtype, device=DEVICE)
+        opt = v0adam.V0AdamW(params, lr=0.01, backend="triton", **options)
+        for step in range(3):
+            opt.zero_grad()
+            set_grads(params, gradients(params, step), "autograd")
+            opt.step()
+        runs.append((params, opt))
+    (split_params, split_opt), (whole_params, whole_opt) = runs
+    for p, q in zip(split_params, whole_params):
+        assert torch.equal(p, q)
+        for key, value in split_opt.state[p].items():
+            assert torch.equal(value, whole_opt.state[q][key]), key
 
 
 @pytest.mark.parametrize("algorithm", ["adam", "radam", "adabound"])
