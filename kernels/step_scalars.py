@@ -164,3 +164,67 @@ def advance_steps(
         ALGORITHM=ALGORITHMS[algorithm],
         BLOCK=BLOCK,
     )
+
+
+def advance_steps_reference(
+    steps: torch.Tensor,
+    increment: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+    param_group: torch.Tensor,
+    hyper: torch.Tensor,
+    scalars: torch.Tensor,
+    algorithm: str = "adam",
+) -> None:
+    """`advance_steps` in PyTorch, operation for operation (the same float64 squarings, the same roundings): equal
+    to the kernel bit for bit (tested). The Triton interpreter spends about 50 ms on the kernel's few hundred
+    scalar-sized operations; the test suite steps through this instead, and tests the kernel itself."""
+    moved = torch.ones_like(steps) if increment is None else increment.to(steps.dtype)
+    if found_inf is not None:
+        moved = (found_inf.reshape(()) == 0).to(torch.float32) * moved
+    steps.add_(moved)
+    group = hyper[param_group.long()]
+    lr, beta1, beta2, weight_decay = (group[:, column.value] for column in (LR, BETA1, BETA2, WEIGHT_DECAY))
+    step = steps.to(torch.int32)
+    bias_correction1 = 1.0 - _power_reference(beta1, step)
+    bias_correction2 = 1.0 - _power_reference(beta2, step)
+    columns = {
+        LR_F32: lr,
+        STEP_SIZE: lr / bias_correction1,
+        BIAS_CORRECTION1: bias_correction1,
+        BIAS_CORRECTION2_SQRT: bias_correction2.sqrt(),
+        BETA1_F32: beta1,
+        ONE_MINUS_BETA1: 1.0 - beta1,
+        BETA2_F32: beta2,
+        ONE_MINUS_BETA2: 1.0 - beta2,
+        EPS_F32: group[:, EPS.value],
+        L2_WEIGHT_DECAY: weight_decay,
+        DECAY_FACTOR: 1.0 - lr * weight_decay,
+        MAXIMIZE_FLAG: group[:, MAXIMIZE.value],
+        AMSGRAD_FLAG: group[:, AMSGRAD.value],
+        DECOUPLED_FLAG: group[:, DECOUPLED.value],
+    }
+    if algorithm == "radam":
+        rho_inf = 2.0 / (1.0 - beta2) - 1.0
+        twice_step = (2.0 * step.to(torch.float32)).double()  # the kernel's 2.0 * int32 is a float32 product
+        rho_t = rho_inf - twice_step * (1.0 - bias_correction2) / bias_correction2
+        ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        columns[RECTIFICATION] = ratio.clamp(min=0.0).sqrt()
+        columns[RECTIFIED] = (rho_t > 5.0).double()
+    elif algorithm == "adabound":
+        final_lr = group[:, FINAL_LR.value] * lr / group[:, BASE_LR.value]
+        gamma_t = group[:, GAMMA.value] * step.double()
+        columns[LOWER_BOUND] = final_lr * (1.0 - 1.0 / (gamma_t + 1.0))
+        columns[UPPER_BOUND] = final_lr * (1.0 + 1.0 / gamma_t)
+        columns[BOUNDED_STEP] = lr * bias_correction2.sqrt() / bias_correction1
+    for column, value in columns.items():
+        scalars[:, column.value] = value.to(torch.float32)
+
+
+def _power_reference(base: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """`_power` in PyTorch: the same products in the same order, over as many bits (no host read)."""
+    result = torch.ones_like(base)
+    for _ in range(STEP_BITS.value):
+        result = torch.where(exponent % 2 == 1, result * base, result)
+        base = base * base
+        exponent = exponent // 2
+    return result

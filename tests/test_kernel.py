@@ -132,8 +132,9 @@ def test_splitting_off_the_unaligned_tails_changes_nothing(monkeypatch, dtype, o
 def test_step_scalars_are_the_values_torch_computes_on_the_host(algorithm):
     """Once per step, per param: counters advanced where the mask says (not at all with found_inf), and the
     scalars of its group's step from the new count as torch's optimizers compute them in Python floats, rounded
-    once to float32; at step 1e6 too (nothing the step programs do grows with the count)."""
-    from v0adam.kernels.step_scalars import advance_steps
+    once to float32; at step 1e6 too (nothing the step programs do grows with the count). The PyTorch twin equal to
+    the kernel bit for bit."""
+    from v0adam.kernels.step_scalars import advance_steps, advance_steps_reference
 
     groups = [
         dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, maximize=1.0, final_lr=0.1, gamma=1e-3),
@@ -163,9 +164,14 @@ def test_step_scalars_are_the_values_torch_computes_on_the_host(algorithm):
         algorithm,
     )
     assert skipped.tolist() == steps.tolist()
+    twin_steps, twin_scalars = steps.clone().to(DEVICE), scalars.clone().to(DEVICE)
     steps, scalars = steps.to(DEVICE), scalars.to(DEVICE)
     advance_steps(steps, mask.to(DEVICE), None, param_group.to(DEVICE), hyper.to(DEVICE), scalars, algorithm)
     assert steps.tolist() == [1.0, 10.0, 1_000_000.0, 41.0]
+    # Its PyTorch twin (what the suite steps through under the interpreter) agrees bit for bit.
+    args = (mask.to(DEVICE), None, param_group.to(DEVICE), hyper.to(DEVICE), twin_scalars, algorithm)
+    advance_steps_reference(twin_steps, *args)
+    assert torch.equal(twin_steps, steps) and torch.equal(twin_scalars, scalars)
     for index, (step, group_index) in enumerate(zip(steps.tolist(), param_group.tolist())):
         group = groups[group_index]
         beta1, beta2 = group["betas"]

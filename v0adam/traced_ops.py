@@ -10,7 +10,6 @@ import functools
 import torch
 
 from v0adam import triton_backend
-from v0adam.kernels.step_scalars import advance_steps
 from v0adam.sharding import local
 from v0adam.triton_backend import SegmentTable
 
@@ -126,7 +125,7 @@ def _advance_steps_op(
     scalars: torch.Tensor,
     algorithm: str,
 ) -> None:
-    advance_steps(steps, increment, found_inf, param_group, hyper, scalars, algorithm)
+    triton_backend.ADVANCE_STEPS(steps, increment, found_inf, param_group, hyper, scalars, algorithm)
 
 
 @_advance_steps_op.register_fake

@@ -10,7 +10,7 @@ from v0adam.fixed_address import fixed_address
 from v0adam.graph_capture import hold_if_capturing, upload, upload_into
 from v0adam.kernels import adam as adam_kernel
 from v0adam.kernels.grad_norm import grad_norm_partials
-from v0adam.kernels.step_scalars import advance_steps
+from v0adam.kernels.step_scalars import advance_steps, advance_steps_reference
 
 
 def interpreter_enabled() -> bool:
@@ -27,6 +27,9 @@ NUM_WARPS = 4
 # no vector accesses to keep and pays per program: there the tables stay as they were (one launch, aligned only
 # if every segment is), except where a test switches the split on to check it changes nothing.
 SPLIT_UNALIGNED = not interpreter_enabled()
+# The step scalars: the kernel, or under the interpreter its PyTorch twin, equal bit for bit (tests/test_kernel.py
+# checks the kernel against it): the interpreter takes about 50 ms a step over the kernel's scalar-sized operations.
+ADVANCE_STEPS = advance_steps_reference if interpreter_enabled() else advance_steps
 
 
 class SegmentTable:
@@ -136,7 +139,7 @@ def advance_bucket_steps(bucket, increment, found_inf, hyper: torch.Tensor, algo
     scalars of its params computed (one launch; see `v0adam.kernels.step_scalars`)."""
     hold_if_capturing(bucket.device, bucket.param_group)
     mask = increment if isinstance(increment, torch.Tensor) else None
-    advance_steps(bucket.steps, mask, found_inf, bucket.param_group, hyper, bucket.step_scalars, algorithm)
+    ADVANCE_STEPS(bucket.steps, mask, found_inf, bucket.param_group, hyper, bucket.step_scalars, algorithm)
 
 
 def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
