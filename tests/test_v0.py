@@ -47,7 +47,7 @@ def test_random_v0_is_zero_for_biases_and_sigma_100_by_default(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_by_default_v0_is_zero_and_the_optimizer_is_torchs_adamw(backend):
-    """The default the evidence sweep chose (README, "v0: when it helps"): swapping AdamW for V0AdamW changes
+    """The default the evidence sweep chose (docs/v0.md, "v0: when it helps"): swapping AdamW for V0AdamW changes
     nothing but the speed."""
     params = make_params([(6, 5), (5,)], device=DEVICE)
     ref_params = clone_params(params)

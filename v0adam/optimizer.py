@@ -90,7 +90,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
 
     With ``v0="zero"``, the default, this is torch.optim.Adam, step for step. Other v0 modes start ``exp_avg_sq`` at
     v0 instead of 0 (bias correction unchanged), which removes Adam's sign-descent first step and, at learning
-    rates where Adam without warmup fails, lets training go without warmup (README, "v0: when it helps").
+    rates where Adam without warmup fails, lets training go without warmup (docs/v0.md, "v0: when it helps").
 
     Args:
         params, lr, betas, eps, weight_decay, amsgrad, maximize: as torch.optim.Adam (lr and betas may be tensors).
@@ -111,7 +111,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         state_dtype: dtype of exp_avg / exp_avg_sq / max_exp_avg_sq (and v0): torch.float32 (default),
             torch.bfloat16, or torch.uint8 for 8-bit states: each moment quantized in blocks of 256 elements, one
             float32 scale per block (state keys "exp_avg_absmax", ...) and a byte per element, read and written
-            by the same single launch (README, "8-bit states").
+            by the same single launch (docs/8-bit-states.md).
         flat_grads: keep every grad as a view of one flat grad buffer per bucket, allocated for good: autograd
             accumulates into it and ``zero_grad`` zeroes it with one memset whatever ``set_to_none`` says, so a
             param that gets no gradient is stepped with a zero one (torch's ``zero_grad(set_to_none=False)``).

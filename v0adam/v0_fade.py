@@ -13,7 +13,7 @@ At β₂ = 0.999 a v0 a thousand times the squared gradients outweighs them for 
 warmup of that length, since the steps are shorter by up to sqrt(v̂ / s) meanwhile.
 
 Gradients usually shrink as a model learns, so v0 outweighs the later ones for longer than the first batch
-predicts: read the result as a lower bound (README, "v0: when it helps").
+predicts: read the result as a lower bound (docs/v0.md, "v0: when it helps").
 """
 
 import math
