@@ -187,36 +187,37 @@ def advance_steps_reference(
     step = steps.to(torch.int32)
     bias_correction1 = 1.0 - _power_reference(beta1, step)
     bias_correction2 = 1.0 - _power_reference(beta2, step)
-    columns = {
-        LR_F32: lr,
-        STEP_SIZE: lr / bias_correction1,
-        BIAS_CORRECTION1: bias_correction1,
-        BIAS_CORRECTION2_SQRT: bias_correction2.sqrt(),
-        BETA1_F32: beta1,
-        ONE_MINUS_BETA1: 1.0 - beta1,
-        BETA2_F32: beta2,
-        ONE_MINUS_BETA2: 1.0 - beta2,
-        EPS_F32: group[:, EPS.value],
-        L2_WEIGHT_DECAY: weight_decay,
-        DECAY_FACTOR: 1.0 - lr * weight_decay,
-        MAXIMIZE_FLAG: group[:, MAXIMIZE.value],
-        AMSGRAD_FLAG: group[:, AMSGRAD.value],
-        DECOUPLED_FLAG: group[:, DECOUPLED.value],
-    }
+    # (column, values) pairs, not a dict: older Triton's constexpr is not hashable.
+    columns = [
+        (LR_F32, lr),
+        (STEP_SIZE, lr / bias_correction1),
+        (BIAS_CORRECTION1, bias_correction1),
+        (BIAS_CORRECTION2_SQRT, bias_correction2.sqrt()),
+        (BETA1_F32, beta1),
+        (ONE_MINUS_BETA1, 1.0 - beta1),
+        (BETA2_F32, beta2),
+        (ONE_MINUS_BETA2, 1.0 - beta2),
+        (EPS_F32, group[:, EPS.value]),
+        (L2_WEIGHT_DECAY, weight_decay),
+        (DECAY_FACTOR, 1.0 - lr * weight_decay),
+        (MAXIMIZE_FLAG, group[:, MAXIMIZE.value]),
+        (AMSGRAD_FLAG, group[:, AMSGRAD.value]),
+        (DECOUPLED_FLAG, group[:, DECOUPLED.value]),
+    ]
     if algorithm == "radam":
         rho_inf = 2.0 / (1.0 - beta2) - 1.0
         twice_step = (2.0 * step.to(torch.float32)).double()  # the kernel's 2.0 * int32 is a float32 product
         rho_t = rho_inf - twice_step * (1.0 - bias_correction2) / bias_correction2
         ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-        columns[RECTIFICATION] = ratio.clamp(min=0.0).sqrt()
-        columns[RECTIFIED] = (rho_t > 5.0).double()
+        columns.append((RECTIFICATION, ratio.clamp(min=0.0).sqrt()))
+        columns.append((RECTIFIED, (rho_t > 5.0).double()))
     elif algorithm == "adabound":
         final_lr = group[:, FINAL_LR.value] * lr / group[:, BASE_LR.value]
         gamma_t = group[:, GAMMA.value] * step.double()
-        columns[LOWER_BOUND] = final_lr * (1.0 - 1.0 / (gamma_t + 1.0))
-        columns[UPPER_BOUND] = final_lr * (1.0 + 1.0 / gamma_t)
-        columns[BOUNDED_STEP] = lr * bias_correction2.sqrt() / bias_correction1
-    for column, value in columns.items():
+        columns.append((LOWER_BOUND, final_lr * (1.0 - 1.0 / (gamma_t + 1.0))))
+        columns.append((UPPER_BOUND, final_lr * (1.0 + 1.0 / gamma_t)))
+        columns.append((BOUNDED_STEP, lr * bias_correction2.sqrt() / bias_correction1))
+    for column, value in columns:
         scalars[:, column.value] = value.to(torch.float32)
 
 

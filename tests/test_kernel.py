@@ -176,25 +176,25 @@ def test_step_scalars_are_the_values_torch_computes_on_the_host(algorithm):
         group = groups[group_index]
         beta1, beta2 = group["betas"]
         bc1, bc2 = 1 - beta1**step, 1 - beta2**step
-        expected = {
-            adam_kernel.STEP_SIZE: group["lr"] / bc1,
-            adam_kernel.BIAS_CORRECTION2_SQRT: bc2**0.5,
-            adam_kernel.ONE_MINUS_BETA2: 1 - beta2,
-            adam_kernel.DECAY_FACTOR: 1 - group["lr"] * group["weight_decay"],
-            adam_kernel.MAXIMIZE_FLAG: group["maximize"],
+        expected = {  # by column number: older Triton's constexpr is not hashable
+            adam_kernel.STEP_SIZE.value: group["lr"] / bc1,
+            adam_kernel.BIAS_CORRECTION2_SQRT.value: bc2**0.5,
+            adam_kernel.ONE_MINUS_BETA2.value: 1 - beta2,
+            adam_kernel.DECAY_FACTOR.value: 1 - group["lr"] * group["weight_decay"],
+            adam_kernel.MAXIMIZE_FLAG.value: group["maximize"],
         }
         if algorithm == "radam":
             rho_inf = 2 / (1 - beta2) - 1
             rho_t = rho_inf - 2 * step * beta2**step / bc2
-            expected[adam_kernel.RECTIFIED] = float(rho_t > 5)
+            expected[adam_kernel.RECTIFIED.value] = float(rho_t > 5)
             if rho_t > 5:
                 rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
-                expected[adam_kernel.RECTIFICATION] = rect
+                expected[adam_kernel.RECTIFICATION.value] = rect
         if algorithm == "adabound":
             final_lr = group["final_lr"] * group["lr"] / 1e-3
-            expected[adam_kernel.LOWER_BOUND] = final_lr * (1 - 1 / (group["gamma"] * step + 1))
-            expected[adam_kernel.UPPER_BOUND] = final_lr * (1 + 1 / (group["gamma"] * step))
+            expected[adam_kernel.LOWER_BOUND.value] = final_lr * (1 - 1 / (group["gamma"] * step + 1))
+            expected[adam_kernel.UPPER_BOUND.value] = final_lr * (1 + 1 / (group["gamma"] * step))
         for column, value in expected.items():
             torch.testing.assert_close(
-                scalars[index, column.value].cpu(), torch.tensor(value, dtype=torch.float32), rtol=2**-23, atol=0
+                scalars[index, column].cpu(), torch.tensor(value, dtype=torch.float32), rtol=2**-23, atol=0
             )
