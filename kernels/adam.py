@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 from v0adam.kernels.precision import round_from_float32, stochastic_round_to_bfloat16, widen_to_float32
-from v0adam.kernels.quantization import dequantize, quantize
+from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root
 
 # Globals a kernel reads must be tl.constexpr; the host reads them through `.value`.
 
@@ -66,9 +66,7 @@ ALIGN_ELEMENTS = tl.constexpr(8)
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
-# 8-bit states (`v0adam.quantization`): the rows of the code table (float32 [4, 256]), and the elements per
-# quantization block.
-SIGNED_CODES, SIGNED_MIDPOINTS, UNSIGNED_CODES, UNSIGNED_MIDPOINTS = (tl.constexpr(i) for i in range(4))
+# 8-bit states (`v0adam.quantization`): the elements per quantization block.
 QBLOCK = tl.constexpr(256)
 
 
@@ -88,7 +86,6 @@ def _adam_step_kernel(
     exp_avg_scales_ptr,  # float32 [state elements / QBLOCK]: block scales of 8-bit m; unused unless QUANTIZED
     exp_avg_sq_scales_ptr,  # the same for v
     max_exp_avg_sq_scales_ptr,  # the same for max v (AMSGrad)
-    code_table_ptr,  # float32 [4, 256]: the dynamic code maps and their midpoints; unused unless QUANTIZED
     PARAM_DTYPE: tl.constexpr,  # storage dtype of params and grads
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
@@ -159,17 +156,25 @@ def _adam_step_kernel(
         p = widen_to_float32(tl.load(param_ptr + offsets, mask=mask))
     g = widen_to_float32(tl.load(grad_ptr + offsets, mask=mask))
     if QUANTIZED:
-        scale_offsets = state_offsets // QBLOCK
-        m = dequantize(
+        # This program's quantization blocks: whole ones (BLOCK and the state offset are multiples of QBLOCK), the
+        # last maybe cut short by the segment's end; one scale each, and no other program writes them.
+        segment_position = (pid - first_block).to(tl.int64) * BLOCK
+        quantization_block = tl.arange(0, BLOCK // QBLOCK)
+        scale_mask = quantization_block * QBLOCK < numel - segment_position
+        scale_offsets = (state_offset + segment_position) // QBLOCK + quantization_block
+        m = dequantize_m(
             tl.load(exp_avg_ptr + state_offsets, mask=mask, other=0),
-            tl.load(exp_avg_scales_ptr + scale_offsets, mask=mask, other=0.0),
-            code_table_ptr + SIGNED_CODES * 256,
+            tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask, other=0.0),
+            BLOCK,
+            QBLOCK,
         )
-        v = dequantize(
+        v_root = dequantize_v_root(
             tl.load(exp_avg_sq_ptr + state_offsets, mask=mask, other=0),
-            tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=mask, other=0.0),
-            code_table_ptr + UNSIGNED_CODES * 256,
+            tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, other=0.0),
+            BLOCK,
+            QBLOCK,
         )
+        v = v_root * v_root
     else:
         m = widen_to_float32(tl.load(exp_avg_ptr + state_offsets, mask=mask))
         v = widen_to_float32(tl.load(exp_avg_sq_ptr + state_offsets, mask=mask))
@@ -190,28 +195,24 @@ def _adam_step_kernel(
     else:
         v = beta2 * v + one_minus_beta2 * g * g
     if QUANTIZED:
-        # This program's quantization blocks: whole ones (BLOCK and the state offset are multiples of QBLOCK), the
-        # last maybe cut short by the segment's end; no other program writes their scales.
-        segment_position = (pid - first_block).to(tl.int64) * BLOCK
-        quantization_block = tl.arange(0, BLOCK // QBLOCK)
-        scale_mask = quantization_block * QBLOCK < numel - segment_position
-        scale_offsets_out = (state_offset + segment_position) // QBLOCK + quantization_block
-        codes, scales = quantize(m, mask, code_table_ptr + SIGNED_MIDPOINTS * 256, True, BLOCK, QBLOCK)
+        codes, scales = quantize_m(m, mask, BLOCK, QBLOCK)
         tl.store(exp_avg_ptr + state_offsets, codes, mask=mask)
-        tl.store(exp_avg_scales_ptr + scale_offsets_out, scales, mask=scale_mask)
-        codes, scales = quantize(v, mask, code_table_ptr + UNSIGNED_MIDPOINTS * 256, False, BLOCK, QBLOCK)
+        tl.store(exp_avg_scales_ptr + scale_offsets, scales, mask=scale_mask)
+        # v is kept as sqrt(v), the square root the update takes below (the same value: computed once).
+        codes, scales = quantize_v_root(tl.sqrt_rn(v), mask, BLOCK, QBLOCK)
         tl.store(exp_avg_sq_ptr + state_offsets, codes, mask=mask)
-        tl.store(exp_avg_sq_scales_ptr + scale_offsets_out, scales, mask=scale_mask)
+        tl.store(exp_avg_sq_scales_ptr + scale_offsets, scales, mask=scale_mask)
         if amsgrad:
-            v_max = dequantize(
+            v_max_root = dequantize_v_root(
                 tl.load(max_exp_avg_sq_ptr + state_offsets, mask=mask, other=0),
-                tl.load(max_exp_avg_sq_scales_ptr + scale_offsets, mask=mask, other=0.0),
-                code_table_ptr + UNSIGNED_CODES * 256,
+                tl.load(max_exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, other=0.0),
+                BLOCK,
+                QBLOCK,
             )
-            v = tl.maximum(v, v_max)
-            codes, scales = quantize(v, mask, code_table_ptr + UNSIGNED_MIDPOINTS * 256, False, BLOCK, QBLOCK)
+            v = tl.maximum(v, v_max_root * v_max_root)
+            codes, scales = quantize_v_root(tl.sqrt_rn(v), mask, BLOCK, QBLOCK)
             tl.store(max_exp_avg_sq_ptr + state_offsets, codes, mask=mask)
-            tl.store(max_exp_avg_sq_scales_ptr + scale_offsets_out, scales, mask=scale_mask)
+            tl.store(max_exp_avg_sq_scales_ptr + scale_offsets, scales, mask=scale_mask)
     else:
         tl.store(exp_avg_ptr + state_offsets, round_from_float32(m, state_dtype), mask=mask)
         tl.store(exp_avg_sq_ptr + state_offsets, round_from_float32(v, state_dtype), mask=mask)
@@ -264,13 +265,11 @@ def adam_step(
     found_inf: torch.Tensor | None = None,
     rounding_seed: torch.Tensor | None = None,
     scales: torch.Tensor | None = None,
-    code_table: torch.Tensor | None = None,
     algorithm: str = "adam",
 ) -> None:
     """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`), `scalars` computed for
     this step by `v0adam.kernels.step_scalars.advance_steps`. With `scales` (float32
-    [3, blocks]: the block scales of m, v and max v) and `code_table` (`v0adam.quantization.code_table`) the
-    states are 8-bit codes (uint8).
+    [3, blocks]: the block scales of m, v and max v) the states are 8-bit codes (uint8, `v0adam.quantization`).
 
     The tables are built by `v0adam.buckets`; this checks only what would make the kernel touch wrong memory.
     Nothing here reads a value back to the host.
@@ -286,14 +285,9 @@ def adam_step(
     if exp_avg.dtype not in state_dtypes or exp_avg_sq.dtype != exp_avg.dtype:
         raise ValueError(f"optimizer states must be {' or '.join(map(str, state_dtypes))}, both the same")
     if quantized and (
-        scales.dtype != torch.float32
-        or scales.dim() != 2
-        or scales.shape[0] != 3
-        or code_table is None
-        or tuple(code_table.shape) != (4, 256)
-        or block % QBLOCK.value
+        scales.dtype != torch.float32 or scales.dim() != 2 or scales.shape[0] != 3 or block % QBLOCK.value
     ):
-        raise ValueError("8-bit states need float32 scales [3, blocks], the [4, 256] code table, BLOCK % 256 == 0")
+        raise ValueError("8-bit states need float32 scales [3, blocks] and BLOCK % 256 == 0")
     if master is not None and master.dtype != torch.float32:
         raise ValueError("master weights must be float32")
     if rounding_seed is not None and param_dtype != torch.bfloat16:
@@ -316,7 +310,6 @@ def adam_step(
         steps if found_inf is None else found_inf,
         segments if rounding_seed is None else rounding_seed,
         *((steps,) * 3 if scales is None else scales.unbind()),
-        steps if code_table is None else code_table,
         PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,

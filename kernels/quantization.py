@@ -1,33 +1,80 @@
 """Blockwise 8-bit states in registers: the fused step's side of `v0adam.quantization`, equal to it bit for bit
-(same float32 divisions, the same nearest-value search over the same midpoints)."""
+(the same float32 operations, the same integer operations on the bits). Values travel as [BLOCK] vectors; each
+function works on them as [BLOCK // QBLOCK, QBLOCK], a row per quantization block, with one scale per row."""
 
 import triton
 import triton.language as tl
 
+from v0adam import quantization
+
+MAGNITUDE_BITS = tl.constexpr(0x7FFFFFFF)  # a float32's bits without its sign
+FLOAT_SIGN_BIT = tl.constexpr(-0x80000000)  # its sign, as an int32
+SMALLEST_NORMAL_BITS = tl.constexpr(0x00800000)
+SIGN_BIT = tl.constexpr(quantization.SIGN_BIT)
+SIGNED_SHIFT, SIGNED_ROUNDING, SIGNED_OFFSET = (tl.constexpr(value) for value in quantization.bit_constants(True))
+UNSIGNED_SHIFT, UNSIGNED_ROUNDING, UNSIGNED_OFFSET = (
+    tl.constexpr(value) for value in quantization.bit_constants(False)
+)
+
 
 @triton.jit
-def dequantize(codes, scales, code_ptr):
-    """float32 values of uint8 `codes`, each times its block's scale; `code_ptr` points at a map's 256 values."""
-    return tl.load(code_ptr + codes.to(tl.int32)) * scales
+def _rows(x, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
+    return tl.reshape(x, (BLOCK // QBLOCK, QBLOCK))
 
 
 @triton.jit
-def quantize(x, mask, midpoint_ptr, SIGNED: tl.constexpr, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
-    """(codes [BLOCK] uint8, absmax [BLOCK // QBLOCK] float32) of float32 `x`, blocks of QBLOCK consecutive
-    elements; elements outside `mask` count as 0. `midpoint_ptr` points at the map's midpoints (255, then +inf)."""
-    blocks = tl.reshape(tl.where(mask, x, 0.0), (BLOCK // QBLOCK, QBLOCK))
-    absmax = tl.max(tl.abs(blocks), axis=1)
-    # tl.max drops NaN on a GPU; the reference's amax keeps it, and so does this.
-    has_nan = tl.max((blocks != blocks).to(tl.int32), axis=1) > 0
-    absmax = tl.where(has_nan, float("nan"), absmax)
-    scale = absmax[:, None]
-    normalized = tl.where(scale != 0, tl.div_rn(blocks, tl.where(scale != 0, scale, 1.0)), 0.0)
-    # The number of midpoints below the value, by binary lifting over the sorted midpoints: NaN compares false
-    # everywhere and gets code 0, as in the reference.
-    index = tl.zeros((BLOCK // QBLOCK, QBLOCK), dtype=tl.int32)
-    for i in tl.static_range(8):
-        probe = tl.load(midpoint_ptr + index + ((128 >> i) - 1))
-        index = tl.where(probe < normalized, index + (128 >> i), index)
-    if not SIGNED:
-        index = tl.where(normalized > 0, tl.maximum(index, 1), index)  # a positive v never becomes 0
-    return tl.reshape(index, (BLOCK,)).to(tl.uint8), absmax
+def _magnitude_bits(magnitude_codes, SHIFT: tl.constexpr, OFFSET: tl.constexpr):
+    return tl.where(magnitude_codes == 0, 0, (magnitude_codes + OFFSET) << SHIFT)
+
+
+@triton.jit
+def dequantize_m(codes, scales, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
+    """float32 m [BLOCK] of uint8 `codes` [BLOCK] and their blocks' `scales` [BLOCK // QBLOCK]."""
+    codes = _rows(codes.to(tl.int8, bitcast=True).to(tl.int32), BLOCK, QBLOCK)  # the sign bit extended to bit 31
+    bits = _magnitude_bits(codes & (SIGN_BIT - 1), SIGNED_SHIFT, SIGNED_OFFSET) | (codes & FLOAT_SIGN_BIT)
+    return tl.reshape(bits.to(tl.float32, bitcast=True) * scales[:, None], (BLOCK,))
+
+
+@triton.jit
+def dequantize_v_root(codes, scales, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
+    """float32 sqrt(v) [BLOCK] of uint8 `codes` [BLOCK] and their blocks' `scales` (v is its square)."""
+    bits = _magnitude_bits(_rows(codes.to(tl.int32), BLOCK, QBLOCK), UNSIGNED_SHIFT, UNSIGNED_OFFSET)
+    return tl.reshape(bits.to(tl.float32, bitcast=True) * scales[:, None], (BLOCK,))
+
+
+@triton.jit
+def _scales(magnitude_bits):
+    """(scales, their reciprocals) of each row of magnitudes given by their bits: the largest, found as an integer
+    maximum of the bits (so that NaN, above infinity, wins), 0 below float32's smallest normal; reciprocals 0
+    where the scale is 0."""
+    largest = tl.max(magnitude_bits, axis=1)
+    scales = tl.where(largest < SMALLEST_NORMAL_BITS, 0, largest).to(tl.float32, bitcast=True)
+    inverse = tl.where(scales != 0, tl.div_rn(1.0, tl.where(scales != 0, scales, 1.0)), 0.0)
+    return scales, inverse
+
+
+@triton.jit
+def _round(magnitudes, inverse, SHIFT: tl.constexpr, ROUNDING: tl.constexpr):
+    """Codes, before any clamping, of `magnitudes` over their row's scale."""
+    normalized = magnitudes * inverse[:, None]
+    return (normalized.to(tl.int32, bitcast=True) + ROUNDING) >> SHIFT
+
+
+@triton.jit
+def quantize_m(m, mask, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
+    """(codes [BLOCK] uint8, scales [BLOCK // QBLOCK] float32) of float32 `m`; elements outside `mask` count as 0."""
+    bits = _rows(tl.where(mask, m, 0.0).to(tl.int32, bitcast=True), BLOCK, QBLOCK)
+    magnitude_bits = bits & MAGNITUDE_BITS
+    scales, inverse = _scales(magnitude_bits)
+    codes = tl.maximum(_round(magnitude_bits.to(tl.float32, bitcast=True), inverse, SIGNED_SHIFT, SIGNED_ROUNDING), 0)
+    codes = codes | ((bits >> 24) & SIGN_BIT)
+    return tl.reshape(codes, (BLOCK,)).to(tl.uint8), scales
+
+
+@triton.jit
+def quantize_v_root(v_root, mask, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
+    """The same for v, from its square root `v_root`: a positive v never becomes 0."""
+    magnitude_bits = _rows(tl.where(mask, v_root, 0.0).to(tl.int32, bitcast=True), BLOCK, QBLOCK) & MAGNITUDE_BITS
+    scales, inverse = _scales(magnitude_bits)
+    codes = _round(magnitude_bits.to(tl.float32, bitcast=True), inverse, UNSIGNED_SHIFT, UNSIGNED_ROUNDING)
+    return tl.reshape(tl.maximum(codes, tl.minimum(magnitude_bits, 1)), (BLOCK,)).to(tl.uint8), scales

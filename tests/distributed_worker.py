@@ -257,7 +257,7 @@ def fsdp_8bit(job):
             assert set(values) == {"step", "exp_avg", "exp_avg_sq"}, set(values)
             for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
                 state = opt.state[params[name]]
-                codes, scales = v0adam.sharding.local(state[key]), state[key + "_absmax"]
+                codes, scales = v0adam.sharding.local(state[key]), state[key + "_scale"]
                 assert isinstance(values[key], DTensor) and values[key].dtype == torch.float32
                 assert torch.equal(values[key].to_local(), quantization.dequantize(codes, scales, signed))
         dcp.save(saved, checkpoint_id=checkpoint)
@@ -270,7 +270,7 @@ def fsdp_8bit(job):
         for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
             codes, scales = quantization.quantize(values[key].to_local(), signed)
             state = opt.state[params[name]]
-            assert torch.equal(v0adam.sharding.local(state[key]), codes) and torch.equal(state[key + "_absmax"], scales)
+            assert torch.equal(v0adam.sharding.local(state[key]), codes) and torch.equal(state[key + "_scale"], scales)
     train(model, opt, batches[RESUME_AT:])
     return trained_params(model)
 

@@ -1,5 +1,7 @@
-"""8-bit optimizer states (state_dtype=torch.uint8): the quantizer's code maps and error bounds, the fused kernel
+"""8-bit optimizer states (state_dtype=torch.uint8): the two formats and their rounding, the fused kernel
 against the PyTorch reference bit for bit (in the interpreter), v0 in 8 bits, and the features a step combines with."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +32,7 @@ MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
 def codes_and_scales(state: dict, key: str):
-    return state[key], state[key + "_absmax"]
+    return state[key], state[key + "_scale"]
 
 
 def assert_same_quantized(ours: tuple, expected: tuple, signed: bool) -> None:
@@ -39,49 +41,80 @@ def assert_same_quantized(ours: tuple, expected: tuple, signed: bool) -> None:
         return
     ours_values = quantization.dequantize(*ours, signed)
     expected_values = quantization.dequantize(*expected, signed)
-    # One code apart at most: a relative 4.5 / 64 in the top decade of the signed map.
-    torch.testing.assert_close(ours_values, expected_values, rtol=0.08, atol=1e-6 * float(expected[1].max()))
+    # One code apart at most: 1/8 of m's binade, and of sqrt(v)'s twice 1/16.
+    torch.testing.assert_close(ours_values, expected_values, rtol=0.13, atol=1e-6 * float(expected[1].max()))
 
 
-def test_code_maps_span_seven_decades_with_256_sorted_values():
-    signed, unsigned = quantization.dynamic_code_map(True), quantization.dynamic_code_map(False)
-    for code in (signed, unsigned):
-        assert code.numel() == 256 and bool((code[1:] > code[:-1]).all())
-        assert 0.0 in code.tolist() and code[-1] == 1.0
-    below_one = signed[(signed > 0) & (signed < 1)]
-    assert below_one.numel() == 127 and torch.equal(below_one, -signed[signed < 0].flip(0))  # mirrored
-    assert float(signed[0]) == pytest.approx(-0.99296875) and unsigned[0] == 0.0
-    # The smallest positive value of each map: the middle of decade 6, a few 1e-7.
-    assert float(signed[signed > 0][0]) == pytest.approx(5.5e-7) and float(unsigned[1]) == pytest.approx(3.25e-7)
+def decoded(signed: bool) -> torch.Tensor:
+    """Every code's value in a block of scale 1 (m's codes with the sign bit clear; sqrt(v) for v's)."""
+    top = quantization.FORMATS[signed][1]
+    codes = torch.arange(top + 1, dtype=torch.uint8)
+    values = quantization.dequantize(codes, torch.ones(1), signed)
+    return values if signed else values.sqrt()
 
 
-@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_round_trip_error_is_within_half_an_interval_of_its_decade(signed):
+@pytest.mark.parametrize("signed", [True, False], ids=["m", "v"])
+def test_each_format_is_a_small_float_relative_to_the_block_scale(signed):
+    """Code 0 is 0, the top code the scale, and each binade below it holds 2^mantissa_bits codes, evenly spaced:
+    16 binades (m: sign + 4 exponent + 3 mantissa bits; v: 4 + 4 bits of sqrt(v))."""
+    mantissa_bits, top = quantization.FORMATS[signed]
+    values = decoded(signed).double()
+    assert values[0] == 0 and values[top] == 1.0 and bool((values[1:] > values[:-1]).all())
+    per_binade = 2**mantissa_bits
+    for binade in range(15):
+        upper = top - binade * per_binade
+        assert values[upper] == 2.0**-binade
+        spacing = values[upper - per_binade + 1 : upper + 1].diff()
+        assert bool((spacing == 2.0 ** -(binade + 1 + mantissa_bits)).all())
+    assert float(values[1]) == (1 + 2 / per_binade) * 2.0**-16  # the smallest: just below 16 binades down
+    if signed:
+        negative = quantization.dequantize(torch.arange(128, 256, dtype=torch.uint8), torch.ones(1), True)
+        assert torch.equal(negative, -decoded(True))
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["m", "v"])
+def test_round_trip_is_to_the_nearest_code(signed):
+    """From the smallest code up, every value comes back within half its binade's spacing (relative error at
+    most 1/16 for m, 1/32 for sqrt(v)), in blocks of scales from 1e-3 to 1e3; below it m becomes 0."""
+    mantissa_bits, _ = quantization.FORMATS[signed]
     generator = torch.Generator().manual_seed(0)
-    magnitudes = 10.0 ** torch.empty(256 * 64).uniform_(-7, 0, generator=generator)
-    values = magnitudes * (torch.randint(0, 2, magnitudes.shape, generator=generator) * 2 - 1 if signed else 1)
-    values = values.view(64, 256) * torch.logspace(-3, 3, 64)[:, None]  # every block its own scale
-    codes, absmax = quantization.quantize(values, signed)
-    round_trip = quantization.dequantize(codes, absmax, signed)
-    normalized = (values / absmax[:, None]).abs()
-    decade = (-torch.log10(normalized)).floor().clamp(0, 6)  # magnitudes in 10^-d * (0.1, 1]
-    per_decade = 2.0 ** (6 - decade + (0 if signed else 1))
-    bound = 0.45 * 10.0**-decade / per_decade * absmax[:, None]
-    in_range = normalized > 1e-7
-    assert bool(((round_trip - values).abs() <= bound * (1 + 1e-5))[in_range].all())
-    relative = ((round_trip - values).abs() / values.abs())[normalized > 0.1]
-    assert float(relative.max()) <= 4.5 / (64 if signed else 128) * (1 + 1e-5)  # the top decade
+    exponents = torch.empty(64, 256).uniform_(-6, 0, generator=generator)
+    magnitudes = 10.0**exponents * torch.logspace(-3, 3, 64)[:, None]  # every block its own scale
+    signs = torch.randint(0, 2, magnitudes.shape, generator=generator) * 2 - 1
+    values = magnitudes * signs if signed else magnitudes**2
+    codes, scales = quantization.quantize(values, signed)
+    back = quantization.dequantize(codes, scales, signed)
+    # In the code's domain: |m|, or sqrt(v), over the block's scale.
+    original = (values.abs() if signed else values.sqrt()) / scales[:, None]
+    returned = (back.abs() if signed else back.sqrt()) / scales[:, None]
+    in_range = original >= decoded(signed)[1]
+    half_spacing = 2.0 ** (torch.floor(torch.log2(original)) - mantissa_bits - 1)
+    assert bool(((returned - original).abs() <= half_spacing * (1 + 1e-5))[in_range].all())
+    assert float(((returned - original).abs() / original)[in_range].max()) <= 2.0 ** -(mantissa_bits + 1) + 1e-6
+    if signed:
+        assert bool((back[in_range].sign() == values[in_range].sign()).all())
+        assert bool((back[original < decoded(True)[1] / 2] == 0).all())
 
 
-def test_positive_second_moments_never_become_zero_and_nan_poisons_its_block():
-    v = torch.tensor([1.0, 1e-12, 0.0, 3e-8] + [0.5] * 252 + [2.0, float("nan")] + [1.0] * 10)
-    codes, absmax = quantization.quantize(v, signed=False)
-    back = quantization.dequantize(codes, absmax, signed=False)
-    assert bool((back[:4] > 0).tolist() == [True, True, False, True])
-    assert back[1] == quantization.dynamic_code_map(False)[1]  # the smallest code, times the block's absmax of 1
-    assert bool(back[256:].isnan().all()) and not bool(back[:256].isnan().any())
-    m_codes, m_absmax = quantization.quantize(torch.tensor([1.0, 1e-12, -1e-12]), signed=True)
-    assert quantization.dequantize(m_codes, m_absmax, signed=True).tolist()[1:] == [0.0, 0.0]  # m may round to 0
+def test_positive_second_moments_never_become_zero_and_nonfinite_values_poison_their_block():
+    v = torch.tensor([1.0, 1e-12, 0.0, 3e-8] + [0.5] * 252 + [2.0, float("nan")] + [1.0] * 254)
+    v = torch.cat([v, torch.tensor([1.0, float("inf")] + [1.0] * 254)])
+    codes, scales = quantization.quantize(v, signed=False)
+    back = quantization.dequantize(codes, scales, signed=False)
+    assert (back[:4] > 0).tolist() == [True, True, False, True]
+    assert back[1] == decoded(False)[1] ** 2  # the smallest code, in a block of scale 1
+    assert not bool(back[256:].isfinite().any()) and bool(back[:256].isfinite().all())
+    m_codes, m_scales = quantization.quantize(torch.tensor([1.0, 1e-12, -1e-12]), signed=True)
+    assert quantization.dequantize(m_codes, m_scales, signed=True).tolist()[1:] == [0.0, 0.0]  # m may round to 0
+
+
+def test_an_m_below_the_smallest_normal_float_is_stored_as_zero():
+    """A moment left to decay reaches float32's subnormals after some 800 steps of beta1 = 0.9; its block is
+    stored as zeros (scale 0), so that every scale has a finite reciprocal."""
+    m = torch.cat([torch.full((256,), 1e-39), torch.full((256,), 1e-30)])
+    codes, scales = quantization.quantize(m, signed=True)
+    assert scales[0] == 0 and not bool(codes[:256].any())
+    assert bool((quantization.dequantize(codes, scales, signed=True)[256:] > 0).all())
 
 
 def reference_step(param, grad, state, step, reference=adam_step_reference, decoupled=True, **options):
@@ -290,7 +323,7 @@ def test_the_family_with_8bit_states_follows_the_quantized_reference(backend, na
             for key, expected in ref_state.items():
                 ours = quantization.dequantize(*codes_and_scales(opt.state[param], key), key == "exp_avg")
                 theirs = quantization.dequantize(*expected, key == "exp_avg")
-                torch.testing.assert_close(ours, theirs, rtol=0.08, atol=1e-6 * float(expected[1].max()))
+                torch.testing.assert_close(ours, theirs, rtol=0.13, atol=1e-6 * float(expected[1].max()))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -314,8 +347,8 @@ def test_every_v0_mode_writes_its_v0_quantized(backend, mode):
         states[state_dtype] = [opt.state[p] for p in model.parameters()]
     for fp32, quantized in zip(states[None], states[torch.uint8]):
         assert torch.equal(quantized["exp_avg_sq"], quantization.quantize(fp32["exp_avg_sq"], signed=False)[0])
-        assert torch.equal(quantized["exp_avg_sq_absmax"], quantization.quantize(fp32["exp_avg_sq"], False)[1])
-        assert not quantization.dequantize(quantized["exp_avg"], quantized["exp_avg_absmax"], True).any()
+        assert torch.equal(quantized["exp_avg_sq_scale"], quantization.quantize(fp32["exp_avg_sq"], False)[1])
+        assert not quantization.dequantize(quantized["exp_avg"], quantized["exp_avg_scale"], True).any()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -354,7 +387,7 @@ def test_a_saved_8bit_state_dict_resumes_exactly(backend, tmp_path):
     opt = v0adam.V0AdamW(params, **HYPER, amsgrad=True, state_dtype=torch.uint8, backend=backend)
     train(opt, params, 3)
     saved = opt.state_dict()
-    assert saved["state"][0]["exp_avg"].dtype == torch.uint8 and saved["state"][0]["exp_avg_absmax"].shape == (2,)
+    assert saved["state"][0]["exp_avg"].dtype == torch.uint8 and saved["state"][0]["exp_avg_scale"].shape == (2,)
     torch.save(saved, tmp_path / "opt.pt")
     resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     resumed = v0adam.V0AdamW(resumed_params, **HYPER, amsgrad=True, state_dtype=torch.uint8, backend=backend)
@@ -377,7 +410,7 @@ def test_a_torch_adamw_state_dict_loads_quantized(backend):
     for param in params:
         for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
             codes, scales = quantization.quantize(torch_opt.state[param][key], signed)
-            assert torch.equal(opt.state[param][key], codes) and torch.equal(opt.state[param][key + "_absmax"], scales)
+            assert torch.equal(opt.state[param][key], codes) and torch.equal(opt.state[param][key + "_scale"], scales)
         assert float(opt.state[param]["step"]) == 3
 
 
@@ -399,14 +432,56 @@ def test_an_8bit_checkpoint_exports_to_torch_adamw_and_float_states(backend):
     float_opt = v0adam.V0AdamW(float_params, **HYPER, backend=backend)
     float_opt.load_state_dict(saved)
     for param, torch_param, float_param in zip(params, torch_params, float_params):
-        dequantized = quantization.dequantize(opt.state[param]["exp_avg"], opt.state[param]["exp_avg_absmax"], True)
+        dequantized = quantization.dequantize(opt.state[param]["exp_avg"], opt.state[param]["exp_avg_scale"], True)
         assert torch.equal(torch_opt.state[torch_param]["exp_avg"], dequantized)
         assert torch.equal(float_opt.state[float_param]["exp_avg"], dequantized)
-        assert "exp_avg_absmax" not in float_opt.state[float_param]
+        assert "exp_avg_scale" not in float_opt.state[float_param]
     train(torch_opt, torch_params, 2, start=3)
     train(float_opt, float_params, 2, start=3)
     for torch_param, float_param in zip(torch_params, float_params):
         torch.testing.assert_close(float_param, torch_param, rtol=1e-5, atol=1e-6)
+
+
+FIRST_FORMAT = Path(__file__).parent / "data" / "first_8bit_format.pt"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_of_the_first_8bit_format_still_loads(backend):
+    """A checkpoint written by v0adam 0.2.0 (codes of its dynamic map, "exp_avg_absmax" scales; saved with what
+    that version decoded it to): exported, loaded into float states and into 8-bit ones, whose codes are today's
+    quantization of those values; training then goes on as from them."""
+    saved = torch.load(FIRST_FORMAT)
+    assert saved["version"] == "0.2.0" and "exp_avg_absmax" in saved["state_dict"]["state"][0]
+    exported = v0adam.dequantized_state_dict(saved["state_dict"])
+    for index, expected in saved["dequantized"]["state"].items():
+        assert set(exported["state"][index]) == set(expected)
+        for key, value in expected.items():
+            assert torch.equal(exported["state"][index][key], value), key
+    params = [torch.nn.Parameter(p.clone().to(DEVICE)) for p in saved["params"]]
+    float_params = [torch.nn.Parameter(p.clone().to(DEVICE)) for p in saved["params"]]
+    opt = v0adam.V0AdamW(params, **HYPER, amsgrad=True, state_dtype=torch.uint8, backend=backend)
+    float_opt = v0adam.V0AdamW(float_params, **HYPER, amsgrad=True, backend=backend)
+    opt.load_state_dict(saved["state_dict"])
+    float_opt.load_state_dict(saved["state_dict"])
+    for index, (param, float_param) in enumerate(zip(params, float_params)):
+        state, expected = opt.state[param], saved["dequantized"]["state"][index]
+        assert not any(key.endswith("_absmax") for key in state)
+        for key in MOMENT_KEYS:
+            codes, scales = quantization.quantize(expected[key], key == "exp_avg")
+            assert torch.equal(state[key].cpu(), codes) and torch.equal(state[key + "_scale"].cpu(), scales), key
+            assert torch.equal(float_opt.state[float_param][key].cpu(), expected[key]), key
+    ref_params, ref_states = reference_copies(opt, params, amsgrad=True)
+    grads = gradients(params, 4)
+    for param, grad in zip(params, grads):
+        param.grad = grad
+    opt.step()
+    for param, grad, state in zip(ref_params, grads, ref_states):
+        reference_step(param, grad, state, step=4)
+    if backend == "triton":
+        assert_matches_reference(opt, params, ref_params, ref_states, PARAM_TOL)
+    else:  # torch's lerp for m may round the other way: one code apart at most
+        for param, ref_param in zip(params, ref_params):
+            torch.testing.assert_close(param.detach(), ref_param, **REORDERED_PARAM_TOL)
 
 
 def test_an_8bit_state_without_its_scales_is_refused_before_anything_is_written():
@@ -415,10 +490,10 @@ def test_an_8bit_state_without_its_scales_is_refused_before_anything_is_written(
     train(opt, params, 2)
     saved = opt.state_dict()
     before = {key: value.clone() for key, value in opt.state[params[0]].items()}
-    broken = {**saved, "state": {0: {k: v for k, v in saved["state"][0].items() if k != "exp_avg_sq_absmax"}}}
-    with pytest.raises(ValueError, match="exp_avg_sq_absmax"):
+    broken = {**saved, "state": {0: {k: v for k, v in saved["state"][0].items() if k != "exp_avg_sq_scale"}}}
+    with pytest.raises(ValueError, match="exp_avg_sq_scale"):
         opt.load_state_dict(broken)
-    wrong_size = {**saved, "state": {0: {**saved["state"][0], "exp_avg_absmax": torch.ones(3)}}}
+    wrong_size = {**saved, "state": {0: {**saved["state"][0], "exp_avg_scale": torch.ones(3)}}}
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         opt.load_state_dict(wrong_size)
     for key, value in before.items():
@@ -449,8 +524,8 @@ def fit_a_teacher(state_dtype, steps=300):
 
 def test_8bit_states_track_float32_states_over_a_long_run():
     """Stated bound, 300 steps: the final loss within 10% of float32 states' and the params within 10% of theirs
-    (relative distance). Measured here: 1.0% and 2.1%; over three seeds at 500 steps 1.6-3.8% and 3.7-6.9%,
-    while the loss's spread over those seeds is 12%."""
+    (relative distance). Measured here: 2.5% and 3.4% (the first 8-bit format: 1.0% and 2.1%, and over three seeds
+    at 500 steps 1.6-3.8% and 3.7-6.9%, while the loss's spread over those seeds was 12%)."""
     loss_fp32, params_fp32 = fit_a_teacher(None)
     loss_8bit, params_8bit = fit_a_teacher(torch.uint8)
     assert loss_fp32 < 0.01  # it learned: the teacher's outputs have a variance of about 0.1

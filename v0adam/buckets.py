@@ -61,9 +61,9 @@ class Precision:
 # 8 elements) for every dtype, and the padding (zeros, never read by autograd) is safe to update with its slot.
 # With 8-bit states at multiples of a quantization block, so that no block straddles two params.
 SLOT_ALIGN = 64
-# The moments, and whether their 8-bit code map is signed.
+# The moments, and whether their 8-bit format is signed (`v0adam.quantization`).
 MOMENTS = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
-SCALES_SUFFIX = "_absmax"  # the state key of an 8-bit moment's block scales: "exp_avg" + SCALES_SUFFIX
+SCALES_SUFFIX = "_scale"  # the state key of an 8-bit moment's block scales: "exp_avg" + SCALES_SUFFIX
 
 
 def _padded(numel: int, align: int) -> int:

@@ -110,7 +110,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
             counter-based, reproducible) instead of to nearest even.
         state_dtype: dtype of exp_avg / exp_avg_sq / max_exp_avg_sq (and v0): torch.float32 (default),
             torch.bfloat16, or torch.uint8 for 8-bit states: each moment quantized in blocks of 256 elements, one
-            float32 scale per block (state keys "exp_avg_absmax", ...) and a byte per element, read and written
+            float32 scale per block (state keys "exp_avg_scale", ...) and a byte per element, read and written
             by the same single launch (docs/8-bit-states.md).
         flat_grads: keep every grad as a view of one flat grad buffer per bucket, allocated for good: autograd
             accumulates into it and ``zero_grad`` zeroes it with one memset whatever ``set_to_none`` says, so a

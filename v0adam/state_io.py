@@ -13,6 +13,8 @@ from v0adam.sharding import is_dtensor, like_param, local, local_part
 from v0adam.state_table import ParamState
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
+# The block scales' key in checkpoints of the first 8-bit format (0.1, 0.2), whose codes index a dynamic code map.
+LEGACY_SCALES_SUFFIX = "_absmax"
 # The param-group key that holds `skipped_steps`, the live count (param groups are what every checkpointer saves).
 SKIPPED_STEPS = "skipped_steps"
 
@@ -27,7 +29,7 @@ class TorchLayoutStates:
         Every size and shape is checked before anything is written. States are kept in float32 whatever the
         param dtype, so a 16-bit model loses no state precision on load. 8-bit states (codes and block scales)
         load as they are into an optimizer with 8-bit states and are dequantized into any other; float states are
-        quantized into 8-bit ones.
+        quantized into 8-bit ones, and so are 8-bit states of the first format (0.1, 0.2), dequantized with its map.
         """
         state_dict = state_dict.copy()  # shallow, as torch's: a pre-hook may replace its entries
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -138,7 +140,7 @@ class TorchLayoutStates:
     def _checked_states(self, states: dict) -> dict:
         """`states` (param -> values) checked against their params before anything is written, each value this
         rank's part (a DTensor param's shard; a layout mismatch raises here). 8-bit moments come out dequantized
-        unless this optimizer's states are 8-bit too."""
+        unless this optimizer's states are 8-bit too and they are of today's format."""
         for param, values in states.items():
             for key in STATE_KEYS:
                 if key in values and tuple(values[key].shape) != tuple(param.shape):
@@ -149,8 +151,9 @@ class TorchLayoutStates:
             if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
                 raise ValueError("loaded state 'step' must be a single number")
             _check_scales(param, values)
+        kept_as_codes = (SCALES_SUFFIX,) if self.precision.quantized else ()
         states = {
-            param: values if self.precision.quantized and not is_dtensor(param) else _dequantized(values, param)
+            param: _dequantized(values, param, kept_as_codes if not is_dtensor(param) else ())
             for param, values in states.items()
         }
         return {
@@ -230,11 +233,11 @@ def dequantized_state_dict(state_dict: dict) -> dict:
 
 def _check_scales(param, values: dict) -> None:
     """An 8-bit moment (uint8 codes) comes with its block scales, one float per quantization block (of this rank's
-    shard when the codes are a DTensor's)."""
+    shard when the codes are a DTensor's), under today's key or the first format's."""
     for key in MOMENTS:
         if key not in values or torch.as_tensor(values[key]).dtype != torch.uint8:
             continue
-        scales = values.get(key + SCALES_SUFFIX)
+        scales = values.get(key + SCALES_SUFFIX, values.get(key + LEGACY_SCALES_SUFFIX))
         expected = (quantization.num_blocks(local(values[key]).numel()),)
         if scales is None or tuple(scales.shape) != expected or not scales.is_floating_point():
             raise ValueError(
@@ -243,17 +246,23 @@ def _check_scales(param, values: dict) -> None:
             )
 
 
-def _dequantized(values: dict, param=None) -> dict:
-    """`values` with every 8-bit moment replaced by its float32 values, and its scales dropped. Codes that are a
-    DTensor (with this rank's scales) come out a DTensor laid out as `param`."""
+def _dequantized(values: dict, param=None, kept_formats=()) -> dict:
+    """`values` with every 8-bit moment replaced by its float32 values, and its scales dropped, except those whose
+    scales' suffix is in `kept_formats`. Codes that are a DTensor (with this rank's scales) come out a DTensor laid
+    out as `param`."""
     values = dict(values)
+    decoders = {SCALES_SUFFIX: quantization.dequantize, LEGACY_SCALES_SUFFIX: quantization.legacy_dequantize}
     for key, signed in MOMENTS.items():
-        if key in values and torch.as_tensor(values[key]).dtype == torch.uint8:
-            scales = values.pop(key + SCALES_SUFFIX).to(torch.float32)
-            codes = values[key]
-            values[key] = quantization.dequantize(local(codes), scales, signed)
-            if is_dtensor(codes):
-                values[key] = like_param(param, values[key])
+        if key not in values or torch.as_tensor(values[key]).dtype != torch.uint8:
+            continue
+        suffix = next((suffix for suffix in decoders if key + suffix in values), None)
+        if suffix is None or suffix in kept_formats:
+            continue
+        scales = values.pop(key + suffix).to(torch.float32)
+        codes = values[key]
+        values[key] = decoders[suffix](local(codes), scales, signed)
+        if is_dtensor(codes):
+            values[key] = like_param(param, values[key])
     return values
 
 

@@ -166,11 +166,8 @@ def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: s
 
 
 def launch_step(table: SegmentTable, scalars, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
-    """The kernel launches over `table` with this backend's block size and warps; `options` as `adam_step`'s, the
-    code table added for 8-bit states (`scales` given)."""
+    """The kernel launches over `table` with this backend's block size and warps; `options` as `adam_step`'s."""
     hold_table_if_capturing(table)
-    if options.get("scales") is not None:
-        options["code_table"] = quantization.code_table(table.device)
     for block_segment, aligned in table.launches:
         adam_kernel.adam_step(
             table.segments,
