@@ -2,17 +2,18 @@ from setuptools import setup
 
 setup(
     name="v0adam",
-    version="0.2.0",
+    version="0.3.0",
     description="Fused Triton Adam/AdamW for PyTorch with a non-zero initial second moment v0 (arXiv 2412.02153)",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     license_files=["LICENSE"],
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # the only Python the suite has run on
     # The kernels live in kernels/ but install as v0adam.kernels: a top-level `kernels` package exists on PyPI.
     packages=["v0adam", "v0adam.kernels"],
     package_dir={"v0adam": "v0adam", "v0adam.kernels": "kernels"},
-    install_requires=["torch>=2.4", "triton>=3.0", "tqdm"],
+    # The oldest releases the whole suite passed on (README, "Install"): torch 2.12.1 with triton 3.7.1.
+    install_requires=["torch>=2.12", "triton>=3.7", "tqdm"],
     extras_require={
         "test": ["pytest", "expecttest", "hypothesis", "numpy", "matplotlib"],
         # The frameworks tests/test_frameworks.py trains under (on the CPU, against torch.optim.AdamW).

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BACKENDS, DEVICE
+from conftest import BACKENDS, DEVICE, requires_compilable_step
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 sys.path.insert(0, str(WORKER.parent))
@@ -79,6 +79,7 @@ def test_two_processes_follow_one(backend, scenario, tmp_path):
         torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
 
 
+@requires_compilable_step
 def test_compiled_step_under_fsdp(tmp_path):
     """Clipping and step compiled with fullgraph=True over DTensor params (the Triton backend is traced)."""
     ours = run_job(tmp_path, "fsdp-compiled", "triton")
