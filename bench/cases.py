@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
+from v0adam.buckets import Precision
+
 M = 2**20
 EIGHT_BIT = (("state_dtype", torch.uint8),)  # v0adam's 8-bit states, as a case's precision
 
@@ -59,6 +61,7 @@ def gpu_cases(quick: bool) -> list[Case]:
     bf16 = dict(shapes=gpt2_small_shapes(), dtype=torch.bfloat16)
     cases.append(Case("GPT-2 small bf16", **bf16))
     cases.append(Case("GPT-2 bf16 master", **bf16, precision=(("master_weights", True),)))
+    cases.append(Case("GPT-2 bf16 fp32 master", **bf16, precision=(("master_weights", "fp32"),)))
     cases.append(Case("GPT-2 bf16 stochastic", **bf16, precision=(("stochastic_rounding", True),)))
     cases.append(Case("GPT-2 bf16 bf16-states", **bf16, precision=(("state_dtype", torch.bfloat16),)))
     cases.append(Case("GPT-2 small fp32 8-bit", gpt2_small_shapes(), precision=EIGHT_BIT))
@@ -78,15 +81,19 @@ def cpu_cases(quick: bool) -> list[Case]:
 
 
 def bytes_per_element(
-    param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool, master: bool = False
+    param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool, master_weights: bool | str = False
 ) -> int | float:
-    """Minimum traffic of one step (SPEC §3): param read (unless a master is) and written, grad read, each state
-    read and written, the fp32 master read and written. An 8-bit state (uint8) also moves its float32 scale, one
-    per 256 elements."""
+    """Minimum traffic of one step (SPEC §3): param read and written, grad read, each state read and written,
+    and the master (`master_weights` as V0Adam's) read and written: a float32 copy, read instead of the param, or
+    an int16 remainder beside it. An 8-bit state (uint8) also moves its float32 scale, one per 256 elements."""
     param, state = param_dtype.itemsize, state_dtype.itemsize
     if state_dtype == torch.uint8:
         state += 4 / 256
     states = 3 if amsgrad else 2
-    if master:
-        return param + param + 2 * state * states + 2 * 4
-    return 2 * param + param + 2 * state * states
+    moved = 2 * param + param + 2 * state * states
+    master = Precision(master_weights).master_dtype_for(param_dtype)
+    if master == torch.float32:
+        moved += 2 * master.itemsize - param
+    elif master is not None:
+        moved += 2 * master.itemsize
+    return moved

@@ -36,6 +36,7 @@ CONFIGURATIONS = (
     Configuration("bf16 clip inf-norm", torch.bfloat16, clip_norm_type=float("inf")),
     Configuration("bf16 data v0", torch.bfloat16, (("v0", "data"),)),
     Configuration("bf16 master", torch.bfloat16, (("master_weights", True),)),
+    Configuration("bf16 fp32 master", torch.bfloat16, (("master_weights", "fp32"),)),
     Configuration("bf16 stochastic", torch.bfloat16, STOCHASTIC),
     Configuration("bf16 bf16-states", torch.bfloat16, (("state_dtype", torch.bfloat16),)),
     Configuration("bf16 bf16-states stochastic", torch.bfloat16, (("state_dtype", torch.bfloat16),) + STOCHASTIC),

@@ -140,8 +140,8 @@ def _bytes(launch: Launch, configuration: Configuration) -> float:
     dtype = configuration.dtype
     if launch.kernel == "_adam_step_kernel":
         state = options.get("state_dtype", torch.float32)
-        master = options.get("master_weights", False)
-        return cases.bytes_per_element(dtype, state, options.get("amsgrad", False), master)
+        master_weights = options.get("master_weights", False)
+        return cases.bytes_per_element(dtype, state, options.get("amsgrad", False), master_weights)
     if launch.kernel == "_grad_norm_partials_kernel":
         return dtype.itemsize  # the grad, read once
     if launch.kernel == "_random_v0_kernel":

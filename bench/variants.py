@@ -59,8 +59,9 @@ def build_v0adam(case, device, flat_grads=False):
             param.grad.copy_(grad)  # the grads autograd would have accumulated into the flat buffer
         else:
             param.grad = grad  # autograd's own tensors, read by address
-    master = precision.get("master_weights", False) and case.dtype != torch.float32
-    per_element = bytes_per_element(case.dtype, precision.get("state_dtype", torch.float32), case.amsgrad, master)
+    master_weights = precision.get("master_weights", False)
+    state_dtype = precision.get("state_dtype", torch.float32)
+    per_element = bytes_per_element(case.dtype, state_dtype, case.amsgrad, master_weights)
     return _built(opt.step, per_element, opt, params)
 
 

@@ -9,7 +9,13 @@ shards). Program `pid` finds its segment through `block_segment[pid]` and handle
 import torch
 import triton
 import triton.language as tl
-from v0adam.kernels.precision import round_from_float32, stochastic_round_to_bfloat16, widen_to_float32
+from v0adam.kernels.precision import (
+    join_master,
+    round_from_float32,
+    split_master,
+    stochastic_round_to_bfloat16,
+    widen_to_float32,
+)
 from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root
 
 # Globals a kernel reads must be tl.constexpr; the host reads them through `.value`.
@@ -66,6 +72,9 @@ ALIGN_ELEMENTS = tl.constexpr(8)
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
+# The (master, param) dtypes of a master kept as the remainder of bfloat16 params (`split_master`).
+REMAINDER_MASTER = (torch.int16, torch.bfloat16)
+
 # 8-bit states (`v0adam.quantization`): the elements per quantization block.
 QBLOCK = tl.constexpr(256)
 
@@ -79,7 +88,8 @@ def _adam_step_kernel(
     exp_avg_ptr,  # float32 or bfloat16 flat buffer: first moment m
     exp_avg_sq_ptr,  # flat buffer, same dtype: second moment v
     max_exp_avg_sq_ptr,  # flat buffer, same dtype: running max of v (AMSGrad); unused otherwise
-    master_ptr,  # float32 flat buffer: master copy of 16-bit params, indexed like the states; unused unless HAS_MASTER
+    master_ptr,  # the master of 16-bit params, indexed like the states, unused unless HAS_MASTER: a float32 copy,
+    #   or the int16 remainder that makes bfloat16 params exact float32 masters (`split_master`)
     grad_scale_ptr,  # float32 [1]: the GradScaler's scale, gradients are divided by it; unused if not HAS_GRAD_SCALE
     found_inf_ptr,  # float32 [1]: non-zero skips the whole step; unused if not HAS_FOUND_INF
     rounding_seed_ptr,  # int64 [1]: seed of stochastic rounding, drawn once per optimizer; unused otherwise
@@ -90,7 +100,7 @@ def _adam_step_kernel(
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     HAS_AMSGRAD: tl.constexpr,  # the bucket has a max v buffer: some group may use AMSGrad
-    HAS_MASTER: tl.constexpr,  # update the fp32 master, store the param as its rounding
+    HAS_MASTER: tl.constexpr,  # update the fp32 master, store the param as its rounding (and the remainder)
     STOCHASTIC_ROUNDING: tl.constexpr,  # bfloat16 params rounded stochastically (counter-based, seeded per step)
     ALGORITHM: tl.constexpr,  # ADAM, ADABELIEF, RADAM or ADABOUND
     ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise
@@ -109,7 +119,8 @@ def _adam_step_kernel(
     RAdam:    p = p - lr * m / bc1 * (rect * sqrt(bc2) / (sqrt(v) + eps) if rho_t > 5 else 1)   (torch.optim.RAdam)
     AdaBound: p = p - clamp(lr * sqrt(bc2) / bc1 / (sqrt(v) + eps), lower(t), upper(t)) * m
 
-    p is read from the fp32 master when there is one, and every value is rounded once, on store. 8-bit states are
+    p is read from the fp32 master when there is one (a copy, or the bfloat16 param joined with its remainder),
+    and every value is rounded once, on store. 8-bit states are
     dequantized on load, the step computed in float32, and m, v (and max v) quantized with fresh scales on store.
     """
     pid = tl.program_id(0)
@@ -151,7 +162,10 @@ def _adam_step_kernel(
     mask = offsets < numel
     state_offsets = state_offset + offsets
     if HAS_MASTER:
-        p = tl.load(master_ptr + state_offsets, mask=mask)
+        if master_ptr.dtype.element_ty == tl.int16:  # the remainder of a bfloat16 param
+            p = join_master(tl.load(param_ptr + offsets, mask=mask), tl.load(master_ptr + state_offsets, mask=mask))
+        else:
+            p = tl.load(master_ptr + state_offsets, mask=mask)
     else:
         p = widen_to_float32(tl.load(param_ptr + offsets, mask=mask))
     g = widen_to_float32(tl.load(grad_ptr + offsets, mask=mask))
@@ -235,8 +249,17 @@ def _adam_step_kernel(
     p = p - update
 
     if HAS_MASTER:
-        tl.store(master_ptr + state_offsets, p, mask=mask)
-    if STOCHASTIC_ROUNDING:
+        # Both kinds of master round a bfloat16 param alike, so that the two train bit for bit the same.
+        if master_ptr.dtype.element_ty == tl.int16:
+            p_stored, remainder = split_master(p)
+            tl.store(master_ptr + state_offsets, remainder, mask=mask)
+        else:
+            tl.store(master_ptr + state_offsets, p, mask=mask)
+            if PARAM_DTYPE == tl.bfloat16:
+                p_stored = split_master(p)[0]
+            else:
+                p_stored = round_from_float32(p, PARAM_DTYPE)
+    elif STOCHASTIC_ROUNDING:
         # The Philox counter is (flat element index // 4, step): a fresh, reproducible draw for every element and
         # step. Slots start at multiples of 64 elements, programs at multiples of BLOCK: a multiple of 4 here.
         step = tl.load(steps_ptr + step_index).to(tl.int32)
@@ -288,8 +311,8 @@ def adam_step(
         scales.dtype != torch.float32 or scales.dim() != 2 or scales.shape[0] != 3 or block % QBLOCK.value
     ):
         raise ValueError("8-bit states need float32 scales [3, blocks] and BLOCK % 256 == 0")
-    if master is not None and master.dtype != torch.float32:
-        raise ValueError("master weights must be float32")
+    if master is not None and master.dtype != torch.float32 and (master.dtype, param_dtype) != REMAINDER_MASTER:
+        raise ValueError("master weights must be float32, or int16 remainders of bfloat16 params")
     if rounding_seed is not None and param_dtype != torch.bfloat16:
         raise ValueError("stochastic rounding is implemented for bfloat16 params")
     if param_dtype not in _TRITON_DTYPES:

@@ -26,6 +26,27 @@ def round_from_float32(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def split_master(x):
+    """float32 master -> (bfloat16 param, int16 remainder) that `join_master` turns back into `x`, bit for bit.
+    The param is `x` to nearest with ties away from zero: the high 16 bits of the pattern, plus one where the low
+    16 bits read as a negative int16 (0x8000 and above); the remainder is those low bits. Round-half-even cannot
+    be undone from 16 bits (a tie to an even param would need a 65537th remainder). NaN: the param a NaN too."""
+    bits = x.to(tl.uint32, bitcast=True)
+    remainder = (bits & 0xFFFF).to(tl.uint16).to(tl.int16, bitcast=True)
+    high = (bits >> 16) + (remainder < 0).to(tl.uint32)
+    high = tl.where(x != x, 0x7FC0, high)
+    return high.to(tl.uint16).to(tl.bfloat16, bitcast=True), remainder
+
+
+@triton.jit
+def join_master(param, remainder):
+    """The float32 master a bfloat16 param and its int16 remainder stand for (`split_master`'s inverse)."""
+    high = param.to(tl.uint16, bitcast=True).to(tl.uint32) - (remainder < 0).to(tl.uint32)
+    low = remainder.to(tl.uint16, bitcast=True).to(tl.uint32)
+    return ((high << 16) | low).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def stochastic_round_to_bfloat16(x, seed, first_element, step, BLOCK: tl.constexpr):
     """float32 -> bfloat16 of the BLOCK values `x` of elements first_element, first_element + 1, ..., rounding up
     with probability equal to the discarded fraction, so that the result is x on average. Adds uniform random

@@ -13,7 +13,10 @@ def test_bytes_per_element_match_the_spec_table():
     assert cases.bytes_per_element(torch.float32, torch.float32, amsgrad=True) == 36
     assert cases.bytes_per_element(torch.bfloat16, torch.float32, amsgrad=False) == 22
     assert cases.bytes_per_element(torch.bfloat16, torch.bfloat16, amsgrad=False) == 14
-    assert cases.bytes_per_element(torch.bfloat16, torch.float32, amsgrad=False, master=True) == 28
+    assert cases.bytes_per_element(torch.bfloat16, torch.float32, amsgrad=False, master_weights="fp32") == 28
+    assert cases.bytes_per_element(torch.float16, torch.float32, amsgrad=False, master_weights=True) == 28
+    # The remainder master: the param read back, 2 bytes read and written beside it.
+    assert cases.bytes_per_element(torch.bfloat16, torch.float32, amsgrad=False, master_weights=True) == 26
     # 8-bit states: a byte per element and state, plus a float32 scale per 256 elements.
     assert cases.bytes_per_element(torch.float32, torch.uint8, amsgrad=False) == pytest.approx(16 + 4 * 4 / 256)
     assert cases.bytes_per_element(torch.bfloat16, torch.uint8, amsgrad=False) == pytest.approx(10 + 4 * 4 / 256)

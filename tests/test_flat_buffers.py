@@ -225,7 +225,7 @@ def test_a_conversion_to_bfloat16_before_the_first_step_equals_building_after_it
     train_side_by_side(model, opt, twin, ref, steps=3, dtype=torch.bfloat16)
     for param, reference in zip(model.parameters(), twin.parameters()):
         assert torch.equal(param, reference)
-        assert torch.equal(opt.state[param]["master_param"], ref.state[reference]["master_param"])
+        assert torch.equal(opt.state[param]["param_remainder"], ref.state[reference]["param_remainder"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="moves a model from the CPU to a GPU")

@@ -9,6 +9,7 @@ from conftest import BACKENDS, DEVICE
 from helpers import MIXED_SHAPES, gradients, make_params
 
 import v0adam
+from v0adam.master_remainder import param_of_master
 
 LOW = [torch.bfloat16, torch.float16]
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -29,17 +30,19 @@ def test_master_tracks_fp32_adamw_and_params_are_its_rounding(backend, dtype, am
         opt.step()
         ref.step()
         for p, q in zip(params, fp32):
-            state = opt.state[p]
-            torch.testing.assert_close(state["master_param"], q.detach(), **TOL)
-            assert torch.equal(p.detach(), state["master_param"].to(dtype))  # rounded to nearest even
+            state, master = opt.state[p], opt.master_weight(p)
+            torch.testing.assert_close(master, q.detach(), **TOL)
+            assert torch.equal(p.detach(), param_of_master(master, dtype))  # rounded to nearest
             for key in ("exp_avg", "exp_avg_sq"):
                 torch.testing.assert_close(state[key], ref.state[q][key], **TOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_master_weights_state_dict(backend):
+@pytest.mark.parametrize("kind", ["master_param", "param_remainder"])
+def test_master_weights_state_dict(backend, kind):
     def build(params):
-        return v0adam.V0AdamW(params, lr=1e-2, v0="zero", master_weights=True, backend=backend)
+        master_weights = "fp32" if kind == "master_param" else True
+        return v0adam.V0AdamW(params, lr=1e-2, v0="zero", master_weights=master_weights, backend=backend)
 
     params = make_params([(7, 5), (9,)], dtype=torch.bfloat16, device=DEVICE)
     opt = build(params)
@@ -51,12 +54,13 @@ def test_master_weights_state_dict(backend):
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
-    assert "master_param" in saved["state"][0]
+    assert kind in saved["state"][0]
     resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     resumed = build(resumed_params)
     resumed.load_state_dict(saved)
     for p, q in zip(params, resumed_params):
-        assert torch.equal(resumed.state[q]["master_param"], opt.state[p]["master_param"])
+        assert torch.equal(resumed.state[q][kind], opt.state[p][kind])
+        assert torch.equal(resumed.master_weight(q), opt.master_weight(p))
 
     # A plain torch checkpoint has no masters: they are taken from the params.
     plain_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
@@ -68,7 +72,7 @@ def test_master_weights_state_dict(backend):
     fresh = build(fresh_params)
     fresh.load_state_dict(plain.state_dict())
     for p in fresh_params:
-        assert torch.equal(fresh.state[p]["master_param"], p.detach().float())
+        assert torch.equal(fresh.master_weight(p), p.detach().float())
 
 
 def first_step_of_ones(backend, stochastic_rounding, lr, numel=100_000):

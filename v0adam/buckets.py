@@ -28,6 +28,7 @@ import torch
 from v0adam import quantization
 from v0adam.fixed_address import fixed_address
 from v0adam.graph_capture import hold_if_capturing, upload
+from v0adam.master_remainder import REMAINDER_DTYPE, join_master, split_master
 from v0adam.sharding import is_dtensor, like_param, local
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -35,11 +36,14 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 @dataclass(frozen=True)
 class Precision:
-    """How 16-bit params are stepped: an fp32 master copy, or stochastic rounding on store (else round to nearest
-    even); and the dtype of the moments (float32 unless asked; float64 for float64 params; torch.uint8 for 8-bit
-    blockwise-quantized moments, whatever the params)."""
+    """How 16-bit params are stepped: from an exact float32 master, or with stochastic rounding on store (else
+    round to nearest even); and the dtype of the moments (float32 unless asked; float64 for float64 params;
+    torch.uint8 for 8-bit blockwise-quantized moments, whatever the params).
 
-    master_weights: bool = False
+    `master_weights` True keeps the master in the fewest bytes that are exact: an int16 remainder beside a
+    bfloat16 param (`v0adam.master_remainder`), a float32 copy of a float16 one; "fp32" a float32 copy always."""
+
+    master_weights: bool | str = False
     stochastic_rounding: bool = False
     state_dtype: torch.dtype | None = None
 
@@ -51,6 +55,14 @@ class Precision:
         if param_dtype == torch.float64 and not self.quantized:
             return torch.float64
         return self.state_dtype or torch.float32
+
+    def master_dtype_for(self, param_dtype: torch.dtype) -> torch.dtype | None:
+        """The dtype of a param's master: REMAINDER_DTYPE, torch.float32, or None for none."""
+        if not self.master_weights or param_dtype not in LOW_PRECISION:
+            return None
+        if self.master_weights is True and param_dtype == torch.bfloat16:
+            return REMAINDER_DTYPE
+        return torch.float32
 
     def stochastic_for(self, param_dtype: torch.dtype) -> bool:
         """Stochastic rounding applies to bfloat16 params without a master copy."""
@@ -64,6 +76,8 @@ SLOT_ALIGN = 64
 # The moments, and whether their 8-bit format is signed (`v0adam.quantization`).
 MOMENTS = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
 SCALES_SUFFIX = "_scale"  # the state key of an 8-bit moment's block scales: "exp_avg" + SCALES_SUFFIX
+# The state key of each kind of master, by its dtype.
+MASTER_KEYS = {torch.float32: "master_param", REMAINDER_DTYPE: "param_remainder"}
 
 
 def _padded(numel: int, align: int) -> int:
@@ -160,10 +174,13 @@ class FlatBucket:
         if self.quantized:
             self.scales = fixed_address(torch.zeros(3, total // quantization.QBLOCK, device=device))
             self.exp_avg.fill_(quantization.zero_code(MOMENTS["exp_avg"]))
-        # An fp32 copy of 16-bit params, the value the optimizer updates; the params are its rounding.
+        # The fp32 master of 16-bit params, the value the optimizer updates (the params are its rounding): a copy,
+        # or remainders, whose zeros make the master the param.
         self.master = None
-        if precision.master_weights and dtype in LOW_PRECISION:
-            self.master = fixed_address(torch.zeros(total, dtype=torch.float32, device=device))
+        master_dtype = precision.master_dtype_for(dtype)
+        if master_dtype is not None:
+            self.master = fixed_address(torch.zeros(total, dtype=master_dtype, device=device))
+        self.master_key = None if master_dtype is None else MASTER_KEYS[master_dtype]
         self.steps = fixed_address(torch.zeros(len(self.params), dtype=torch.float32, device=device))
         self.step_views = list(self.steps.unbind())  # each param's counter, made once (a view costs a dispatch)
         self._state_slices = {}  # (state offset, shape) -> its states, shaped, for the PyTorch backend
@@ -175,7 +192,7 @@ class FlatBucket:
         self._addressed_work = (None, None)  # (addresses, (stepped, segment indices)) of the last cacheable scan
         if self.rehomed:
             self._rehome()
-        elif self.master is not None:
+        elif self.master_key == "master_param":
             for index, param in enumerate(self.params):
                 self.slot(self.master, index).copy_(local(param.detach()))
         self._home_param_addresses = [param.data_ptr() for param in self.params]
@@ -224,7 +241,7 @@ class FlatBucket:
             param_slot = self.slot(self.flat_param, index)
             param_slot.copy_(param.detach())
             param.data = param_slot
-            if self.master is not None:
+            if self.master_key == "master_param":
                 self.slot(self.master, index).copy_(param_slot)
             if self.flat_grads and param.requires_grad:
                 grad_slot = self.slot(self.flat_grad, index)
@@ -274,6 +291,26 @@ class FlatBucket:
             return codes
         return quantization.dequantize(codes, self.scale_slot(name, index), MOMENTS[name])
 
+    def read_master(self, index: int) -> torch.Tensor:
+        """The float32 master of param `index`, shaped as its local part: a new tensor (the param's value widened
+        when it has no master)."""
+        param = local(self.params[index]).detach()
+        if self.master_key == "param_remainder":
+            return join_master(param, self.slot(self.master, index))
+        if self.master_key == "master_param":
+            return self.slot(self.master, index).clone()
+        return param.to(torch.float32)
+
+    def write_master(self, index: int, master: torch.Tensor) -> None:
+        """Make float32 `master` (shaped as the local part) the master of param `index`. A remainder needs the
+        param to be the master's rounding, so that is written too; a copy leaves the param as it is."""
+        if self.master_key == "param_remainder":
+            param, remainder = split_master(master)
+            local(self.params[index]).detach().copy_(param)
+            self.slot(self.master, index).copy_(remainder)
+        else:
+            self.slot(self.master, index).copy_(master)
+
     def states_of(self, segment: Segment, amsgrad: bool) -> tuple:
         """exp_avg, exp_avg_sq, max_exp_avg_sq (None without amsgrad) and the master (None without one) of a
         segment, shaped as its param; made once per slot, since a step of many small params would spend more on
@@ -296,7 +333,7 @@ class FlatBucket:
             self.ensure_max_exp_avg_sq()
             buffers["max_exp_avg_sq"] = self.max_exp_avg_sq
         if self.master is not None:
-            buffers["master_param"] = self.master
+            buffers[self.master_key] = self.master
         state = {"step": self.steps[index]}
         for key, buffer in buffers.items():
             state[key] = like_param(self.params[index], self.slot(buffer, index))

@@ -104,8 +104,11 @@ class V0Adam(TorchLayoutStates, Optimizer):
         decoupled_weight_decay: as torch.optim.Adam's (AdamW's weight decay); always on in V0AdamW.
         skip_nonfinite: check every gradient each step (one fused pass); a step with an inf or NaN gradient
             changes nothing (params, states, step counters) and is counted in ``opt.skipped_steps``.
-        master_weights: keep an fp32 master copy of bfloat16/float16 params (state key "master_param"); the step
-            updates it and stores the param as its rounding to nearest even. No effect on float32 params.
+        master_weights: step bfloat16/float16 params from an exact float32 master, storing each param as its
+            rounding to nearest. True keeps it in 2 bytes beside a bfloat16 param, as the int16 low half of its
+            pattern (state key "param_remainder", `v0adam.master_remainder`), and as a float32 copy for float16
+            (state key "master_param"); "fp32" keeps a copy for both. The two train bit for bit alike;
+            ``master_weight(p)`` gives the float32 value. No effect on float32 params.
         stochastic_rounding: without a master copy, round updated bfloat16 params stochastically (unbiased,
             counter-based, reproducible) instead of to nearest even.
         state_dtype: dtype of exp_avg / exp_avg_sq / max_exp_avg_sq (and v0): torch.float32 (default),
@@ -169,6 +172,8 @@ class V0Adam(TorchLayoutStates, Optimizer):
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype}; expected None, torch.float32, torch.bfloat16 or torch.uint8"
             )
+        if master_weights not in (False, True, "fp32"):
+            raise ValueError(f"Invalid master_weights: {master_weights!r}; expected False, True or 'fp32'")
         if master_weights and stochastic_rounding:
             raise ValueError("master_weights and stochastic_rounding exclude each other: the master is never rounded")
         defaults = dict(
@@ -186,6 +191,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         if stochastic_rounding:
             # Saved with the param groups, so that a resumed run draws the same roundings.
             defaults["rounding_seed"] = _seed_following_manual_seed("rounding")
+        master_weights = master_weights if master_weights == "fp32" else bool(master_weights)
         self.precision = Precision(master_weights, stochastic_rounding, state_dtype)
         self.backend = backend
         self.skip_nonfinite = skip_nonfinite
@@ -434,6 +440,20 @@ class V0Adam(TorchLayoutStates, Optimizer):
                 group_index = bucket.groups[index]
                 if self.param_groups[group_index]["v0"] == v0_modes.RANDOM:
                     self._initialise_v0(bucket, index, self._param_indices[param])
+
+    @torch.no_grad()
+    def master_weight(self, param: torch.Tensor) -> torch.Tensor:
+        """The float32 value the optimizer updates for `param`, as a new tensor (a DTensor for a DTensor param):
+        its master, rebuilt from the remainder where it is one, or the param widened where it has none. To save
+        a float32 model: ``{name: opt.master_weight(p) for name, p in model.named_parameters()}``."""
+        self._follow_param_lists()
+        if any(bucket.has_moved() for bucket in self._buckets):
+            self._build_buckets()  # states carried to the param's new device or dtype
+        for bucket in self._buckets:
+            for index, held in enumerate(bucket.params):
+                if held is param:
+                    return sharding.like_param(param, bucket.read_master(index))
+        raise KeyError("master_weight: the param is not one of this optimizer's")
 
     def set_partition_group(self, process_group=None) -> None:
         """Declare this optimizer one rank's share of a model whose params are partitioned over `process_group`

@@ -8,11 +8,12 @@ from itertools import chain
 import torch
 
 from v0adam import quantization
-from v0adam.buckets import MOMENTS, SCALES_SUFFIX
+from v0adam.buckets import MASTER_KEYS, MOMENTS, SCALES_SUFFIX
+from v0adam.master_remainder import REMAINDER_DTYPE, join_master
 from v0adam.sharding import is_dtensor, like_param, local, local_part
 from v0adam.state_table import ParamState
 
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param")
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param", "param_remainder")
 # The block scales' key in checkpoints of the first 8-bit format (0.1, 0.2), whose codes index a dynamic code map.
 LEGACY_SCALES_SUFFIX = "_absmax"
 # The param-group key that holds `skipped_steps`, the live count (param groups are what every checkpointer saves).
@@ -150,6 +151,10 @@ class TorchLayoutStates:
                     )
             if "step" in values and torch.as_tensor(values["step"]).numel() != 1:
                 raise ValueError("loaded state 'step' must be a single number")
+            if "param_remainder" in values and torch.as_tensor(values["param_remainder"]).dtype != REMAINDER_DTYPE:
+                raise ValueError(
+                    f"loaded state 'param_remainder' must be {REMAINDER_DTYPE}: the low half of the master"
+                )
             _check_scales(param, values)
         kept_as_codes = (SCALES_SUFFIX,) if self.precision.quantized else ()
         states = {
@@ -167,7 +172,8 @@ class TorchLayoutStates:
     def _write_states(self, states: dict, params) -> None:
         """Copy checked `states` into the flat buffers for each of `params` and publish them in opt.state. A
         missing value starts fresh: zero, exp_avg_sq at v0 and the master at the param, as torch creates state at a
-        param's first step. Keys that are not states are kept."""
+        param's first step. A master of the other kind (a float32 copy, a remainder) is converted. Keys that are
+        not states are kept."""
         for bucket in self._buckets:
             for index, param in enumerate(bucket.params):
                 if param not in params:
@@ -176,8 +182,8 @@ class TorchLayoutStates:
                 state = bucket.state_views(index, amsgrad)
                 values = states.get(param, {})
                 for key, view in state.items():
-                    if key.endswith(SCALES_SUFFIX):
-                        continue  # written with its moment
+                    if key.endswith(SCALES_SUFFIX) or key == bucket.master_key:
+                        continue  # written with its moment; the master below
                     if key in values and bucket.quantized and key in MOMENTS:
                         _write_8bit(bucket, index, key, values)
                     elif key in values:
@@ -186,12 +192,13 @@ class TorchLayoutStates:
                         bucket.zero_moment(key, index)
                     else:
                         local(view).zero_()
-                if "master_param" in state and "master_param" not in values:  # a checkpoint without masters
-                    local(state["master_param"]).copy_(local(param.detach()))
+                if bucket.master is not None:
+                    bucket.write_master(index, _loaded_master(param, values))
                 if "exp_avg_sq" not in values:
                     self._initialise_v0(bucket, index, self._param_indices[param])
                 bucket.set_step_history(index, hash(("loaded", float(state["step"]))))
-                extras = {key: value for key, value in values.items() if key not in state}
+                converted = MASTER_KEYS.values() if bucket.master is not None else ()  # the other kind of master
+                extras = {key: value for key, value in values.items() if key not in state and key not in converted}
                 self._publish(param, state, extras)
         self.state = self._state_table
         self._state_table.edited = False
@@ -229,6 +236,17 @@ def dequantized_state_dict(state_dict: dict) -> dict:
         **state_dict,
         "state": {key: _dequantized(values) if isinstance(values, dict) else values for key, values in states.items()},
     }
+
+
+def _loaded_master(param, values: dict) -> torch.Tensor:
+    """The float32 master (this rank's part) that loaded `values` give `param`: its copy, its remainder joined
+    with the param, or, in a checkpoint without one (torch's), the param itself."""
+    param_data = local(param).detach()
+    if "master_param" in values:
+        return local(torch.as_tensor(values["master_param"])).to(torch.float32)
+    if "param_remainder" in values and param_data.dtype == torch.bfloat16:
+        return join_master(param_data, local(torch.as_tensor(values["param_remainder"])))
+    return param_data.to(torch.float32)
 
 
 def _check_scales(param, values: dict) -> None:

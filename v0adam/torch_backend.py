@@ -16,6 +16,7 @@ import torch
 
 from v0adam import quantization
 from v0adam.buckets import MOMENTS
+from v0adam.master_remainder import REMAINDER_DTYPE, join_master, param_of_master, split_master
 
 
 def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
@@ -138,13 +139,18 @@ def _hyper(value) -> float:
 
 def _update_(param, grad, states, step, group, grad_scale, algorithm, master=None, generator=None) -> None:
     """One step of `algorithm` with in-place ops in float32 (float64 for float64 params), rounded once into
-    storage: from the fp32 `master` when given, stochastically when a `generator` is given, else to nearest even."""
+    storage: from the fp32 `master` when given (a copy, or the int16 remainder of a bfloat16 param: see
+    `v0adam.master_remainder`), stochastically when a `generator` is given, else to nearest even."""
     compute_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
     exp_avg, exp_avg_sq, max_exp_avg_sq = (None if s is None else s.to(compute_dtype) for s in states)
     lr = _hyper(group["lr"])
     beta1, beta2 = (_hyper(beta) for beta in group["betas"])
     weight_decay = _hyper(group["weight_decay"])
-    working = master if master is not None else param.to(compute_dtype)
+    remainder = master is not None and master.dtype == REMAINDER_DTYPE
+    if remainder:
+        working = join_master(param, master)
+    else:
+        working = master if master is not None else param.to(compute_dtype)
     grad = grad.to(compute_dtype)
     if grad_scale is not None:
         grad = grad / grad_scale.to(grad.device)
@@ -170,7 +176,13 @@ def _update_(param, grad, states, step, group, grad_scale, algorithm, master=Non
     for stored, value in zip(states, (exp_avg, exp_avg_sq, max_exp_avg_sq)):
         if stored is not None and stored is not value:
             stored.copy_(value)
-    if generator is not None:
+    if remainder:
+        rounded, low = split_master(working)
+        param.copy_(rounded)
+        master.copy_(low)
+    elif master is not None:
+        param.copy_(param_of_master(working, param.dtype))
+    elif generator is not None:
         param.copy_(stochastic_round_to_bfloat16(working, generator))
     elif working is not param:
         param.copy_(working)
