@@ -25,6 +25,8 @@ Scenarios (rank 0 saves a list of tensors to OUT):
       puts a NaN in a grad of its own share; the params, then the skipped-step count of rank 0.
   data-v0-ddp, data-v0-fsdp, data-v0-zero: init_v0_from_data on this rank's share of the batches; every whole
       exp_avg_sq.
+  release: release_grads under DDP is refused; under FSDP2 it trains (without clipping), with two groups per
+      backward, then the ordinary loop trains a second model; the params of both.
 """
 
 import faulthandler
@@ -340,6 +342,32 @@ def nonfinite(job):
     return trained_params(model) + [local.skipped_steps]
 
 
+def step_released(opt):
+    """The loop's step() after a released backward, which has stepped every param in two groups or more."""
+    assert all(param.grad is None for group in opt.param_groups for param in group["params"])
+    assert opt._step_calls >= 2 * (getattr(opt, "backwards", 0) + 1), opt._step_calls
+    opt.backwards = getattr(opt, "backwards", 0) + 1
+    opt.step()
+
+
+def release(job):
+    model, batches = model_and_data()
+    try:
+        v0adam.V0AdamW(DistributedDataParallel(model).parameters(), release_grads=True)
+        raise AssertionError("release_grads under DDP was not refused")
+    except ValueError as error:
+        assert "DDP" in str(error), error
+    trained = []
+    for release_grads in (True, False):
+        model = shard(model_and_data()[0])
+        opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, release_grads=release_grads, **TRAINING)
+        if release_grads:
+            opt._release.group_bytes = 100  # this rank's shard of the last layer: its first group
+        train(model, opt, local_batches(batches, job), update=step_released if release_grads else type(opt).step)
+        trained += trained_params(model)
+    return trained
+
+
 SCENARIOS = {
     "ddp": ddp,
     "ddp-bucket-view": ddp,
@@ -361,6 +389,7 @@ SCENARIOS = {
     "data-v0-zero": data_v0,
     "nonfinite-zero": nonfinite,
     "nonfinite-fsdp": nonfinite,
+    "release": release,
 }
 
 

@@ -79,6 +79,14 @@ def test_two_processes_follow_one(backend, scenario, tmp_path):
         torch.testing.assert_close(param, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_grad_release_under_fsdp2_is_the_ordinary_loop_and_ddp_refuses_it(tmp_path):
+    """FSDP2 calls the hooks on each reduced shard: released, the training is the ordinary loop's, bit for bit."""
+    trained = run_job(tmp_path, "release", "torch")
+    released, ordinary = trained[: len(trained) // 2], trained[len(trained) // 2 :]
+    for param, reference in zip(released, ordinary, strict=True):
+        assert torch.equal(param, reference)
+
+
 @requires_compilable_step
 def test_compiled_step_under_fsdp(tmp_path):
     """Clipping and step compiled with fullgraph=True over DTensor params (the Triton backend is traced)."""

@@ -1,6 +1,7 @@
 """V0Adam and V0AdamW: drop-in replacements for torch.optim.Adam and AdamW with a fused Triton step and a
 configurable initial second moment v0 (Abuduweili & Liu, arXiv 2412.02153)."""
 
+import contextlib
 import hashlib
 import operator
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from v0adam import data_v0, grad_norm, sharding, torch_backend, traced_ops, trit
 from v0adam import v0 as v0_modes
 from v0adam.buckets import BucketWork, FlatBucket, ParamMoved, Precision
 from v0adam.fixed_address import fixed_address
+from v0adam.grad_release import GradRelease
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
 from v0adam.sharding import is_dtensor, local_part
 from v0adam.state_io import TorchLayoutStates
@@ -29,6 +31,7 @@ _CARRIED = (
     "_step_supports_amp_scaling",
     "_step_calls",
     "_awaiting_data_v0",
+    "release_grads",
 )
 
 
@@ -119,6 +122,11 @@ class V0Adam(TorchLayoutStates, Optimizer):
             accumulates into it and ``zero_grad`` zeroes it with one memset whatever ``set_to_none`` says, so a
             param that gets no gradient is stepped with a zero one (torch's ``zero_grad(set_to_none=False)``).
             Default False: grads are read where autograd leaves them and ``zero_grad`` is torch's.
+        release_grads: step each param during backward, as soon as its grad is ready (grouped, a few launches per
+            backward), and free its grad at once: an iteration never holds every grad. ``step()`` then steps only
+            grads assigned by hand; ``with opt.accumulate_grads():`` makes a backward accumulate instead.
+            Refused with DDP, ``skip_nonfinite``, ``flat_grads``, a GradScaler and ``clip_grad_norm_``, which need
+            every grad before the first update (docs/memory.md).
         fused: as torch.optim.Adam's towards a GradScaler: with True, ``scaler.step`` hands its scale and
             found_inf to the step, which unscales each grad as it reads it and skips without a host sync (the
             grads stay scaled; Lightning then refuses gradient clipping, as for torch's fused Adam). By default
@@ -158,6 +166,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         stochastic_rounding=False,
         state_dtype=None,
         flat_grads=False,
+        release_grads=False,
         foreach=None,
         fused=None,
         capturable=False,
@@ -171,6 +180,11 @@ class V0Adam(TorchLayoutStates, Optimizer):
         if state_dtype not in (None, torch.float32, torch.bfloat16, torch.uint8):
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype}; expected None, torch.float32, torch.bfloat16 or torch.uint8"
+            )
+        if release_grads and (flat_grads or skip_nonfinite):
+            raise ValueError(
+                "release_grads frees each grad once its param is stepped: flat_grads keeps them for good, and "
+                "skip_nonfinite needs every grad to decide whether to skip the step"
             )
         if master_weights not in (False, True, "fp32"):
             raise ValueError(f"Invalid master_weights: {master_weights!r}; expected False, True or 'fp32'")
@@ -211,6 +225,25 @@ class V0Adam(TorchLayoutStates, Optimizer):
                 raise ValueError("v0 dict has a key that is not a parameter of this optimizer")
         self._build_buckets()
         self._awaiting_data_v0 = any(group["v0"] == v0_modes.DATA for group in self.param_groups)
+        self.release_grads = release_grads
+        self._start_release()
+
+    def _start_release(self) -> None:
+        self._release = None
+        if not self.release_grads:
+            return
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed and not all(map(is_dtensor, self._all_params())):
+            raise ValueError(
+                "release_grads steps a param when autograd has its grad; under DDP that is before DDP averages it. "
+                "Shard the model with FSDP2 (fully_shard), whose reduced grads are released, or drop release_grads"
+            )
+        # A GradScaler then hands its scale to step(), which refuses it (it cannot skip a step already taken).
+        self._step_supports_amp_scaling = True
+        self._release = GradRelease(self._step, self._all_params)
+
+    def _all_params(self) -> list[torch.Tensor]:
+        return [param for group in self.param_groups for param in group["params"]]
 
     def _start_unlaid(self) -> None:
         """The fields of an optimizer whose params are not laid out yet: at construction, and in a copy."""
@@ -251,6 +284,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         self._build_buckets()
         if skipped_steps is not None:
             self.skipped_steps.copy_(skipped_steps)
+        self._start_release()
 
     def _fill_group_defaults(self) -> None:
         for group in self.param_groups:
@@ -292,6 +326,8 @@ class V0Adam(TorchLayoutStates, Optimizer):
         if self._buckets:
             self._build_buckets()
             self._awaiting_data_v0 = self._awaiting_data_v0 or mode == v0_modes.DATA
+        if getattr(self, "_release", None) is not None:
+            self._release.watch()
 
     def _backend_for(self, device: torch.device, dtype: torch.dtype) -> str:
         if self.backend == "torch":
@@ -414,9 +450,11 @@ class V0Adam(TorchLayoutStates, Optimizer):
         over `process_group` (default: the default group), whose ranks' gradients the wrapper averages.
         """
         self._works()  # lays the buffers out again first if the model was moved since they were
-        seen = data_v0.init_v0_from_data(
-            self, batches, loss_fn, num_samples=num_samples, scale=scale, model=model, process_group=process_group
-        )
+        # Its backward passes only collect gradients: with release_grads they must not step.
+        with self.accumulate_grads() if self._release is not None else contextlib.nullcontext():
+            seen = data_v0.init_v0_from_data(
+                self, batches, loss_fn, num_samples=num_samples, scale=scale, model=model, process_group=process_group
+            )
         self._awaiting_data_v0 = False
         return seen
 
@@ -526,11 +564,32 @@ class V0Adam(TorchLayoutStates, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if torch.compiler.is_compiling() and not self._traceable():
+        if self._release is not None:
+            self._step_released()
+        elif torch.compiler.is_compiling() and not self._traceable():
             _eagerly(self._step)
         else:
             self._step()
         return loss
+
+    def _step_released(self) -> None:
+        """step() with release_grads: backward has stepped the params; grads assigned since are stepped now."""
+        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            raise RuntimeError(
+                "release_grads cannot take a GradScaler: its step is skipped when any grad is inf or NaN, which is "
+                "known only after backward has stepped the params. Train in bfloat16 without one, or drop "
+                "release_grads"
+            )
+        self._release.watch()
+        self._release.step_all()
+
+    def accumulate_grads(self):
+        """With release_grads: a context in which backward accumulates grads into the params instead of stepping
+        them, for the micro-batches of gradient accumulation but the last; the first backward outside it steps,
+        with the whole sums, as step() after accumulation does (the pattern of DDP's ``no_sync``)."""
+        if self._release is None:
+            raise RuntimeError("accumulate_grads is for an optimizer with release_grads=True")
+        return self._release.accumulate()
 
     def _follow_param_lists(self) -> None:
         if self._param_lists_changed():
@@ -615,6 +674,11 @@ class V0Adam(TorchLayoutStates, Optimizer):
         gradient by it as it reads it: the grads themselves are not rewritten. Returns the norm as a 0-d tensor,
         without reading it on the host. With a GradScaler, call `scaler.unscale_(opt)` first, as with torch.
         """
+        if self._release is not None:
+            raise RuntimeError(
+                "clip_grad_norm_ needs every grad before the first update, and release_grads has stepped and freed "
+                "them during backward (torch.nn.utils.clip_grad_norm_ would find none and clip nothing)"
+            )
         if torch.compiler.is_compiling() and not self._traceable():
             return _eagerly(self.clip_grad_norm_, max_norm, norm_type)
         self._follow_param_lists()

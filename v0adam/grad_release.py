@@ -1,0 +1,93 @@
+"""Gradient release (`release_grads=True`): params are stepped during backward, as soon as autograd (or FSDP2's
+reduce-scatter) has their grad, and each grad is freed at once, so that an iteration never holds the whole
+model's grads: at most `GROUP_BYTES` of them, plus what backward is computing.
+
+Ready params are stepped in groups, not one by one: a group is stepped when its grads reach `GROUP_BYTES`, and the
+rest when backward ends (an autograd engine callback), each group one ordinary step of the optimizer, one launch
+per bucket. Exact for what it serves: every param steps once per backward with its whole grad; under
+`optimizer.accumulate_grads()` a backward accumulates instead, and the next backward outside it steps.
+What needs every grad before the first update (global-norm clipping, a GradScaler's skip of a step with an inf
+anywhere, `skip_nonfinite`) and DDP, which averages grads after their hooks run, are refused (docs/memory.md).
+"""
+
+import contextlib
+
+import torch
+
+# Grads held before the ready params are stepped: large enough that a launch covers many params, small beside a
+# large model's grads (GPT-2 small's float32 grads are 500 MB).
+GROUP_BYTES = 32 * 2**20
+
+
+class GradRelease:
+    """The hooks and the pending group of one optimizer, whose `step()` steps the params that hold a grad and
+    whose `params()` are all its params."""
+
+    def __init__(self, step, params, group_bytes: int = GROUP_BYTES):
+        self._step = step
+        self._params = params
+        self.group_bytes = group_bytes
+        self._handles = {}  # param -> its hook's handle
+        self._pending = []
+        self._pending_bytes = 0
+        self._flush_queued = False
+        self.accumulating = False
+        self.watch()
+
+    def watch(self) -> None:
+        """Hook every trainable param not hooked yet (new in a group, or unfrozen)."""
+        for param in self._params():
+            if param not in self._handles and param.requires_grad:
+                self._handles[param] = param.register_post_accumulate_grad_hook(self._ready)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
+
+    def _ready(self, param) -> None:
+        if self.accumulating:
+            return
+        self._pending.append(param)
+        self._pending_bytes += param.grad.numel() * param.grad.element_size()
+        if not self._flush_queued:
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+            self._flush_queued = True
+        if self._pending_bytes >= self.group_bytes:
+            self._step_pending()
+
+    def _end_of_backward(self) -> None:
+        self._flush_queued = False
+        self.step_all()
+
+    @torch.no_grad()
+    def _step_pending(self) -> None:
+        """Step the pending params during backward. Other grads, which backward may still accumulate into (after
+        `accumulate_grads`), are set aside meanwhile: a step steps what holds a grad."""
+        ready = set(self._pending)
+        aside = {param: param.grad for param in self._params() if param.grad is not None and param not in ready}
+        for param in aside:
+            param.grad = None
+        try:
+            self.step_all()
+        finally:
+            for param, grad in aside.items():
+                param.grad = grad
+
+    @torch.no_grad()
+    def step_all(self) -> None:
+        """Step every param that holds a grad, as an optimizer step does, and free the grads."""
+        self._pending, self._pending_bytes = [], 0
+        stepped = [param for param in self._params() if param.grad is not None]
+        if stepped:
+            self._step()
+        for param in stepped:
+            param.grad = None
+
+    @contextlib.contextmanager
+    def accumulate(self):
+        previous, self.accumulating = self.accumulating, True
+        try:
+            yield
+        finally:
+            self.accumulating = previous
