@@ -19,6 +19,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PYTHON) -m bench
 	$(PYTHON) -m bench --training --out bench/results
+	$(PYTHON) -m bench --memory --out bench/results
 
 bench-pytest: $(VENV)/.installed
 	$(PYTHON) -m pytest bench/ --benchmark-only

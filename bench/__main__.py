@@ -4,8 +4,9 @@ On CUDA: v0adam, torch for-loop, foreach, fused and torch.compile, and v0adam's 
 v0adam's CPU path against foreach and fused. Prints the table, saves a CSV stamped with device, versions and date,
 and a PNG plot.
 
-With --training: whole training iterations of real models instead (see `bench.training`); their CSV and plot are
-saved only where --out says.
+With --training: whole training iterations of real models instead (see `bench.training`); with --memory: the
+training state and peak memory of each optimizer mode (see `bench.training_memory`). Their CSV and plot are saved
+only where --out says.
 """
 
 import argparse
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench import cases, report, step_host, timing, training, variants
+from bench import cases, report, step_host, timing, training, training_memory, variants
 
 QUICK_COMPILE_CASE = "GPT-2 small fp32"
 COMPILED = ("torch compile", "v0adam compile")
@@ -29,9 +30,15 @@ def main(argv=None) -> int:
     parser.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="where the CSV and PNG go (default bench/results)")
     parser.add_argument("--training", action="store_true", help="time training iterations of real models instead")
+    parser.add_argument(
+        "--memory", action="store_true", help="measure the training state and peak memory of each mode instead"
+    )
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.memory:
+        training_memory.run(device, args.out)
+        return 0
     if args.training:
         _, info = training.run(device, args.quick, args.steps, args.out)
         host_us = step_host.measure(device)

@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from bench import cases, report
+from bench import cases, models, report, training_memory
 
 
 def test_bytes_per_element_match_the_spec_table():
@@ -86,3 +86,25 @@ def test_training_benchmark_runs_and_writes_only_where_asked(tmp_path, monkeypat
     assert csv_path.name == "test-cpu_2026-01-01_training.csv" and png_path.exists()
     with open(csv_path) as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
+
+
+def test_the_memory_benchmark_reads_each_part_of_the_training_state(tmp_path):
+    """Measured on a small model: the parts are what each mode keeps, and the peak holds at least the state."""
+    config = models.Config("tiny", "gpt2", vocab=64, context=64, dim=32, layers=1, heads=2)
+    modes = {mode.name: mode for mode in training_memory.MODES}
+    device = torch.device("cpu")
+    fp32 = training_memory.measure(config, modes["torch AdamW fp32"], device)
+    assert (fp32.params_bytes, fp32.master_bytes, fp32.grads_bytes, fp32.states_bytes) == (4, 0, 4, 8)
+    lean = training_memory.measure(config, modes["v0adam bf16 master 8-bit release"], device)
+    # Slots padded to whole quantization blocks; a float32 scale per 256 states.
+    assert 2 <= lean.params_bytes == lean.master_bytes < 2.5 and lean.grads_bytes == 0
+    assert 2 + 8 / 256 <= lean.states_bytes < 2.5
+    for row in (fp32, lean):
+        assert row.peak_bytes >= row.params_bytes + row.master_bytes + row.states_bytes
+    assert lean.peak_mb < fp32.peak_mb
+    info = report.stamp(device)
+    assert "v0adam bf16 master 8-bit release" in training_memory.format_table([fp32, lean], info)
+    csv_path, png_path = training_memory.save([fp32, lean], info, tmp_path)
+    with open(csv_path) as handle:
+        assert [row["mode"] for row in csv.DictReader(handle)] == [fp32.mode, lean.mode]
+    assert png_path.stat().st_size > 0

@@ -175,3 +175,36 @@ def test_mixed_precision_errors():
         v0adam.V0Adam(params, v0="zero", state_dtype=torch.float16)
     with pytest.raises(ValueError, match="stochastic_rounding supports bfloat16"):
         v0adam.V0Adam(make_params([(4,)], dtype=torch.float16), v0="zero", stochastic_rounding=True)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(master_weights=True),
+        dict(stochastic_rounding=True, state_dtype=torch.bfloat16),
+        dict(state_dtype=torch.uint8, amsgrad=True),
+        dict(state_dtype=torch.uint8, stochastic_rounding=True),
+    ],
+    ids=["master", "bf16-states-stochastic", "8-bit-amsgrad", "8-bit-stochastic"],
+)
+def test_the_pytorch_backend_steps_in_pieces_as_in_one(options, monkeypatch):
+    """The PyTorch backend steps CHUNK elements at a time (its float32 temporaries stay small): pieces that cut
+    params and 8-bit runs anywhere (at 512 elements) give bitwise the step taken in one piece."""
+
+    def trained():
+        params = make_params([(700,), (3, 300), (5,), (2000,)], dtype=torch.bfloat16, device=DEVICE)
+        torch.manual_seed(0)
+        opt = v0adam.V0AdamW(params, lr=1e-2, v0="random", v0_seed=1, backend="torch", **options)
+        for step in range(3):
+            for p, g in zip(params, gradients(params, step)):
+                p.grad = g
+            opt.step()
+        return params, opt
+
+    whole, whole_opt = trained()
+    monkeypatch.setattr(v0adam.torch_backend, "CHUNK", 512)
+    pieces, pieces_opt = trained()
+    for p, q in zip(whole, pieces):
+        assert torch.equal(p, q)
+        for key, value in whole_opt.state[p].items():
+            assert torch.equal(value, pieces_opt.state[q][key]), key

@@ -1,8 +1,8 @@
 """Gradient release (`release_grads=True`): params are stepped during backward, as soon as autograd (or FSDP2's
 reduce-scatter) has their grad, and each grad is freed at once, so that an iteration never holds the whole
-model's grads: at most `GROUP_BYTES` of them, plus what backward is computing.
+model's grads: about `GROUP_BYTES` of them (an eighth of a small model's), plus what backward is computing.
 
-Ready params are stepped in groups, not one by one: a group is stepped when its grads reach `GROUP_BYTES`, and the
+Ready params are stepped in groups, not one by one: a group is stepped when its grads reach that size, and the
 rest when backward ends (an autograd engine callback), each group one ordinary step of the optimizer, one launch
 per bucket. Exact for what it serves: every param steps once per backward with its whole grad; under
 `optimizer.accumulate_grads()` a backward accumulates instead, and the next backward outside it steps.
@@ -15,18 +15,20 @@ import contextlib
 import torch
 
 # Grads held before the ready params are stepped: large enough that a launch covers many params, small beside a
-# large model's grads (GPT-2 small's float32 grads are 500 MB).
+# large model's grads (GPT-2 small's float32 grads are 500 MB), and at most a GROUPS-th of a small model's.
 GROUP_BYTES = 32 * 2**20
+GROUPS = 8
 
 
 class GradRelease:
     """The hooks and the pending group of one optimizer, whose `step()` steps the params that hold a grad and
     whose `params()` are all its params."""
 
-    def __init__(self, step, params, group_bytes: int = GROUP_BYTES):
+    def __init__(self, step, params):
         self._step = step
         self._params = params
-        self.group_bytes = group_bytes
+        model_bytes = sum(param.numel() * param.element_size() for param in params())
+        self.group_bytes = min(GROUP_BYTES, model_bytes // GROUPS)
         self._handles = {}  # param -> its hook's handle
         self._pending = []
         self._pending_bytes = 0

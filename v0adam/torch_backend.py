@@ -18,6 +18,10 @@ from v0adam import quantization
 from v0adam.buckets import MOMENTS
 from v0adam.master_remainder import REMAINDER_DTYPE, join_master, param_of_master, split_master
 
+# Elements stepped at a time: the float32 temporaries of a step (widened 16-bit values, dequantized 8-bit states)
+# stay a few MB whatever the size of a bucket. A whole number of 8-bit quantization blocks.
+CHUNK = 2**20
+
 
 def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
     if found_inf is not None and found_inf.item() != 0:
@@ -42,7 +46,15 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
         for segment, (*state, master) in zip(segments, states):
             step = step_values[segment.step_index]
             generator = _rounding_generator(bucket, segment, step, rounding_seed)
-            _update_(segment.param, segment.grad, state, step, group, grad_scale, algorithm, master, generator)
+            tensors = [segment.param, segment.grad, *state, master]
+            for start in range(0, segment.param.numel(), CHUNK):
+                param, grad, *piece, master_piece = _flat_piece(tensors, start, start + CHUNK)
+                _update_(param, grad, piece, step, group, grad_scale, algorithm, master_piece, generator)
+
+
+def _flat_piece(tensors, start: int, end: int) -> list:
+    """Elements [start, end) of each of `tensors` (contiguous, or None), as flat views."""
+    return [None if tensor is None else tensor.view(-1)[start:end] for tensor in tensors]
 
 
 def _rounding_generator(bucket, segment, step, rounding_seed):
@@ -55,27 +67,38 @@ def _rounding_generator(bucket, segment, step, rounding_seed):
 
 def _update_8bit_(bucket, segments, states, step_values, group, grad_scale, algorithm, rounding_seed) -> None:
     """`_update_` on 8-bit moments: each run of segments whose states lie back to back is dequantized into float32
-    at once, each segment stepped on its part, and the run quantized back with fresh block scales (a run, not each
-    segment: a step of many small params would spend more on the calls than on the values)."""
+    CHUNK elements at a time, the part of each segment in it stepped, and quantized back with fresh block scales
+    (a run, not each segment: a step of many small params would spend more on the calls than on the values)."""
     kept = [name for name, codes in zip(MOMENTS, states[0]) if codes is not None]
     rows = {name: list(MOMENTS).index(name) for name in kept}
     for run in _back_to_back(segments, states):
-        start = run[0][0].state_offset // quantization.QBLOCK
-        end = start + sum(quantization.num_blocks(segment.param.numel()) for segment, _ in run)
-        codes = {name: bucket.moment(name)[start * quantization.QBLOCK : end * quantization.QBLOCK] for name in kept}
-        scales = {name: bucket.scales[rows[name], start:end] for name in kept}
-        values = {name: quantization.dequantize(codes[name], scales[name], MOMENTS[name]) for name in kept}
-        for segment, (*_, master) in run:
-            first = segment.state_offset - start * quantization.QBLOCK
-            shape, numel = segment.param.shape, segment.param.numel()
-            moments = [values[name][first : first + numel].view(shape) if name in values else None for name in MOMENTS]
-            step = step_values[segment.step_index]
-            generator = _rounding_generator(bucket, segment, step, rounding_seed)
-            _update_(segment.param, segment.grad, moments, step, group, grad_scale, algorithm, master, generator)
-        for name in kept:
-            new_codes, new_scales = quantization.quantize(values[name], MOMENTS[name])
-            codes[name].copy_(new_codes)
-            scales[name].copy_(new_scales)
+        generators = {}
+        start = run[0][0].state_offset
+        end = run[-1][0].state_offset + quantization.num_blocks(run[-1][0].param.numel()) * quantization.QBLOCK
+        for first in range(start, end, CHUNK):  # CHUNK is a whole number of blocks
+            last = min(first + CHUNK, end)
+            blocks = slice(first // quantization.QBLOCK, last // quantization.QBLOCK)
+            codes = {name: bucket.moment(name)[first:last] for name in kept}
+            scales = {name: bucket.scales[rows[name], blocks] for name in kept}
+            values = {name: quantization.dequantize(codes[name], scales[name], MOMENTS[name]) for name in kept}
+            for segment, (*_, master) in run:
+                lower = max(segment.state_offset, first)
+                upper = min(segment.state_offset + segment.param.numel(), last)
+                if lower >= upper:
+                    continue
+                param, grad, master = _flat_piece(
+                    [segment.param, segment.grad, master], lower - segment.state_offset, upper - segment.state_offset
+                )
+                moments = [values[name][lower - first : upper - first] if name in values else None for name in MOMENTS]
+                step = step_values[segment.step_index]
+                if segment.state_offset not in generators:
+                    generators[segment.state_offset] = _rounding_generator(bucket, segment, step, rounding_seed)
+                generator = generators[segment.state_offset]
+                _update_(param, grad, moments, step, group, grad_scale, algorithm, master, generator)
+            for name in kept:
+                new_codes, new_scales = quantization.quantize(values[name], MOMENTS[name])
+                codes[name].copy_(new_codes)
+                scales[name].copy_(new_scales)
 
 
 def _back_to_back(segments, states) -> list[list]:
