@@ -80,6 +80,20 @@ def stamped_path(out: Path, info: dict, suffix: str) -> Path:
     return out / f"{slug}_{info['date']}{suffix}"
 
 
+def save_table(rows: list, info: dict, out: Path, suffix: str, plot) -> tuple[Path, Path]:
+    """`rows` (dataclasses) as out/<device>_<date><suffix>.csv, each stamped with `info`, and their plot,
+    `plot(rows, info, path)`, beside it as a PNG."""
+    base = stamped_path(out, info, suffix)
+    csv_path, png_path = base.with_suffix(".csv"), base.with_suffix(".png")
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])) + list(info))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**asdict(row), **info})
+    plot(rows, info, png_path)
+    return csv_path, png_path
+
+
 def save(rows: list[Row], copy_gbps: float, info: dict, out: Path) -> tuple[Path, Path]:
     base = stamped_path(out, info, "")
     csv_path, png_path = base.with_suffix(".csv"), base.with_suffix(".png")

@@ -9,11 +9,10 @@ fused into the step (norm 4 B), the step (28 B; 16.06 B with 8-bit states), and 
 (accumulation 12 B + memset 4 B).
 """
 
-import csv
 import gc
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -238,15 +237,7 @@ def format_table(rows: list[TrainingRow], info: dict) -> str:
 
 
 def save(rows: list[TrainingRow], info: dict, out: Path) -> tuple[Path, Path]:
-    base = report.stamped_path(out, info, "_training")
-    csv_path, png_path = base.with_suffix(".csv"), base.with_suffix(".png")
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])) + list(info))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**asdict(row), **info})
-    _plot(rows, info, png_path)
-    return csv_path, png_path
+    return report.save_table(rows, info, out, "_training", _plot)
 
 
 def _plot(rows: list[TrainingRow], info: dict, path: Path) -> None:

@@ -13,10 +13,9 @@ CPU v0adam steps with its PyTorch backend, whose 8-bit step works on float32 cop
 time (the Triton kernel holds none): their peak includes those.
 """
 
-import csv
 import gc
 import importlib.util
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -253,15 +252,7 @@ def format_table(rows: list[MemoryRow], info: dict) -> str:
 
 
 def save(rows: list[MemoryRow], info: dict, out: Path) -> tuple[Path, Path]:
-    base = report.stamped_path(out, info, "_memory")
-    csv_path, png_path = base.with_suffix(".csv"), base.with_suffix(".png")
-    with open(csv_path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=[*asdict(rows[0]), *info])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**asdict(row), **info})
-    _plot(rows, info, png_path)
-    return csv_path, png_path
+    return report.save_table(rows, info, out, "_memory", _plot)
 
 
 def _plot(rows: list[MemoryRow], info: dict, path: Path) -> None:
