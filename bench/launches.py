@@ -52,8 +52,9 @@ CONFIGURATIONS = (
     *(Configuration(f"fp32 8-bit {name}", options=EIGHT_BIT, optimizer=optimizer) for name, optimizer in FAMILY),
 )
 MODELS = {
-    "GPT-2": cases.gpt2_shapes(d=64, vocab=512, context=64, layers=2),
-    "GPT-2 + 10-class head": cases.gpt2_shapes(d=64, vocab=512, context=64, layers=2) + ((10, 64), (10,)),
+    # Width 256: rows of whole 256-element blocks, as 8-bit states need.
+    "GPT-2": cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2),
+    "GPT-2 + 10-class head": cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2) + ((10, 256), (10,)),
 }
 
 

@@ -33,6 +33,7 @@ class Loop:
     bytes_per_element: float
     build: object  # params -> optimizer
     clip: object  # (optimizer, params) -> None
+    applies: object = None  # config -> whether the loop means anything for that model (None: always)
 
     def iteration(self, model, optimizer, params, tokens):
         loss = _loss(model, tokens)
@@ -66,6 +67,8 @@ LOOPS = (
         4 + bytes_per_element(torch.float32, torch.uint8, amsgrad=False),
         lambda params: v0adam.V0AdamW(params, lr=LR, v0="zero", state_dtype=torch.uint8),
         _fused_clip,
+        # Its matrices' rows are multiples of the width: whole 256-element blocks, which 8-bit states need.
+        applies=lambda config: config.dim % 256 == 0,
     ),
 )
 
@@ -132,7 +135,7 @@ def measure(config, tokens, device, iterations: int, interleaved: bool) -> dict[
     """name -> (ms per call, host µs per step()), medians after WARMUP calls; "forward + backward" and each loop.
     Interleaved, one call of each in turn (all models resident), so that a noisy machine's drifts hit them alike;
     else one after the other, each model freed before the next is built (a GPU holds one large model at a time)."""
-    contestants = {"forward + backward": None} | {loop.name: loop for loop in LOOPS}
+    contestants = {"forward + backward": None} | {loop.name: loop for loop in loops_for(config)}
     batches = [list(contestants.items())] if interleaved else [[item] for item in contestants.items()]
     results = {}
     for batch in batches:
@@ -154,6 +157,10 @@ def measure(config, tokens, device, iterations: int, interleaved: bool) -> dict[
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return results
+
+
+def loops_for(config) -> list[Loop]:
+    return [loop for loop in LOOPS if loop.applies is None or loop.applies(config)]
 
 
 def configs_for(device: torch.device, quick: bool) -> list[tuple[models.Config, int, int]]:
@@ -185,6 +192,9 @@ def run(device: torch.device, quick: bool, iterations: int | None, out: Path | N
         baseline, _ = results.pop("forward + backward")
         print(f"  forward + backward  {baseline:9.2f} ms", flush=True)
         for loop in LOOPS:
+            if loop.name not in results:
+                print(f"  {loop.name:<19} n/a: no tensor of this model takes it", flush=True)
+                continue
             iteration_ms, host_us = results[loop.name]
             rows.append(
                 TrainingRow(

@@ -96,6 +96,6 @@ def batches(corpus: torch.Tensor, size: Size, seed: int, device):
 def lm_loss(model):
     def loss(batch):
         inputs, targets = batch
-        return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        return F.cross_entropy(model(inputs).flatten(0, 1).float(), targets.flatten())  # a 16-bit model's too
 
     return loss

@@ -10,10 +10,10 @@ Scenarios (rank 0 saves a list of tensors to OUT):
       that full state dict into a third optimizer), train the remaining steps there; the params.
   fsdp-compiled: fsdp with clipping and step compiled by torch.compile(fullgraph=True, backend="aot_eager").
   fsdp-save, fsdp-resume: the two halves of fsdp-dcp as separate jobs (which may differ in world size).
-  fsdp-8bit: fsdp without the guard, with 8-bit states (quantization blocks per shard); the params.
-  fsdp-8bit-save, fsdp-8bit-resume: its first RESUME_AT steps, saved with torch.distributed.checkpoint (the
-      moments as float32 DTensors, checked against the codes they stand for), and the rest in a new job, whose
-      loaded codes are checked against the checkpoint's values quantized; the params.
+  fsdp-8bit: fsdp without the guard, with 8-bit states (on a model whose first weight takes them); the params.
+  fsdp-8bit-save, fsdp-8bit-resume: its first RESUME_AT steps, saved with torch.distributed.checkpoint (codes and
+      scales as DTensors), and the rest in a new job, maybe of another world size; the whole 8-bit states saved or
+      loaded, then the params. fsdp-8bit-resume-plain: the rest on one process, without FSDP2.
   zero-resume: train RESUME_AT steps under ZeroRedundancyOptimizer, save its consolidated state_dict, load it into
       a fresh model and optimizer (ZeRO's load_state_dict assigns each rank's share into `optim.state`), train the
       remaining steps there; the params.
@@ -50,7 +50,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import v0adam
-from v0adam import quantization, zero
+from v0adam import zero
 
 
 @dataclass(frozen=True)
@@ -242,39 +242,58 @@ def fsdp_checkpoint(job):
     return trained_params(model)
 
 
+def eight_bit_model_and_data():
+    """model_and_data with 256 inputs: the first layer's weight (12 rows of 256, cut 6/6 over two ranks, 3 each
+    over four) takes 8-bit states, the rest float32 ones."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(GLOBAL_BATCH, 256, generator=generator), torch.randn(GLOBAL_BATCH, 3, generator=generator))
+        for _ in range(STEPS)
+    ]
+    return model, batches
+
+
+def full_8bit_states(model, opt):
+    """Every 8-bit state's whole codes and scales, gathered (on every rank), in a fixed order; copies (without
+    FSDP2 the full state dict holds the live states, which training goes on to change)."""
+    state = get_optimizer_state_dict(model, opt, options=FULL)["state"]
+    return [
+        value.clone()
+        for name in sorted(state)
+        for key, value in sorted(state[name].items())
+        if key.endswith("_scale") or (isinstance(value, torch.Tensor) and value.dtype == torch.uint8)
+    ]
+
+
 def fsdp_8bit(job):
-    model, batches = model_and_data()
+    model, batches = eight_bit_model_and_data()
     batches = local_batches(batches, job)
-    shard(model)
-    opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, state_dtype=torch.uint8, **TRAINING)
+    if job.scenario != "fsdp-8bit-resume-plain":
+        shard(model)
+    opt = v0adam.V0AdamW(model.parameters(), backend=job.backend, state_dtype=torch.uint8, min_8bit_size=0, **TRAINING)
     checkpoint = os.path.join(job.directory, "checkpoint-8bit")
-    params = dict(model.named_parameters())
     if job.scenario == "fsdp-8bit":
         train(model, opt, batches)
         return trained_params(model)
     if job.scenario == "fsdp-8bit-save":
         train(model, opt, batches[:RESUME_AT])
         saved = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-        for name, values in saved["optim"]["state"].items():
-            assert set(values) == {"step", "exp_avg", "exp_avg_sq"}, set(values)
-            for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
-                state = opt.state[params[name]]
-                codes, scales = v0adam.sharding.local(state[key]), state[key + "_scale"]
-                assert isinstance(values[key], DTensor) and values[key].dtype == torch.float32
-                assert torch.equal(values[key].to_local(), quantization.dequantize(codes, scales, signed))
+        codes = saved["optim"]["state"]["0.weight"]
+        assert set(codes) == {"step", "exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"}, set(codes)
+        for key, dtype in (("exp_avg", torch.uint8), ("exp_avg_scale", torch.float32)):
+            assert isinstance(codes[key], DTensor) and codes[key].dtype == dtype, key
+        assert set(saved["optim"]["state"]["2.weight"]) == {"step", "exp_avg", "exp_avg_sq"}  # float32 states
         dcp.save(saved, checkpoint_id=checkpoint)
-        return []
+        return full_8bit_states(model, opt)
     loaded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
     dcp.load(loaded, checkpoint_id=checkpoint)
     set_model_state_dict(model, loaded["model"])
     set_optimizer_state_dict(model, opt, loaded["optim"])
-    for name, values in loaded["optim"]["state"].items():
-        for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
-            codes, scales = quantization.quantize(values[key].to_local(), signed)
-            state = opt.state[params[name]]
-            assert torch.equal(v0adam.sharding.local(state[key]), codes) and torch.equal(state[key + "_scale"], scales)
+    states = full_8bit_states(model, opt)
     train(model, opt, batches[RESUME_AT:])
-    return trained_params(model)
+    return states + trained_params(model)
 
 
 def fsdp_from_torch(job):
@@ -382,6 +401,7 @@ SCENARIOS = {
     "fsdp-8bit": fsdp_8bit,
     "fsdp-8bit-save": fsdp_8bit,
     "fsdp-8bit-resume": fsdp_8bit,
+    "fsdp-8bit-resume-plain": fsdp_8bit,
     "random-v0-fsdp": random_v0,
     "random-v0-zero": random_v0,
     "data-v0-ddp": data_v0,

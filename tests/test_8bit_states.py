@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE
-from helpers import MIXED_SHAPES, gradients, make_params
+from helpers import gradients, make_params
 
 import v0adam
 from v0adam import quantization
@@ -29,11 +29,17 @@ PARAM_TOL = dict(rtol=1e-6, atol=1e-7) if EXACT else dict(rtol=0, atol=2e-3)
 # expressions), a code one apart is possible in the interpreter too.
 REORDERED_PARAM_TOL = dict(rtol=1e-4, atol=1e-5) if EXACT else PARAM_TOL
 HYPER = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+# 8-bit states on tensors of any size: tests keep them small (the default keeps those below 4096 in float32).
+EIGHT_BIT = dict(state_dtype=torch.uint8, min_8bit_size=0)
+# Params that take 8-bit states (rows of whole blocks): a block's worth, several rows, a param past one
+# program's BLOCK, a 3-d one.
+SHAPES = [(1, 256), (3, 256), (5, 1024), (2, 2, 256)]
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
 def codes_and_scales(state: dict, key: str):
-    return state[key], state[key + "_scale"]
+    """A moment's codes and its block scales, flat (the state holds them a row per param row)."""
+    return state[key], state[key + "_scale"].flatten()
 
 
 def assert_same_quantized(ours: tuple, expected: tuple, signed: bool) -> None:
@@ -164,9 +170,8 @@ def assert_matches_reference(opt, params, ref_params, ref_states, param_toleranc
 @pytest.mark.parametrize("flat_grads", [False, True], ids=["by-address", "flat-grads"])
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
 def test_kernel_equals_the_reference_bit_for_bit(flat_grads, amsgrad):
-    """Params of odd sizes (blocks cut short, a param past one program's BLOCK, many in one 256-element block's
-    worth of slots) from a random v0, by address or merged into one segment per group."""
-    params = make_params(MIXED_SHAPES, device=DEVICE)
+    """Params of several shapes from a random v0, by address or merged into one segment per group."""
+    params = make_params(SHAPES, device=DEVICE)
     opt = v0adam.V0AdamW(
         params,
         **HYPER,
@@ -174,7 +179,7 @@ def test_kernel_equals_the_reference_bit_for_bit(flat_grads, amsgrad):
         v0="random",
         v0_scale=1.0,
         v0_seed=3,
-        state_dtype=torch.uint8,
+        **EIGHT_BIT,
         backend="triton",
         flat_grads=flat_grads,
     )
@@ -196,8 +201,8 @@ def test_kernel_equals_the_reference_bit_for_bit(flat_grads, amsgrad):
 def test_bfloat16_params_with_8bit_states(backend, mode):
     """With master weights the fp32 master follows the reference and the param is its rounding; with stochastic
     rounding the param lands on one of the two bfloat16 values around the reference's float32 result."""
-    params = make_params([(300,), (4, 70)], dtype=torch.bfloat16, device=DEVICE)
-    opt = v0adam.V0AdamW(params, **HYPER, state_dtype=torch.uint8, backend=backend, **{mode: True})
+    params = make_params(SHAPES[:2], dtype=torch.bfloat16, device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, **EIGHT_BIT, backend=backend, **{mode: True})
     ref_params, ref_states = reference_copies(opt, params, amsgrad=False)
     for step in range(1, 4):
         grads = gradients(params, step)
@@ -239,8 +244,8 @@ def step_with(opt, params, grads, scaler=None, clip=None):
 def test_grad_scale_clipping_and_skipped_steps_with_8bit_states(backend):
     """The kernel's unscaling and clip coefficient feed the 8-bit update as they feed the reference's; a step
     with an inf flag, or a NaN gradient under skip_nonfinite, leaves codes and scales exactly as they were."""
-    params = make_params([(300,), (4, 70), (5,)], device=DEVICE)
-    opt = v0adam.V0AdamW(params, **HYPER, state_dtype=torch.uint8, backend=backend, skip_nonfinite=True)
+    params = make_params(SHAPES[:3], device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, **EIGHT_BIT, backend=backend, skip_nonfinite=True)
     ref_params, ref_states = reference_copies(opt, params, amsgrad=False)
     scale = torch.tensor(1024.0, device=DEVICE)  # 0-d, as GradScaler's
     no_inf = torch.tensor(0.0, device=DEVICE)
@@ -261,7 +266,7 @@ def test_grad_scale_clipping_and_skipped_steps_with_8bit_states(backend):
     before = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
     grads = gradients(params, 9)
     step_with(opt, params, grads, (scale, torch.tensor(1.0, device=DEVICE)))
-    grads[0][3] = float("nan")
+    grads[0][0, 3] = float("nan")
     step_with(opt, params, grads)
     assert int(opt.skipped_steps) == 2
     for param, (value, state) in zip(params, before):
@@ -271,21 +276,28 @@ def test_grad_scale_clipping_and_skipped_steps_with_8bit_states(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_padding_of_8bit_slots_reads_back_zero(backend):
-    """Slots are padded to whole quantization blocks. A step by address never writes the padding; it must read
-    back 0 whatever its block's scale, or a later step over whole slots (flat grads at home) would move it."""
-    params = make_params([(300,), (5,)], device=DEVICE)
-    opt = v0adam.V0AdamW(params, **HYPER, state_dtype=torch.uint8, backend=backend, flat_grads=True)
-    for param, grad in zip(params, gradients(params, 1)):
-        param.grad = grad  # replaces the flat buffer's views: stepped by address
-    opt.step()
-    (bucket,) = opt._buckets
-    padding = torch.ones(bucket.total, dtype=torch.bool, device=DEVICE)
-    for offset, shape in zip(bucket.offsets, bucket.local_shapes):
-        padding[offset : offset + shape.numel()] = False
-    for row, (name, signed) in enumerate([("exp_avg", True), ("exp_avg_sq", False)]):
-        values = quantization.dequantize(bucket.moment(name), bucket.scales[row], signed)
-        assert bool(values[~padding].ne(0).any()) and not bool(values[padding].any()), name
+def test_which_params_take_8bit_states(backend):
+    """Decided on the whole tensor: 8-bit where rows are whole blocks and there are at least min_8bit_size (4096)
+    elements. A small tensor, a 1-d one, one whose rows are not whole blocks, and a group that asks for float32
+    keep float32 states, in a bucket of their own, stepped bit for bit as a float32-state optimizer steps them."""
+    shapes = [(16, 256), (8, 256), (4096,), (64, 70), (16, 512)]
+    params = make_params(shapes, device=DEVICE)
+    groups = [{"params": params[:4]}, {"params": params[4:], "state_dtype": torch.float32}]
+    opt = v0adam.V0AdamW(groups, **HYPER, state_dtype=torch.uint8, backend=backend)
+    float_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    float_opt = v0adam.V0AdamW(float_params, **HYPER, backend=backend)
+    train(opt, params, 3)
+    train(float_opt, float_params, 3)
+    assert len(opt._buckets) == 2
+    assert opt.state[params[0]]["exp_avg"].dtype == torch.uint8
+    assert opt.state[params[0]]["exp_avg_scale"].shape == (16, 1)
+    for param, float_param in zip(params[1:], float_params[1:]):
+        assert torch.equal(param, float_param)
+        assert set(opt.state[param]) == {"step", "exp_avg", "exp_avg_sq"}
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[param][key], float_opt.state[float_param][key])
+    with pytest.raises(ValueError, match="state_dtype"):
+        v0adam.V0AdamW([{"params": params[:1], "state_dtype": torch.float16}])
 
 
 FAMILY = {
@@ -301,11 +313,9 @@ FAMILY = {
 def test_the_family_with_8bit_states_follows_the_quantized_reference(backend, name):
     """Ten steps (RAdam's rectified regime starts at step 6), AMSGrad's max where there is one."""
     reference, options, reference_options = FAMILY[name]
-    params = make_params([(300,), (4, 70)], device=DEVICE)
+    params = make_params(SHAPES[:2], device=DEVICE)
     hyper = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
-    opt = getattr(v0adam, name)(
-        params, **hyper, **options, decoupled_weight_decay=False, state_dtype=torch.uint8, backend=backend
-    )
+    opt = getattr(v0adam, name)(params, **hyper, **options, decoupled_weight_decay=False, **EIGHT_BIT, backend=backend)
     ref_params, ref_states = reference_copies(opt, params, amsgrad=bool(options))
     if name == "V0AdaBound":
         reference_options = dict(reference_options, gamma=opt.param_groups[0]["gamma"])
@@ -332,8 +342,8 @@ def test_the_family_with_8bit_states_follows_the_quantized_reference(backend, na
 def test_every_v0_mode_writes_its_v0_quantized(backend, mode):
     """The 8-bit v0 is the quantization of the float32 one, code for code."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(40, 300), torch.nn.Tanh(), torch.nn.Linear(300, 3)).to(DEVICE)
-    batches = [(torch.randn(8, 40, device=DEVICE), torch.randn(8, 3, device=DEVICE)) for _ in range(3)]
+    model = torch.nn.Sequential(torch.nn.Linear(256, 300), torch.nn.Tanh(), torch.nn.Linear(300, 3)).to(DEVICE)
+    batches = [(torch.randn(8, 256, device=DEVICE), torch.randn(8, 3, device=DEVICE)) for _ in range(3)]
 
     def loss(batch):
         return (model(batch[0]) - batch[1]).square().mean()
@@ -342,14 +352,18 @@ def test_every_v0_mode_writes_its_v0_quantized(backend, mode):
     v0 = given if mode == "dict" else mode
     states = {}
     for state_dtype in (None, torch.uint8):
-        opt = v0adam.V0Adam(model.parameters(), v0=v0, v0_seed=5, state_dtype=state_dtype, backend=backend)
+        opt = v0adam.V0Adam(
+            model.parameters(), v0=v0, v0_seed=5, state_dtype=state_dtype, min_8bit_size=0, backend=backend
+        )
         if mode == "data":
             opt.init_v0_from_data(batches, loss, num_samples=24)
         states[state_dtype] = [opt.state[p] for p in model.parameters()]
-    for fp32, quantized in zip(states[None], states[torch.uint8]):
-        assert torch.equal(quantized["exp_avg_sq"], quantization.quantize(fp32["exp_avg_sq"], signed=False)[0])
-        assert torch.equal(quantized["exp_avg_sq_scale"], quantization.quantize(fp32["exp_avg_sq"], False)[1])
-        assert not quantization.dequantize(quantized["exp_avg"], quantized["exp_avg_scale"], True).any()
+    fp32, quantized = states[None][0], states[torch.uint8][0]  # the first layer's weight: rows of 256
+    assert torch.equal(quantized["exp_avg_sq"], quantization.quantize(fp32["exp_avg_sq"], signed=False)[0])
+    assert torch.equal(quantized["exp_avg_sq_scale"].flatten(), quantization.quantize(fp32["exp_avg_sq"], False)[1])
+    assert not quantization.dequantize(quantized["exp_avg"], quantized["exp_avg_scale"], True).any()
+    for fp32, kept in zip(states[None][1:], states[torch.uint8][1:]):  # 1-d, or rows of 300: float32 states
+        assert torch.equal(kept["exp_avg_sq"], fp32["exp_avg_sq"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -364,7 +378,7 @@ def test_the_first_step_with_v0_stays_shorter_than_without_in_8_bits(backend):
     for name, state_dtype, initial in [("zero", None, "zero"), ("fp32", None, v0), ("8bit", torch.uint8, v0)]:
         param = torch.nn.Parameter(torch.zeros(shape, device=DEVICE))
         v0_given = {param: initial} if isinstance(initial, torch.Tensor) else initial
-        opt = v0adam.V0Adam([param], lr=1e-2, v0=v0_given, state_dtype=state_dtype, backend=backend)
+        opt = v0adam.V0Adam([param], lr=1e-2, v0=v0_given, state_dtype=state_dtype, min_8bit_size=0, backend=backend)
         param.grad = grad.clone()
         opt.step()
         steps[name] = param.detach().abs()
@@ -384,14 +398,14 @@ def train(opt, params, steps, start=0):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_saved_8bit_state_dict_resumes_exactly(backend, tmp_path):
-    params = make_params([(300,), (4, 70)], device=DEVICE)
-    opt = v0adam.V0AdamW(params, **HYPER, amsgrad=True, state_dtype=torch.uint8, backend=backend)
+    params = make_params(SHAPES[1:3], device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, amsgrad=True, **EIGHT_BIT, backend=backend)
     train(opt, params, 3)
     saved = opt.state_dict()
-    assert saved["state"][0]["exp_avg"].dtype == torch.uint8 and saved["state"][0]["exp_avg_scale"].shape == (2,)
+    assert saved["state"][0]["exp_avg"].dtype == torch.uint8 and saved["state"][1]["exp_avg_scale"].shape == (5, 4)
     torch.save(saved, tmp_path / "opt.pt")
     resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    resumed = v0adam.V0AdamW(resumed_params, **HYPER, amsgrad=True, state_dtype=torch.uint8, backend=backend)
+    resumed = v0adam.V0AdamW(resumed_params, **HYPER, amsgrad=True, **EIGHT_BIT, backend=backend)
     resumed.load_state_dict(torch.load(tmp_path / "opt.pt"))
     train(opt, params, 2, start=3)
     train(resumed, resumed_params, 2, start=3)
@@ -403,15 +417,16 @@ def test_a_saved_8bit_state_dict_resumes_exactly(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_torch_adamw_state_dict_loads_quantized(backend):
-    params = make_params([(300,), (4, 70)], device=DEVICE)
+    params = make_params(SHAPES[:2], device=DEVICE)
     torch_opt = torch.optim.AdamW(params, **HYPER)
     train(torch_opt, params, 3)
-    opt = v0adam.V0AdamW(params, **HYPER, state_dtype=torch.uint8, backend=backend)
+    opt = v0adam.V0AdamW(params, **HYPER, **EIGHT_BIT, backend=backend)
     opt.load_state_dict(torch_opt.state_dict())
     for param in params:
         for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
             codes, scales = quantization.quantize(torch_opt.state[param][key], signed)
-            assert torch.equal(opt.state[param][key], codes) and torch.equal(opt.state[param][key + "_scale"], scales)
+            assert torch.equal(opt.state[param][key], codes)
+            assert torch.equal(opt.state[param][key + "_scale"].flatten(), scales)
         assert float(opt.state[param]["step"]) == 3
 
 
@@ -419,8 +434,8 @@ def test_a_torch_adamw_state_dict_loads_quantized(backend):
 def test_an_8bit_checkpoint_exports_to_torch_adamw_and_float_states(backend):
     """`v0adam.dequantized_state_dict` turns a checkpoint into one torch.optim.AdamW loads; a V0AdamW with float
     states loads the 8-bit one directly. Both then continue as one run."""
-    params = make_params([(300,), (4, 70)], device=DEVICE)
-    opt = v0adam.V0AdamW(params, **HYPER, state_dtype=torch.uint8, backend=backend)
+    params = make_params(SHAPES[:2], device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, **EIGHT_BIT, backend=backend)
     train(opt, params, 3)
     saved = opt.state_dict()
     exported = v0adam.dequantized_state_dict(saved)
@@ -449,8 +464,9 @@ FIRST_FORMAT = Path(__file__).parent / "data" / "first_8bit_format.pt"
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_checkpoint_of_the_first_8bit_format_still_loads(backend):
     """A checkpoint written by v0adam 0.2.0 (codes of its dynamic map, "exp_avg_absmax" scales; saved with what
-    that version decoded it to): exported, loaded into float states and into 8-bit ones, whose codes are today's
-    quantization of those values; training then goes on as from them."""
+    that version decoded it to): exported and loaded as those values. Its params (a 1-d one, one with rows of 70)
+    now keep float32 states, which take the values exactly; a param with rows of whole blocks, given first-format
+    codes, takes today's quantization of their values. Training then goes on as from them."""
     saved = torch.load(FIRST_FORMAT)
     assert saved["version"] == "0.2.0" and "exp_avg_absmax" in saved["state_dict"]["state"][0]
     exported = v0adam.dequantized_state_dict(saved["state_dict"])
@@ -458,36 +474,46 @@ def test_a_checkpoint_of_the_first_8bit_format_still_loads(backend):
         assert set(exported["state"][index]) == set(expected)
         for key, value in expected.items():
             assert torch.equal(exported["state"][index][key], value), key
+    state_dict = saved["state_dict"]
     params = [torch.nn.Parameter(p.clone().to(DEVICE)) for p in saved["params"]]
-    float_params = [torch.nn.Parameter(p.clone().to(DEVICE)) for p in saved["params"]]
-    opt = v0adam.V0AdamW(params, **HYPER, amsgrad=True, state_dtype=torch.uint8, backend=backend)
-    float_opt = v0adam.V0AdamW(float_params, **HYPER, amsgrad=True, backend=backend)
-    opt.load_state_dict(saved["state_dict"])
-    float_opt.load_state_dict(saved["state_dict"])
-    for index, (param, float_param) in enumerate(zip(params, float_params)):
-        state, expected = opt.state[param], saved["dequantized"]["state"][index]
+    # A third param, whose first-format state is made of random codes (any byte is a code of the map).
+    generator = torch.Generator().manual_seed(0)
+    params.append(make_params([(2, 256)], device=DEVICE)[0])
+    third = {"step": torch.tensor(3.0)}
+    for key in MOMENT_KEYS:
+        third[key] = torch.randint(0, 256, (2, 256), generator=generator, dtype=torch.uint8)
+        third[key + "_absmax"] = torch.rand(2, generator=generator)
+    state_dict = {
+        "state": {**state_dict["state"], 2: third},
+        "param_groups": [{**state_dict["param_groups"][0], "params": [0, 1, 2]}],
+    }
+    opt = v0adam.V0AdamW(params, **HYPER, amsgrad=True, **EIGHT_BIT, backend=backend)
+    opt.load_state_dict(state_dict)
+    for index, param in enumerate(params):
+        state = opt.state[param]
         assert not any(key.endswith("_absmax") for key in state)
         for key in MOMENT_KEYS:
-            codes, scales = quantization.quantize(expected[key], key == "exp_avg")
-            assert torch.equal(state[key].cpu(), codes) and torch.equal(state[key + "_scale"].cpu(), scales), key
-            assert torch.equal(float_opt.state[float_param][key].cpu(), expected[key]), key
-    ref_params, ref_states = reference_copies(opt, params, amsgrad=True)
+            if index < 2:
+                assert torch.equal(state[key].cpu(), saved["dequantized"]["state"][index][key]), key
+                continue
+            values = quantization.legacy_dequantize(third[key], third[key + "_absmax"], key == "exp_avg")
+            codes, scales = quantization.quantize(values, key == "exp_avg")
+            assert torch.equal(state[key].cpu(), codes) and torch.equal(state[key + "_scale"].cpu().flatten(), scales)
+    ref_params, ref_states = reference_copies(opt, params[2:], amsgrad=True)
     grads = gradients(params, 4)
     for param, grad in zip(params, grads):
         param.grad = grad
     opt.step()
-    for param, grad, state in zip(ref_params, grads, ref_states):
-        reference_step(param, grad, state, step=4)
+    reference_step(ref_params[0], grads[2], ref_states[0], step=4)
     if backend == "triton":
-        assert_matches_reference(opt, params, ref_params, ref_states, PARAM_TOL)
+        assert_matches_reference(opt, params[2:], ref_params, ref_states, PARAM_TOL)
     else:  # torch's lerp for m may round the other way: one code apart at most
-        for param, ref_param in zip(params, ref_params):
-            torch.testing.assert_close(param.detach(), ref_param, **REORDERED_PARAM_TOL)
+        torch.testing.assert_close(params[2].detach(), ref_params[0], **REORDERED_PARAM_TOL)
 
 
 def test_an_8bit_state_without_its_scales_is_refused_before_anything_is_written():
-    params = make_params([(300,)], device=DEVICE)
-    opt = v0adam.V0AdamW(params, **HYPER, state_dtype=torch.uint8)
+    params = make_params([(2, 256)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, **EIGHT_BIT)
     train(opt, params, 2)
     saved = opt.state_dict()
     before = {key: value.clone() for key, value in opt.state[params[0]].items()}
@@ -495,24 +521,27 @@ def test_an_8bit_state_without_its_scales_is_refused_before_anything_is_written(
     with pytest.raises(ValueError, match="exp_avg_sq_scale"):
         opt.load_state_dict(broken)
     wrong_size = {**saved, "state": {0: {**saved["state"][0], "exp_avg_scale": torch.ones(3)}}}
-    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+    with pytest.raises(ValueError, match="2 floats"):
         opt.load_state_dict(wrong_size)
     for key, value in before.items():
         assert torch.equal(opt.state[params[0]][key], value)
 
 
 def fit_a_teacher(state_dtype, steps=300):
-    """A 3-layer MLP regressing a random teacher network, AdamW at lr 3e-3: mean loss of the last 30 steps."""
+    """A 3-layer MLP regressing a random teacher network, AdamW at lr 3e-3: mean loss of the last 30 steps. Its
+    weights take 8-bit states (rows of 256), its biases keep float32 ones."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Linear(32, 128), torch.nn.GELU(), torch.nn.Linear(128, 128), torch.nn.GELU(), torch.nn.Linear(128, 1)
+        torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 1)
     )
-    teacher = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
-    opt = v0adam.V0AdamW(model.parameters(), lr=3e-3, state_dtype=state_dtype, backend="torch")
+    teacher = torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    opt = v0adam.V0AdamW(model.parameters(), lr=3e-3, state_dtype=state_dtype, min_8bit_size=0, backend="torch")
+    if state_dtype is not None:
+        assert sum(state["exp_avg"].dtype == torch.uint8 for state in opt.state.values()) == 3
     generator = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(steps):
-        x = torch.randn(64, 32, generator=generator)
+        x = torch.randn(64, 256, generator=generator)
         with torch.no_grad():
             target = teacher(x)
         loss = (model(x) - target).square().mean()
@@ -525,8 +554,9 @@ def fit_a_teacher(state_dtype, steps=300):
 
 def test_8bit_states_track_float32_states_over_a_long_run():
     """Stated bound, 300 steps: the final loss within 10% of float32 states' and the params within 10% of theirs
-    (relative distance). Measured here: 2.5% and 3.4% (the first 8-bit format: 1.0% and 2.1%, and over three seeds
-    at 500 steps 1.6-3.8% and 3.7-6.9%, while the loss's spread over those seeds was 12%)."""
+    (relative distance). Measured here: 0.9% and 6.8% on this model, with 8-bit states on its three weights (on a
+    narrower one whose first 8-bit format's loss was 1.0% off, today's was 2.5%, and over three seeds at 500 steps
+    the first format's 1.6-3.8% and 3.7-6.9%, while the loss's spread over those seeds was 12%)."""
     loss_fp32, params_fp32 = fit_a_teacher(None)
     loss_8bit, params_8bit = fit_a_teacher(torch.uint8)
     assert loss_fp32 < 0.01  # it learned: the teacher's outputs have a variance of about 0.1

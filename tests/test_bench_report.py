@@ -67,8 +67,10 @@ def test_training_models_have_the_counted_params_and_tensors():
 def test_training_benchmark_runs_and_writes_only_where_asked(tmp_path, monkeypatch):
     from bench import models, training
 
-    # A one-layer model: the runner's own CPU models have up to 148 tensors, slow in the Triton interpreter.
-    tiny = models.Config("tiny", "llama", vocab=64, context=16, dim=16, layers=1, heads=2, kv_heads=1, hidden=32)
+    # A one-layer model: the runner's own CPU models have up to 148 tensors, slow in the Triton interpreter. Width
+    # 256, whose rows take 8-bit states; a narrower model has no 8-bit loop.
+    tiny = models.Config("tiny", "llama", vocab=64, context=16, dim=256, layers=1, heads=2, kv_heads=1, hidden=512)
+    assert "v0adam 8-bit" not in {loop.name for loop in training.loops_for(models.LLAMA_NARROW)}
     monkeypatch.setattr(training, "configs_for", lambda device, quick: [(tiny, 2, 8)])
     monkeypatch.chdir(tmp_path)  # a plain run writes nothing, here or under bench/results
     rows, info = training.run(torch.device("cpu"), quick=True, iterations=1, out=None)
@@ -90,7 +92,7 @@ def test_training_benchmark_runs_and_writes_only_where_asked(tmp_path, monkeypat
 
 def test_the_memory_benchmark_reads_each_part_of_the_training_state(tmp_path):
     """Measured on a small model: the parts are what each mode keeps, and the peak holds at least the state."""
-    config = models.Config("tiny", "gpt2", vocab=64, context=64, dim=32, layers=1, heads=2)
+    config = models.Config("tiny", "gpt2", vocab=64, context=64, dim=256, layers=1, heads=2)
     modes = {mode.name: mode for mode in training_memory.MODES}
     device = torch.device("cpu")
     fp32 = training_memory.measure(config, modes["torch AdamW fp32"], device)

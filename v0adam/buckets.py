@@ -46,6 +46,7 @@ class Precision:
     master_weights: bool | str = False
     stochastic_rounding: bool = False
     state_dtype: torch.dtype | None = None
+    min_8bit_size: int = 4096
 
     @property
     def quantized(self) -> bool:
@@ -55,6 +56,18 @@ class Precision:
         if param_dtype == torch.float64 and not self.quantized:
             return torch.float64
         return self.state_dtype or torch.float32
+
+    def takes_8bit_states(self, param: torch.Tensor) -> bool:
+        """Whether `param` gets 8-bit states when they are asked for, decided on the whole tensor (a DTensor's
+        global shape), so alike on one process and at any FSDP2 world size: at least `min_8bit_size` elements (as
+        bitsandbytes' and torchao's, smaller tensors keep float32 states), and rows (the dims after the first)
+        of whole quantization blocks, which a cut between rows, FSDP2's Shard(0), never splits. A DTensor sharded
+        along another dim does not qualify. Others keep float32 states."""
+        rows_whole = param.dim() >= 2 and (param.numel() // max(param.shape[0], 1)) % quantization.QBLOCK == 0
+        cut_between_rows = not is_dtensor(param) or all(
+            placement.is_replicate() or (placement.is_shard() and placement.dim == 0) for placement in param.placements
+        )
+        return param.numel() >= self.min_8bit_size and param.numel() > 0 and rows_whole and cut_between_rows
 
     def master_dtype_for(self, param_dtype: torch.dtype) -> torch.dtype | None:
         """The dtype of a param's master: REMAINDER_DTYPE, torch.float32, or None for none."""
@@ -264,6 +277,14 @@ class FlatBucket:
         blocks = quantization.num_blocks(self.local_shapes[index].numel())
         return self.scales[list(MOMENTS).index(name), first : first + blocks]
 
+    def scale_rows(self, name: str, index: int) -> torch.Tensor:
+        """The block scales of param `index`'s moment as a row per param row (its rows are whole blocks), laid out
+        as the param: a DTensor cut along the first dim where the param is."""
+        param = self.params[index]
+        blocks_per_row = param.numel() // param.shape[0] // quantization.QBLOCK
+        rows = self.scale_slot(name, index).view(-1, blocks_per_row)
+        return like_param(param, rows, (param.shape[0], blocks_per_row))
+
     def zero_moment(self, name: str, index: int) -> None:
         """Set the moment of param `index` to 0 (codes of 0 and scales of 0 for 8-bit states)."""
         slot = self.slot(self.moment(name), index)
@@ -338,7 +359,7 @@ class FlatBucket:
         for key, buffer in buffers.items():
             state[key] = like_param(self.params[index], self.slot(buffer, index))
             if self.quantized and key in MOMENTS:
-                state[key + SCALES_SUFFIX] = self.scale_slot(key, index)
+                state[key + SCALES_SUFFIX] = self.scale_rows(key, index)
         return state
 
     def zero_grad(self, set_to_none: bool) -> None:

@@ -2,6 +2,7 @@
 configurable initial second moment v0 (Abuduweili & Liu, arXiv 2412.02153)."""
 
 import contextlib
+import dataclasses
 import hashlib
 import operator
 from collections.abc import Mapping
@@ -73,6 +74,13 @@ def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
+def _check_state_dtype(state_dtype) -> None:
+    if state_dtype not in (None, torch.float32, torch.bfloat16, torch.uint8):
+        raise ValueError(
+            f"Invalid state_dtype: {state_dtype}; expected None, torch.float32, torch.bfloat16 or torch.uint8"
+        )
+
+
 def _check_param(param: torch.Tensor) -> None:
     if not isinstance(param, torch.Tensor):
         raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {torch.typename(param)}")
@@ -117,7 +125,10 @@ class V0Adam(TorchLayoutStates, Optimizer):
         state_dtype: dtype of exp_avg / exp_avg_sq / max_exp_avg_sq (and v0): torch.float32 (default),
             torch.bfloat16, or torch.uint8 for 8-bit states: each moment quantized in blocks of 256 elements, one
             float32 scale per block (state keys "exp_avg_scale", ...) and a byte per element, read and written
-            by the same single launch (docs/8-bit-states.md).
+            by the same single launch (docs/8-bit-states.md). A param group's "state_dtype" overrides it.
+        min_8bit_size: with 8-bit states, tensors of fewer elements keep float32 states (bitsandbytes' name and
+            default), and so do tensors whose rows (the dims after the first) are not whole blocks of 256, so that
+            the blocks are the whole tensor's, the same on one process and at any FSDP2 world size.
         flat_grads: keep every grad as a view of one flat grad buffer per bucket, allocated for good: autograd
             accumulates into it and ``zero_grad`` zeroes it with one memset whatever ``set_to_none`` says, so a
             param that gets no gradient is stepped with a zero one (torch's ``zero_grad(set_to_none=False)``).
@@ -165,6 +176,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         master_weights=False,
         stochastic_rounding=False,
         state_dtype=None,
+        min_8bit_size=4096,
         flat_grads=False,
         release_grads=False,
         foreach=None,
@@ -177,10 +189,9 @@ class V0Adam(TorchLayoutStates, Optimizer):
             raise ValueError("V0Adam does not support differentiable=True: its step is a kernel, not autograd ops")
         if backend not in BACKENDS:
             raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
-        if state_dtype not in (None, torch.float32, torch.bfloat16, torch.uint8):
-            raise ValueError(
-                f"Invalid state_dtype: {state_dtype}; expected None, torch.float32, torch.bfloat16 or torch.uint8"
-            )
+        _check_state_dtype(state_dtype)
+        if not isinstance(min_8bit_size, int) or min_8bit_size < 0:
+            raise ValueError(f"Invalid min_8bit_size: {min_8bit_size!r}; expected a number of elements")
         if release_grads and (flat_grads or skip_nonfinite):
             raise ValueError(
                 "release_grads frees each grad once its param is stepped: flat_grads keeps them for good, and "
@@ -206,7 +217,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
             # Saved with the param groups, so that a resumed run draws the same roundings.
             defaults["rounding_seed"] = _seed_following_manual_seed("rounding")
         master_weights = master_weights if master_weights == "fp32" else bool(master_weights)
-        self.precision = Precision(master_weights, stochastic_rounding, state_dtype)
+        self.precision = Precision(master_weights, stochastic_rounding, state_dtype, min_8bit_size)
         self.backend = backend
         self.skip_nonfinite = skip_nonfinite
         self.flat_grads = flat_grads
@@ -308,6 +319,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         if group["v0_scale"] is not None and not 0.0 <= group["v0_scale"]:
             raise ValueError(f"Invalid v0_scale value: {group['v0_scale']}")
+        _check_state_dtype(group.get("state_dtype"))
         mode, source = v0_modes.split_v0(group["v0"])
         params = group["params"]
         # Materialised once: a generator (model.parameters()) would be empty by the time torch's method reads it.
@@ -355,15 +367,15 @@ class V0Adam(TorchLayoutStates, Optimizer):
                 if param in param_indices:
                     continue  # torch warned about the duplicate; step it once
                 param_indices[param] = len(param_indices)
-                key = (param.device, param.dtype, sharding.layout_of(param))
+                key = (param.device, param.dtype, sharding.layout_of(param), self._state_dtype_of(param, group))
                 entries.setdefault(key, []).append((param, group_index))
         entering = {
             param: dict(self.state[param]) for param in param_indices.keys() - previous.keys() if self.state.get(param)
         }
         entering = self._checked_states(entering)
         buckets = [
-            self._lay_out(bucket_entries, device, dtype, previous, param_indices)
-            for (device, dtype, _), bucket_entries in entries.items()
+            self._lay_out(bucket_entries, device, dtype, state_dtype, previous, param_indices)
+            for (device, dtype, _, state_dtype), bucket_entries in entries.items()
         ]
         self._buckets = buckets
         self._param_indices = param_indices
@@ -391,14 +403,23 @@ class V0Adam(TorchLayoutStates, Optimizer):
                 self.skipped_steps = fixed_address(count.to(device))
             self._hand_groups_the_count()
 
-    def _lay_out(self, bucket_entries, device, dtype, previous: dict, param_indices: dict) -> FlatBucket:
+    def _state_dtype_of(self, param: torch.Tensor, group: dict) -> torch.dtype | None:
+        """The state dtype asked for `param`: its group's, else the optimizer's; 8-bit only where the whole tensor
+        takes it (`Precision.takes_8bit_states`), else float32."""
+        asked = group.get("state_dtype", self.precision.state_dtype)
+        if asked == torch.float32 or (asked == torch.uint8 and not self.precision.takes_8bit_states(param)):
+            return None  # the default, float32 (float64 for float64 params)
+        return asked
+
+    def _lay_out(self, bucket_entries, device, dtype, state_dtype, previous: dict, param_indices: dict) -> FlatBucket:
         """One bucket of the new layout, its params' states carried over from `previous` (param -> old bucket and
         index) or started at v0, and published in opt.state."""
         # With flat grads, a param laid out again keeps a missing grad (the step now due must not step it, as torch
         # would not); the next zero_grad hands it its view. New params get theirs now.
         without_grad = [param for param, _ in bucket_entries if param in previous and param.grad is None]
         backend = self._backend_for(device, dtype)
-        bucket = FlatBucket(bucket_entries, device, dtype, backend, self.precision, self.flat_grads)
+        precision = dataclasses.replace(self.precision, state_dtype=state_dtype)
+        bucket = FlatBucket(bucket_entries, device, dtype, backend, precision, self.flat_grads)
         for param in without_grad:
             param.grad = None
         if bucket.backend == "triton":

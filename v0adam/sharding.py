@@ -37,13 +37,16 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
-def like_param(param: torch.Tensor, local_view: torch.Tensor) -> torch.Tensor:
+def like_param(param: torch.Tensor, local_view: torch.Tensor, shape=None) -> torch.Tensor:
     """`local_view` (this rank's values) shown with the layout of `param`: a DTensor sharing its storage when the
-    param is one, else the view itself."""
+    param is one, else the view itself. `shape`, when given, is the whole tensor's (contiguous), for a tensor of
+    another shape cut along the first dim where the param is (8-bit states' block scales, a row per param row)."""
     if not is_dtensor(param):
         return local_view
+    stride = param.stride() if shape is None else torch.empty(shape, device="meta").stride()
+    shape = param.shape if shape is None else torch.Size(shape)
     return DTensor.from_local(
-        local_view, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+        local_view, param.device_mesh, param.placements, run_check=False, shape=shape, stride=stride
     )
 
 
@@ -95,3 +98,12 @@ def local_part(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     shape, offset = _local_box(param)
     index = tuple(slice(o, o + s) for o, s in zip(offset, shape))
     return value[index]
+
+
+def local_rows(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`local_part` of a value cut along the first dim where `param` is, whatever its other dims are (8-bit
+    states' block scales, a row per param row)."""
+    if not is_dtensor(param) or is_dtensor(value):
+        return local_part(param, value)
+    shape, offset = _local_box(param)
+    return value[offset[0] : offset[0] + shape[0]]

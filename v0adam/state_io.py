@@ -10,7 +10,7 @@ import torch
 from v0adam import quantization
 from v0adam.buckets import MASTER_KEYS, MOMENTS, SCALES_SUFFIX
 from v0adam.master_remainder import REMAINDER_DTYPE, join_master
-from v0adam.sharding import is_dtensor, like_param, local, local_part
+from v0adam.sharding import is_dtensor, like_param, local, local_part, local_rows
 from v0adam.state_table import ParamState
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param", "param_remainder")
@@ -81,9 +81,9 @@ class TorchLayoutStates:
         The states of params taken out of their groups are left out (torch's own state_dict raises a KeyError on
         them). With `skip_nonfinite` every group holds `skipped_steps`, as in `opt.param_groups`.
 
-        8-bit states are saved as they are (codes and block scales), except those of DTensor params: their blocks
-        follow this rank's shard, which another world size cuts elsewhere, so they are saved as float32 DTensors
-        that torch.distributed.checkpoint can reshard, and quantized again on load."""
+        8-bit states are saved as they are: codes shaped as the param, block scales a row per param row, DTensors
+        for a DTensor param. Blocks are the whole tensor's and never straddle two rows, so
+        torch.distributed.checkpoint reshards codes and scales alike, into any world size or one process."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         # Params are numbered by their positions over all groups, a repeated param by its first, as torch does.
@@ -102,8 +102,6 @@ class TorchLayoutStates:
                 state[key] = values  # whatever else was put into opt.state, kept as torch keeps it
             elif id(key) in param_ids:
                 values = dict(values) if isinstance(values, ParamState) else values
-                if self.precision.quantized and is_dtensor(key):
-                    values = _dequantized(values, key)
                 state[param_ids[id(key)]] = values
         state_dict = {"state": state, "param_groups": param_groups}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
@@ -156,16 +154,13 @@ class TorchLayoutStates:
                     f"loaded state 'param_remainder' must be {REMAINDER_DTYPE}: the low half of the master"
                 )
             _check_scales(param, values)
-        kept_as_codes = (SCALES_SUFFIX,) if self.precision.quantized else ()
+        quantized = {param for bucket in self._buckets if bucket.quantized for param in bucket.params}
         states = {
-            param: _dequantized(values, param, kept_as_codes if not is_dtensor(param) else ())
+            param: _dequantized(values, param, (SCALES_SUFFIX,) if param in quantized else ())
             for param, values in states.items()
         }
         return {
-            param: {
-                key: local_part(param, torch.as_tensor(value)) if key in STATE_KEYS else value
-                for key, value in values.items()
-            }
+            param: {key: _local_value(param, key, value) for key, value in values.items()}
             for param, values in states.items()
         }
 
@@ -238,6 +233,16 @@ def dequantized_state_dict(state_dict: dict) -> dict:
     }
 
 
+def _local_value(param, key: str, value):
+    """This rank's part of a loaded state value: a state's, an 8-bit state's block scales' (a row per param row);
+    other entries as they are."""
+    if key in STATE_KEYS:
+        return local_part(param, torch.as_tensor(value))
+    if key.endswith(SCALES_SUFFIX):
+        return local_rows(param, torch.as_tensor(value))
+    return value
+
+
 def _loaded_master(param, values: dict) -> torch.Tensor:
     """The float32 master (this rank's part) that loaded `values` give `param`: its copy, its remainder joined
     with the param, or, in a checkpoint without one (torch's), the param itself."""
@@ -256,10 +261,12 @@ def _check_scales(param, values: dict) -> None:
         if key not in values or torch.as_tensor(values[key]).dtype != torch.uint8:
             continue
         scales = values.get(key + SCALES_SUFFIX, values.get(key + LEGACY_SCALES_SUFFIX))
-        expected = (quantization.num_blocks(local(values[key]).numel()),)
-        if scales is None or tuple(scales.shape) != expected or not scales.is_floating_point():
+        expected = quantization.num_blocks(local(values[key]).numel())
+        # One per block: a row per param row (today), or a flat list (0.3 and the first format, blocks laid on the
+        # flattened tensor: the same blocks wherever rows are whole blocks).
+        if scales is None or local(scales).numel() != expected or not scales.is_floating_point():
             raise ValueError(
-                f"loaded 8-bit state '{key}' needs '{key}{SCALES_SUFFIX}', floats of shape {expected} (one scale per "
+                f"loaded 8-bit state '{key}' needs '{key}{SCALES_SUFFIX}', {expected} floats (one scale per "
                 f"{quantization.QBLOCK} elements)"
             )
 
@@ -276,7 +283,7 @@ def _dequantized(values: dict, param=None, kept_formats=()) -> dict:
         suffix = next((suffix for suffix in decoders if key + suffix in values), None)
         if suffix is None or suffix in kept_formats:
             continue
-        scales = values.pop(key + suffix).to(torch.float32)
+        scales = local(values.pop(key + suffix)).reshape(-1).to(torch.float32)
         codes = values[key]
         values[key] = decoders[suffix](local(codes), scales, signed)
         if is_dtensor(codes):
@@ -289,6 +296,6 @@ def _write_8bit(bucket, index: int, key: str, values: dict) -> None:
     loaded = torch.as_tensor(values[key])
     if loaded.dtype == torch.uint8:
         local(bucket.slot(bucket.moment(key), index)).copy_(loaded)
-        bucket.scale_slot(key, index).copy_(values[key + SCALES_SUFFIX])
+        bucket.scale_slot(key, index).copy_(local(values[key + SCALES_SUFFIX]).reshape(-1))
     else:
         bucket.write_moment(key, index, loaded)
