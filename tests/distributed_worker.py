@@ -69,13 +69,14 @@ V0_SEED, DATA_SAMPLES = 7, 3 * GLOBAL_BATCH
 FULL = StateDictOptions(full_state_dict=True)  # whole tensors on every rank
 
 
-def model_and_data():
-    """A small model whose layers split unevenly over two ranks (12 rows: 6/6, 3 rows: 2/1) and its batches."""
+def model_and_data(inputs=5):
+    """A small model whose layers split unevenly over two ranks (12 rows: 6/6, 3 rows: 2/1) and its batches. With
+    256 inputs its first weight (12 rows of 256, cut 6/6 over two ranks, 3 each over four) takes 8-bit states."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(inputs, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
     generator = torch.Generator().manual_seed(1)
     batches = [
-        (torch.randn(GLOBAL_BATCH, 5, generator=generator), torch.randn(GLOBAL_BATCH, 3, generator=generator))
+        (torch.randn(GLOBAL_BATCH, inputs, generator=generator), torch.randn(GLOBAL_BATCH, 3, generator=generator))
         for _ in range(STEPS)
     ]
     return model, batches
@@ -242,19 +243,6 @@ def fsdp_checkpoint(job):
     return trained_params(model)
 
 
-def eight_bit_model_and_data():
-    """model_and_data with 256 inputs: the first layer's weight (12 rows of 256, cut 6/6 over two ranks, 3 each
-    over four) takes 8-bit states, the rest float32 ones."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(256, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
-    generator = torch.Generator().manual_seed(1)
-    batches = [
-        (torch.randn(GLOBAL_BATCH, 256, generator=generator), torch.randn(GLOBAL_BATCH, 3, generator=generator))
-        for _ in range(STEPS)
-    ]
-    return model, batches
-
-
 def full_8bit_states(model, opt):
     """Every 8-bit state's whole codes and scales, gathered (on every rank), in a fixed order; copies (without
     FSDP2 the full state dict holds the live states, which training goes on to change)."""
@@ -268,7 +256,7 @@ def full_8bit_states(model, opt):
 
 
 def fsdp_8bit(job):
-    model, batches = eight_bit_model_and_data()
+    model, batches = model_and_data(inputs=256)
     batches = local_batches(batches, job)
     if job.scenario != "fsdp-8bit-resume-plain":
         shard(model)
