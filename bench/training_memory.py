@@ -27,11 +27,12 @@ from bench.memory import tensor_bytes
 
 LR = 1e-4
 TOKENS = (1, 65)  # batch, context + 1
-# The CPU twins: the real vocabularies and depths at a width a CPU trains in seconds.
+# The CPU twins: the real vocabularies and depths at a width a CPU trains in seconds, every matrix's rows whole
+# 256-element blocks (as at the real widths), so that 8-bit states apply as they would there.
 CPU_CONFIGS = (
     models.Config("GPT-2 small, dim 256", "gpt2", vocab=50257, context=1024, dim=256, layers=12, heads=4),
     models.Config(
-        "Llama, dim 256", "llama", vocab=32000, context=2048, dim=256, layers=8, heads=4, kv_heads=2, hidden=688
+        "Llama, dim 256", "llama", vocab=32000, context=2048, dim=256, layers=8, heads=4, kv_heads=2, hidden=768
     ),
 )
 GPU_CONFIGS = (models.GPT2_SMALL, models.LLAMA_SIZES[2])
