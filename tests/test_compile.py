@@ -36,7 +36,8 @@ def trace_backward():
 
 def build_model(dtype=torch.float32):
     torch.manual_seed(0)
-    layers = [torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)]
+    # The last weight's rows are 256 elements, whole blocks: it takes 8-bit states where they are asked for.
+    layers = [torch.nn.Linear(6, 256), torch.nn.Tanh(), torch.nn.Linear(256, 3)]
     return torch.nn.Sequential(*layers).to(device=DEVICE, dtype=dtype)
 
 
@@ -70,7 +71,7 @@ def assert_same_training(model, opt, reference_model, reference_opt, **tolerance
         dict(dtype=torch.bfloat16, master_weights=True),
         dict(dtype=torch.bfloat16, stochastic_rounding=True),
         dict(dtype=torch.float32, flat_grads=True),
-        dict(dtype=torch.float32, amsgrad=True, state_dtype=torch.uint8),
+        dict(dtype=torch.float32, amsgrad=True, state_dtype=torch.uint8, min_8bit_size=0),
     ],
     ids=["fp32-amsgrad-guard", "bf16-master", "bf16-stochastic", "fp32-flat-grads", "fp32-8bit-states"],
 )
@@ -116,7 +117,11 @@ def test_compiled_step_follows_torch_adamw(trace_backward):
 
 @pytest.mark.parametrize(
     "precision",
-    [dict(amsgrad=True, skip_nonfinite=True), dict(master_weights=True), dict(amsgrad=True, state_dtype=torch.uint8)],
+    [
+        dict(amsgrad=True, skip_nonfinite=True),
+        dict(master_weights=True),
+        dict(amsgrad=True, state_dtype=torch.uint8, min_8bit_size=0),
+    ],
 )
 def test_a_compiled_step_mutates_only_tensors_at_fixed_addresses(trace_backward, precision):
     """What mode="reduce-overhead" needs: CUDA graph trees skip (silently, falling back to plain launches) a graph

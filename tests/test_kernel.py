@@ -102,13 +102,13 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch, quantized):
     [
         (torch.float32, {}),
         (torch.bfloat16, {"stochastic_rounding": True}),
-        (torch.float32, {"state_dtype": torch.uint8, "amsgrad": True}),
     ],
-    ids=["fp32", "bf16-stochastic", "8-bit-amsgrad"],
+    ids=["fp32", "bf16-stochastic"],
 )
 def test_splitting_off_the_unaligned_tails_changes_nothing(monkeypatch, dtype, options):
     """The same steps with odd-sized tensors split into an aligned bulk and an unaligned tail (as on a GPU) and
-    stepped whole (as the interpreter does by default): params and every state bitwise equal."""
+    stepped whole (as the interpreter does by default): params and every state bitwise equal. (8-bit states have
+    no tail: they go to tensors of whole 256-element rows.)"""
     from v0adam import triton_backend
 
     runs = []

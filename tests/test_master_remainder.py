@@ -11,7 +11,7 @@ from helpers import gradients, make_params
 import v0adam
 from v0adam.master_remainder import join_master, split_master
 
-SHAPES = [(300,), (7, 11), (1,), (1030,)]
+SHAPES = [(300,), (7, 11), (1,), (1030,), (3, 256)]  # the last takes 8-bit states where they are asked for
 
 
 def bits(tensor):
@@ -51,6 +51,7 @@ def train(backend, master_weights, steps, state_dtype=None, amsgrad=False, start
         v0_seed=3,
         master_weights=master_weights,
         state_dtype=state_dtype,
+        min_8bit_size=0,
         backend=backend,
     )
     first = 0
@@ -87,6 +88,7 @@ def test_remainder_trains_bit_for_bit_as_a_float32_master_copy(backend, state_dt
     copy = train(backend, "fp32", 12, state_dtype, amsgrad)
     assert_same_training(remainder, copy)
     (opt, params), (copy_opt, copy_params) = remainder, copy
+    assert any(bucket.quantized for bucket in opt._buckets) == (state_dtype == torch.uint8)
     for p, q in zip(params, copy_params):
         state = opt.state[p]
         assert "master_param" not in state and state["param_remainder"].dtype == torch.int16

@@ -182,8 +182,8 @@ def test_mixed_precision_errors():
     [
         dict(master_weights=True),
         dict(stochastic_rounding=True, state_dtype=torch.bfloat16),
-        dict(state_dtype=torch.uint8, amsgrad=True),
-        dict(state_dtype=torch.uint8, stochastic_rounding=True),
+        dict(state_dtype=torch.uint8, amsgrad=True, min_8bit_size=0),
+        dict(state_dtype=torch.uint8, stochastic_rounding=True, min_8bit_size=0),
     ],
     ids=["master", "bf16-states-stochastic", "8-bit-amsgrad", "8-bit-stochastic"],
 )
@@ -192,7 +192,8 @@ def test_the_pytorch_backend_steps_in_pieces_as_in_one(options, monkeypatch):
     params and 8-bit runs anywhere (at 512 elements) give bitwise the step taken in one piece."""
 
     def trained():
-        params = make_params([(700,), (3, 300), (5,), (2000,)], dtype=torch.bfloat16, device=DEVICE)
+        # 8-bit states go to the last two; pieces of 512 cut the first and the 8-bit runs.
+        params = make_params([(700,), (3, 300), (5,), (5, 256), (3, 512)], dtype=torch.bfloat16, device=DEVICE)
         torch.manual_seed(0)
         opt = v0adam.V0AdamW(params, lr=1e-2, v0="random", v0_seed=1, backend="torch", **options)
         for step in range(3):
@@ -202,6 +203,7 @@ def test_the_pytorch_backend_steps_in_pieces_as_in_one(options, monkeypatch):
         return params, opt
 
     whole, whole_opt = trained()
+    assert any(bucket.quantized for bucket in whole_opt._buckets) == (options.get("state_dtype") == torch.uint8)
     monkeypatch.setattr(v0adam.torch_backend, "CHUNK", 512)
     pieces, pieces_opt = trained()
     for p, q in zip(whole, pieces):

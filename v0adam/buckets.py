@@ -320,7 +320,7 @@ class FlatBucket:
             return join_master(param, self.slot(self.master, index))
         if self.master_key == "master_param":
             return self.slot(self.master, index).clone()
-        return param.to(torch.float32)
+        return param.to(torch.float32, copy=True)
 
     def write_master(self, index: int, master: torch.Tensor) -> None:
         """Make float32 `master` (shaped as the local part) the master of param `index`. A remainder needs the
