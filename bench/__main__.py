@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.memory:
-        training_memory.run(device, args.out)
+        training_memory.run(device, args.quick, args.out)
         return 0
     if args.training:
         _, info = training.run(device, args.quick, args.steps, args.out)

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # One run on a lent GPU: install offline, run the test suite natively on CUDA, then the benchmark table.
 # Output is printed and, when $OUT is set (the device tool), saved there; well inside 8 minutes on an H100.
-# Usage: bash bench/device_check.sh [--tune] [--no-bench] [--no-training] [--evidence]
+# Usage: bash bench/device_check.sh [--tune] [--no-bench] [--no-training] [--no-memory] [--evidence]
 #   --tune         also time each block size / warp count (python -m bench.tune)
 #   --no-bench     skip the benchmark table (its rows include 8-bit and bf16 states)
 #   --no-training  skip whole training iterations (python -m bench --training --quick: GPT-2 small)
+#   --no-memory    skip the memory table (python -m bench --memory --quick: GPT-2 small)
 #   --evidence     also run examples/warmup_free.py's GPU-sized sweep (2 seeds, 400 steps, within five minutes)
 # After the table, the static model's predictions (python -m bench.static) for comparison with what was measured.
 set -uo pipefail
-tune=0 bench=1 training=1 evidence=0
+tune=0 bench=1 training=1 memory=1 evidence=0
 for option in "$@"; do
   case "$option" in
     --tune) tune=1 ;;
     --no-bench) bench=0 ;;
     --no-training) training=0 ;;
+    --no-memory) memory=0 ;;
     --evidence) evidence=1 ;;
     *) echo "unknown option $option" >&2; exit 2 ;;
   esac
@@ -33,7 +35,7 @@ export PYTHONUNBUFFERED=1
   fi
   python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warning
   python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)"
-  # The stage limits are ceilings (9 minutes in all by default): a hung stage cannot take the run past the device
+  # The stage limits are ceilings (9.5 minutes in all by default): a hung stage cannot take the run past the device
   # tool's 10 minutes per command. The table comes before the huge step, which only re-checks addressing.
   echo "== tests (native CUDA) $(date -u +%H:%M:%S)"
   # The gloo jobs of test_distributed.py run on CPU tensors on any machine, and CI runs them: left out here.
@@ -45,13 +47,17 @@ export PYTHONUNBUFFERED=1
   fi
   if [ "$bench" = 1 ]; then
     echo "== benchmark $(date -u +%H:%M:%S)"
-    timeout 150 python3 -m bench --quick --out "$out_dir"
+    timeout 130 python3 -m bench --quick --out "$out_dir"
   fi
   echo "== static model (predicted) $(date -u +%H:%M:%S)"
   timeout 60 python3 -m bench.static --csv "$out_dir/static_model.csv" | tail -12
   if [ "$training" = 1 ]; then
     echo "== training iterations $(date -u +%H:%M:%S)"
-    timeout 100 python3 -m bench --training --quick --out "$out_dir"
+    timeout 90 python3 -m bench --training --quick --out "$out_dir"
+  fi
+  if [ "$memory" = 1 ]; then
+    echo "== memory $(date -u +%H:%M:%S)"
+    timeout 60 python3 -m bench --memory --quick --out "$out_dir"
   fi
   echo "== one step past 2^31 elements $(date -u +%H:%M:%S)"
   timeout 30 python3 -m bench.huge_step

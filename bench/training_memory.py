@@ -5,7 +5,8 @@ backward ends, optimizer states), read from the tensors the model and optimizer 
 iteration (forward, backward, step, zero_grad; no clipping, which gradient release refuses), after one iteration
 that made the states. On a GPU the peak is torch's allocator's; on the CPU it is the bytes held before the
 iteration plus the peak of what the CPU allocator handed out during it (torch.profiler's memory events).
-The activations are a batch of 1 x 64 tokens: the peak is meant to show the state, not the activations.
+The activations are a batch of 1 x 64 tokens: the peak is meant to show the state, not the activations. --quick:
+the GPT-2 model only (the device check's).
 
 The modes: torch.optim.AdamW on float32 params, with and without bfloat16 autocast; torchao's and bitsandbytes'
 8-bit AdamW and torchao's 4-bit (where installed); FlashOptim (where installed, CUDA only); and v0adam's. On the
@@ -212,8 +213,9 @@ def available(mode: Mode, device: torch.device) -> str | None:
     return None
 
 
-def run(device: torch.device, out: Path | None) -> list[MemoryRow]:
+def run(device: torch.device, quick: bool, out: Path | None) -> list[MemoryRow]:
     configs = GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS
+    configs = configs[:1] if quick else configs
     rows, skipped = [], []
     for config in configs:
         for mode in MODES:
