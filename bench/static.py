@@ -44,7 +44,7 @@ TARGET_PCT, EIGHT_BIT_TARGET_PCT = 95.0, 90.0
 
 @dataclass(frozen=True)
 class Prediction:
-    variant: str  # configuration and what the launch is: "fp32 8-bit / step aligned"
+    variant: str  # configuration and what the launch is: "fp32 8-bit / step 8-bit aligned"
     kernel: str
     registers: int
     spills: int  # local-memory instructions: registers spilled or saved to the stack
@@ -121,7 +121,8 @@ def predicted_pct(instructions_per_element: float, bytes_per_element: float) -> 
 def _describe(launch: Launch) -> str:
     constexprs = dict(launch.constexprs)
     if launch.kernel == "_adam_step_kernel":
-        return f"step {'aligned' if constexprs['ALIGNED'] else 'unaligned'}"
+        states = " 8-bit" if constexprs["QUANTIZED"] else ""  # else the tensors that keep float states
+        return f"step{states} {'aligned' if constexprs['ALIGNED'] else 'unaligned'}"
     if launch.kernel == "_grad_norm_partials_kernel":
         norm = {0: "inf", 1: "1", 2: "2"}[constexprs["NORM_TYPE"]]
         return f"grad norm {norm} {'aligned' if constexprs['ALIGNED'] else 'unaligned'}"
@@ -140,6 +141,8 @@ def _bytes(launch: Launch, configuration: Configuration) -> float:
     dtype = configuration.dtype
     if launch.kernel == "_adam_step_kernel":
         state = options.get("state_dtype", torch.float32)
+        if state == torch.uint8 and not dict(launch.constexprs)["QUANTIZED"]:
+            state = torch.float32  # the tensors of an 8-bit configuration that keep float32 states
         master_weights = options.get("master_weights", False)
         return cases.bytes_per_element(dtype, state, options.get("amsgrad", False), master_weights)
     if launch.kernel == "_grad_norm_partials_kernel":
