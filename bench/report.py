@@ -94,6 +94,25 @@ def save_table(rows: list, info: dict, out: Path, suffix: str, plot) -> tuple[Pa
     return csv_path, png_path
 
 
+def plot_per_model(rows: list, path: Path, title: str, panel_size: tuple[float, float], draw) -> None:
+    """One panel per model of `rows` (their `model` field, in order of first appearance), drawn by
+    `draw(axis, model, its rows)`, saved as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model_names = list(dict.fromkeys(row.model for row in rows))
+    width, height = panel_size
+    figure, axes = plt.subplots(1, len(model_names), figsize=(width * len(model_names), height), squeeze=False)
+    for axis, model in zip(axes[0], model_names):
+        draw(axis, model, [row for row in rows if row.model == model])
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def save(rows: list[Row], copy_gbps: float, info: dict, out: Path) -> tuple[Path, Path]:
     base = stamped_path(out, info, "")
     csv_path, png_path = base.with_suffix(".csv"), base.with_suffix(".png")

@@ -252,15 +252,8 @@ def save(rows: list[TrainingRow], info: dict, out: Path) -> tuple[Path, Path]:
 
 def _plot(rows: list[TrainingRow], info: dict, path: Path) -> None:
     """Per model, one stacked bar per loop: forward + backward, and the optimizer's share on top."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    model_names = list(dict.fromkeys(row.model for row in rows))
-    figure, axes = plt.subplots(1, len(model_names), figsize=(5 * len(model_names), 4.5), squeeze=False)
-    for axis, model_name in zip(axes[0], model_names):
-        model_rows = [row for row in rows if row.model == model_name]
+    def draw(axis, model_name, model_rows):
         labels = [row.loop for row in model_rows]
         axis.bar(labels, [row.forward_backward_ms for row in model_rows], label="forward + backward", color="0.75")
         axis.bar(
@@ -272,8 +265,7 @@ def _plot(rows: list[TrainingRow], info: dict, path: Path) -> None:
         axis.set_title(f"{model_name}, batch {model_rows[0].batch}", fontsize=10)
         axis.set_ylabel("ms per iteration (median)")
         axis.tick_params(axis="x", labelrotation=20)
-    axes[0][0].legend(fontsize=8)
-    figure.suptitle(f"Training iteration, {info['device']}, torch {info['torch']}, triton {info['triton']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+        axis.legend(fontsize=8)
+
+    title = f"Training iteration, {info['device']}, torch {info['torch']}, triton {info['triton']}"
+    report.plot_per_model(rows, path, title, (5, 4.5), draw)

@@ -259,25 +259,18 @@ def save(rows: list[MemoryRow], info: dict, out: Path) -> tuple[Path, Path]:
 
 
 def _plot(rows: list[MemoryRow], info: dict, path: Path) -> None:
-    import matplotlib
+    """Per model, one stacked bar per mode: its training state's parts."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    model_names = list(dict.fromkeys(row.model for row in rows))
-    figure, axes = plt.subplots(1, len(model_names), figsize=(7 * len(model_names), 6), squeeze=False)
-    for axis, model in zip(axes[0], model_names):
-        mine = [row for row in rows if row.model == model]
-        left = [0.0] * len(mine)
+    def draw(axis, model, model_rows):
+        left = [0.0] * len(model_rows)
         for name in STATE_PARTS:
-            widths = [getattr(row, name + "_bytes") for row in mine]
-            axis.barh([row.mode for row in mine], widths, left=left, label=name)
+            widths = [getattr(row, name + "_bytes") for row in model_rows]
+            axis.barh([row.mode for row in model_rows], widths, left=left, label=name)
             left = [a + b for a, b in zip(left, widths)]
         axis.invert_yaxis()
         axis.set_xlabel("bytes per param")
         axis.set_title(model)
         axis.legend(loc="lower right")
-    figure.suptitle(f"Training state per param, {info['device']}, {info['date']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+
+    title = f"Training state per param, {info['device']}, {info['date']}"
+    report.plot_per_model(rows, path, title, (7, 6), draw)
