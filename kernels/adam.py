@@ -17,6 +17,7 @@ from v0adam.kernels.precision import (
     widen_to_float32,
 )
 from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root
+from v0adam.kernels.uniform_division import divide_by_uniform
 
 # Globals a kernel reads must be tl.constexpr; the host reads them through `.value`.
 
@@ -35,7 +36,8 @@ HYPER_FIELDS = tl.constexpr(11)
 # Columns of the step-scalar table (float32, shape [num_params, SCALAR_FIELDS]): what one param's step needs
 # besides its elements, computed once per step by `v0adam.kernels.step_scalars` from its counter and its group's
 # row of the hyperparameter table. The flags are 0 or 1; RECTIFICATION and RECTIFIED are RAdam's, LOWER_BOUND,
-# UPPER_BOUND and BOUNDED_STEP AdaBound's.
+# UPPER_BOUND and BOUNDED_STEP AdaBound's. BIAS_CORRECTION2_SQRT_RECIPROCAL is the float32 1 / sqrt(bc2), correctly
+# rounded (`divide_by_uniform`).
 (
     LR_F32,
     STEP_SIZE,
@@ -56,8 +58,9 @@ HYPER_FIELDS = tl.constexpr(11)
     LOWER_BOUND,
     UPPER_BOUND,
     BOUNDED_STEP,
-) = (tl.constexpr(i) for i in range(19))
-SCALAR_FIELDS = tl.constexpr(19)
+    BIAS_CORRECTION2_SQRT_RECIPROCAL,
+) = (tl.constexpr(i) for i in range(20))
+SCALAR_FIELDS = tl.constexpr(20)
 
 # The update rules one kernel implements (its ALGORITHM switch): Adam(W) and the members of the family the
 # v0 paper applies its initialisation to. They share everything but the second moment and the final step.
@@ -244,7 +247,8 @@ def _adam_step_kernel(
         bounded_step = tl.load(scalars + BOUNDED_STEP)
         update = tl.minimum(tl.maximum(tl.div_rn(bounded_step, tl.sqrt_rn(v) + eps), lower), upper) * m
     else:
-        denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
+        bias_correction2_sqrt_reciprocal = tl.load(scalars + BIAS_CORRECTION2_SQRT_RECIPROCAL)
+        denom = divide_by_uniform(tl.sqrt_rn(v), bias_correction2_sqrt, bias_correction2_sqrt_reciprocal) + eps
         update = step_size * tl.div_rn(m, denom)
     p = p - update
 

@@ -19,6 +19,7 @@ from v0adam.kernels.adam import (
     BETA2_F32,
     BIAS_CORRECTION1,
     BIAS_CORRECTION2_SQRT,
+    BIAS_CORRECTION2_SQRT_RECIPROCAL,
     BOUNDED_STEP,
     DECAY_FACTOR,
     DECOUPLED,
@@ -77,9 +78,9 @@ def _advance_steps_kernel(
     BLOCK: tl.constexpr,
 ):
     """steps += increment (unless found_inf); then per param, with t its new count, bc1 = 1 - beta1**t and
-    bc2 = 1 - beta2**t, the scalars of its group's step: lr / bc1, sqrt(bc2), 1 - lr * wd, the betas, eps and weight
-    decay in float32; RAdam's rectification, AdaBound's bounds. Scalars are computed in float64, as torch does on
-    the host, and rounded once to float32."""
+    bc2 = 1 - beta2**t, the scalars of its group's step: lr / bc1, sqrt(bc2) and its reciprocal, 1 - lr * wd, the
+    betas, eps and weight decay in float32; RAdam's rectification, AdaBound's bounds. Scalars are computed in
+    float64, as torch does on the host, and rounded once to float32 (the reciprocal: in float32, of that sqrt)."""
     index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = index < num_params
     steps = tl.load(steps_ptr + index, mask=mask, other=1.0)  # lanes past the end: finite scalars, never stored
@@ -102,7 +103,9 @@ def _advance_steps_kernel(
     tl.store(row + LR_F32, lr.to(tl.float32), mask=mask)
     tl.store(row + STEP_SIZE, (lr / bias_correction1).to(tl.float32), mask=mask)
     tl.store(row + BIAS_CORRECTION1, bias_correction1.to(tl.float32), mask=mask)
-    tl.store(row + BIAS_CORRECTION2_SQRT, tl.sqrt(bias_correction2).to(tl.float32), mask=mask)
+    bias_correction2_sqrt = tl.sqrt(bias_correction2).to(tl.float32)
+    tl.store(row + BIAS_CORRECTION2_SQRT, bias_correction2_sqrt, mask=mask)
+    tl.store(row + BIAS_CORRECTION2_SQRT_RECIPROCAL, tl.div_rn(1.0, bias_correction2_sqrt), mask=mask)
     tl.store(row + BETA1_F32, beta1.to(tl.float32), mask=mask)
     tl.store(row + ONE_MINUS_BETA1, (1.0 - beta1).to(tl.float32), mask=mask)
     tl.store(row + BETA2_F32, beta2.to(tl.float32), mask=mask)
@@ -219,6 +222,8 @@ def advance_steps_reference(
         columns.append((BOUNDED_STEP, lr * bias_correction2.sqrt() / bias_correction1))
     for column, value in columns:
         scalars[:, column.value] = value.to(torch.float32)
+    # float32 division, as the kernel's: correctly rounded from the float32 sqrt(bc2).
+    scalars[:, BIAS_CORRECTION2_SQRT_RECIPROCAL.value] = 1.0 / scalars[:, BIAS_CORRECTION2_SQRT.value]
 
 
 def _power_reference(base: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:

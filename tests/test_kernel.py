@@ -179,6 +179,7 @@ def test_step_scalars_are_the_values_torch_computes_on_the_host(algorithm):
         expected = {  # by column number: older Triton's constexpr is not hashable
             adam_kernel.STEP_SIZE.value: group["lr"] / bc1,
             adam_kernel.BIAS_CORRECTION2_SQRT.value: bc2**0.5,
+            adam_kernel.BIAS_CORRECTION2_SQRT_RECIPROCAL.value: bc2**-0.5,
             adam_kernel.ONE_MINUS_BETA2.value: 1 - beta2,
             adam_kernel.DECAY_FACTOR.value: 1 - group["lr"] * group["weight_decay"],
             adam_kernel.MAXIMIZE_FLAG.value: group["maximize"],

@@ -1,0 +1,31 @@
+"""Division by a value every element of a program shares, correctly rounded for a third of the instructions of
+`tl.div_rn`.
+
+`tl.div_rn(x, d)` compiles, per element, to a reciprocal approximation, its refinement, the quotient's correction
+and a range check with a slow path behind a branch: about 11 instructions. When `d` is the same for every element
+and its correctly rounded reciprocal `r = RN(1 / d)` is computed once (per step, by the step scalars), Markstein's
+correction alone is exact:
+
+    q = RN(x * r);  e = RN(x - d * q) (an FMA: exact);  RN(q + e * r) (an FMA) == RN(x / d)
+
+provided nothing over- or underflows (Markstein, "Computation of elementary functions on the IBM RISC System/6000
+processor", IBM J. Res. Dev. 34(1), 1990, Theorem 1; q is within an ulp of x / d). That holds for the quotients
+the step takes: x = sqrt(v), which is 0 or between 2^-75 and 2^64, over d = sqrt(1 - beta2^t), between 2^-27 and 1.
+tests/test_uniform_division.py checks it against correctly rounded division over every float32 significand of x
+for a hundred divisors. Infinities and NaN: the correction term is NaN there; a maximum drops it, so that the
+quotient is x / d still (inf stays inf, NaN NaN).
+"""
+
+import triton
+import triton.language as tl
+
+LOWEST_FLOAT32 = tl.constexpr(-3.4028234663852886e38)
+
+
+@triton.jit
+def divide_by_uniform(x, divisor, reciprocal):
+    """x / divisor, correctly rounded, from `reciprocal` = RN(1 / divisor), for x >= 0 in the range above."""
+    quotient = x * reciprocal
+    # maximum() returns the operand that is not NaN: the correction of an infinite or NaN quotient becomes finite.
+    residual = tl.maximum(tl.fma(-divisor, quotient, x), LOWEST_FLOAT32)
+    return tl.fma(residual, reciprocal, quotient)
