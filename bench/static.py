@@ -20,6 +20,7 @@ import csv
 import math
 import multiprocessing
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class Prediction:
     occupancy_pct: float
     loads: str  # global loads by width: "128b x24, 32b x9"
     stores: str
+    bfloat16_rounding: str  # the rounding modes of the PTX's float32 -> bfloat16 conversions: "rn", or "" for none
     elements_per_thread: int
     instructions_per_element: float  # SASS, one thread's main path, at step 1
     instructions_per_element_late: float  # at step 1e6
@@ -94,10 +96,12 @@ def _compile(launch: Launch):
 
 def analyse(launch: Launch) -> dict:
     """Resources, access widths and main path of one launch compiled for sm_90."""
-    listing, usage = sass.disassemble(_compile(launch).asm["cubin"])
+    compiled = _compile(launch)
+    listing, usage = sass.disassemble(compiled.asm["cubin"])
     instructions = sass.parse(listing)
     used = sass.resources(usage)
     return dict(
+        bfloat16_rounding="+".join(sorted(set(re.findall(r"cvt\.(\w+)\.bf16", compiled.asm["ptx"])))),
         registers=used.get("REG", 0),
         spills=sass.spill_instructions(instructions) + used.get("LOCAL", 0),
         widths=sass.access_widths(instructions),
@@ -178,6 +182,7 @@ def predict(launch: Launch, configuration: Configuration, result: dict) -> Predi
         occupancy_pct=occupancy_pct(result["registers"], launch.num_warps),
         loads=widths("load"),
         stores=widths("store"),
+        bfloat16_rounding=result["bfloat16_rounding"],
         elements_per_thread=elements_per_thread,
         instructions_per_element=per_element,
         instructions_per_element_late=per_element_late,

@@ -79,7 +79,7 @@ _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bf
 REMAINDER_MASTER = (torch.int16, torch.bfloat16)
 
 # 8-bit states (`v0adam.quantization`): the elements per quantization block.
-QBLOCK = tl.constexpr(256)
+QBLOCK, QBLOCK_BITS = tl.constexpr(256), tl.constexpr(8)
 
 
 @triton.jit
@@ -173,21 +173,22 @@ def _adam_step_kernel(
         p = widen_to_float32(tl.load(param_ptr + offsets, mask=mask))
     g = widen_to_float32(tl.load(grad_ptr + offsets, mask=mask))
     if QUANTIZED:
-        # This program's quantization blocks: whole ones (BLOCK and the state offset are multiples of QBLOCK), the
-        # last maybe cut short by the segment's end; one scale each, and no other program writes them.
+        # This program's quantization blocks: whole ones (BLOCK, the state offset and the segment's numel are
+        # multiples of QBLOCK), those past the segment's end masked; one scale each, no other program writes them.
         segment_position = (pid - first_block).to(tl.int64) * BLOCK
         quantization_block = tl.arange(0, BLOCK // QBLOCK)
         scale_mask = quantization_block * QBLOCK < numel - segment_position
-        scale_offsets = (state_offset + segment_position) // QBLOCK + quantization_block
+        # A shift, not `// QBLOCK`: the offset is never negative, and a signed division would round towards zero.
+        scale_offsets = ((state_offset + segment_position) >> QBLOCK_BITS) + quantization_block
         m = dequantize_m(
-            tl.load(exp_avg_ptr + state_offsets, mask=mask, other=0),
-            tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask, other=0.0),
+            tl.load(exp_avg_ptr + state_offsets, mask=mask),
+            tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask),
             BLOCK,
             QBLOCK,
         )
         v_root = dequantize_v_root(
-            tl.load(exp_avg_sq_ptr + state_offsets, mask=mask, other=0),
-            tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, other=0.0),
+            tl.load(exp_avg_sq_ptr + state_offsets, mask=mask),
+            tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask),
             BLOCK,
             QBLOCK,
         )
@@ -212,11 +213,11 @@ def _adam_step_kernel(
     else:
         v = beta2 * v + one_minus_beta2 * g * g
     if QUANTIZED:
-        codes, scales = quantize_m(m, mask, BLOCK, QBLOCK)
+        codes, scales = quantize_m(m, BLOCK, QBLOCK)
         tl.store(exp_avg_ptr + state_offsets, codes, mask=mask)
         tl.store(exp_avg_scales_ptr + scale_offsets, scales, mask=scale_mask)
         # v is kept as sqrt(v), the square root the update takes below (the same value: computed once).
-        codes, scales = quantize_v_root(tl.sqrt_rn(v), mask, BLOCK, QBLOCK)
+        codes, scales = quantize_v_root(tl.sqrt_rn(v), BLOCK, QBLOCK)
         tl.store(exp_avg_sq_ptr + state_offsets, codes, mask=mask)
         tl.store(exp_avg_sq_scales_ptr + scale_offsets, scales, mask=scale_mask)
         if amsgrad:
@@ -227,7 +228,7 @@ def _adam_step_kernel(
                 QBLOCK,
             )
             v = tl.maximum(v, v_max_root * v_max_root)
-            codes, scales = quantize_v_root(tl.sqrt_rn(v), mask, BLOCK, QBLOCK)
+            codes, scales = quantize_v_root(tl.sqrt_rn(v), BLOCK, QBLOCK)
             tl.store(max_exp_avg_sq_ptr + state_offsets, codes, mask=mask)
             tl.store(max_exp_avg_sq_scales_ptr + scale_offsets, scales, mask=scale_mask)
     else:

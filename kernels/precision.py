@@ -1,9 +1,19 @@
-"""Exact conversions between a 16-bit storage dtype and float32 registers, done through bit patterns so that the
-Triton interpreter agrees with the GPU: its `.to(tl.bfloat16)` truncates, and its bfloat16 -> float32 conversion
-gets subnormals wrong. On a GPU both compile to a shift and an add."""
+"""Exact conversions between a 16-bit storage dtype and float32 registers. The Triton interpreter's
+`.to(tl.bfloat16)` truncates and its bfloat16 -> float32 conversion gets subnormals wrong, so the interpreter goes
+through bit patterns, which give the same values as the GPU's instructions.
+
+Rounding float32 to bfloat16 on a GPU is the hardware's conversion (`cvt.rn.bf16x2.f32`, round to nearest even: one
+instruction per two values where the bit pattern takes six per value), the one torch's own CUDA kernels use; the
+static model checks the PTX rounds that way (tests/test_static_model.py). The two differ only in the NaN they
+write: the hardware's canonical 0x7FFF, torch's CPU (and the interpreter's) 0x7FC0."""
+
+import os
 
 import triton
 import triton.language as tl
+
+# Whether the kernels are compiled (for a GPU) rather than interpreted: set before they are defined (SPEC §5).
+HARDWARE_ROUNDING = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
 
 
 @triton.jit
@@ -16,7 +26,10 @@ def widen_to_float32(x):
 
 @triton.jit
 def round_from_float32(x, DTYPE: tl.constexpr):
-    """float32 -> DTYPE, rounding to nearest even; for bfloat16 through the bit pattern, NaN kept NaN."""
+    """float32 -> DTYPE, rounding to nearest even, NaN kept NaN; for bfloat16 under the interpreter through the bit
+    pattern."""
+    if DTYPE == tl.bfloat16 and HARDWARE_ROUNDING:
+        return x.to(tl.bfloat16, fp_downcast_rounding="rtne")
     if DTYPE == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16

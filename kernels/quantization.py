@@ -1,6 +1,10 @@
 """Blockwise 8-bit states in registers: the fused step's side of `v0adam.quantization`, equal to it bit for bit
 (the same float32 operations, the same integer operations on the bits). Values travel as [BLOCK] vectors; each
-function works on them as [BLOCK // QBLOCK, QBLOCK], a row per quantization block, with one scale per row."""
+function works on them as [BLOCK // QBLOCK, QBLOCK], a row per quantization block, with one scale per row.
+
+Every row is a whole block of the segment: 8-bit segments are whole blocks (`Precision.takes_8bit_states`, checked
+when the launch tables are built), so no element of a stored row is masked; rows past a segment's end are
+computed from masked loads and never stored."""
 
 import triton
 import triton.language as tl
@@ -24,14 +28,14 @@ def _rows(x, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
 
 @triton.jit
 def _magnitude_bits(magnitude_codes, SHIFT: tl.constexpr, OFFSET: tl.constexpr):
-    return tl.where(magnitude_codes == 0, 0, (magnitude_codes + OFFSET) << SHIFT)
+    return tl.where(magnitude_codes == 0, 0, (magnitude_codes << SHIFT) + (OFFSET << SHIFT))
 
 
 @triton.jit
 def dequantize_m(codes, scales, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
     """float32 m [BLOCK] of uint8 `codes` [BLOCK] and their blocks' `scales` [BLOCK // QBLOCK]."""
-    codes = _rows(codes.to(tl.int8, bitcast=True).to(tl.int32), BLOCK, QBLOCK)  # the sign bit extended to bit 31
-    bits = _magnitude_bits(codes & (SIGN_BIT - 1), SIGNED_SHIFT, SIGNED_OFFSET) | (codes & FLOAT_SIGN_BIT)
+    codes = _rows(codes.to(tl.int32), BLOCK, QBLOCK)
+    bits = _magnitude_bits(codes & (SIGN_BIT - 1), SIGNED_SHIFT, SIGNED_OFFSET) | ((codes << 24) & FLOAT_SIGN_BIT)
     return tl.reshape(bits.to(tl.float32, bitcast=True) * scales[:, None], (BLOCK,))
 
 
@@ -61,9 +65,9 @@ def _round(magnitudes, inverse, SHIFT: tl.constexpr, ROUNDING: tl.constexpr):
 
 
 @triton.jit
-def quantize_m(m, mask, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
-    """(codes [BLOCK] uint8, scales [BLOCK // QBLOCK] float32) of float32 `m`; elements outside `mask` count as 0."""
-    bits = _rows(tl.where(mask, m, 0.0).to(tl.int32, bitcast=True), BLOCK, QBLOCK)
+def quantize_m(m, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
+    """(codes [BLOCK] uint8, scales [BLOCK // QBLOCK] float32) of float32 `m`."""
+    bits = _rows(m.to(tl.int32, bitcast=True), BLOCK, QBLOCK)
     magnitude_bits = bits & MAGNITUDE_BITS
     scales, inverse = _scales(magnitude_bits)
     codes = tl.maximum(_round(magnitude_bits.to(tl.float32, bitcast=True), inverse, SIGNED_SHIFT, SIGNED_ROUNDING), 0)
@@ -72,9 +76,9 @@ def quantize_m(m, mask, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
 
 
 @triton.jit
-def quantize_v_root(v_root, mask, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
+def quantize_v_root(v_root, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
     """The same for v, from its square root `v_root`: a positive v never becomes 0."""
-    magnitude_bits = _rows(tl.where(mask, v_root, 0.0).to(tl.int32, bitcast=True), BLOCK, QBLOCK) & MAGNITUDE_BITS
+    magnitude_bits = _rows(v_root.to(tl.int32, bitcast=True), BLOCK, QBLOCK) & MAGNITUDE_BITS
     scales, inverse = _scales(magnitude_bits)
     codes = _round(magnitude_bits.to(tl.float32, bitcast=True), inverse, UNSIGNED_SHIFT, UNSIGNED_ROUNDING)
     return tl.reshape(tl.maximum(codes, tl.minimum(magnitude_bits, 1)), (BLOCK,)).to(tl.uint8), scales

@@ -72,22 +72,18 @@ def test_tables_used_while_capturing_a_cuda_graph_outlive_later_rebuilds(monkeyp
     assert captured[0, 0] == 4096  # the capture-time addresses, untouched
 
 
-@pytest.mark.parametrize("quantized", [False, True], ids=["float-states", "8-bit"])
-def test_an_odd_sized_tensor_costs_only_itself(monkeypatch, quantized):
+def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     """Segments that keep the alignment promise stay in the aligned launch; an odd numel sends only its tail (from
-    a multiple of 8 elements, of a quantization block with 8-bit states) to the unaligned launch, an unaligned
-    address only its own segment."""
+    a multiple of 8 elements) to the unaligned launch, an unaligned address only its own segment."""
     from v0adam import triton_backend
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
 
-    table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32, quantized)
+    table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32)
     whole, odd, misplaced = (4096, 8192, 0, 1000, 0, 0), (16384, 32768, 1024, 10, 1, 1), (65540, 131072, 2048, 64, 0, 2)
     table.update_rows([whole, odd, misplaced])
-    bulk = 0 if quantized else 8
-    aligned_rows = [whole] + ([(16384, 32768, 1024, bulk, 1, 1)] if bulk else [])
-    tail = (16384 + 4 * bulk, 32768 + 4 * bulk, 1024 + bulk, 10 - bulk, 1, 1)
-    unaligned_rows = [tail, misplaced]
+    aligned_rows = [whole, (16384, 32768, 1024, 8, 1, 1)]
+    unaligned_rows = [(16384 + 32, 32768 + 32, 1024 + 8, 2, 1, 1), misplaced]
     rows = [tuple(row[i] for i in (0, 1, 2, 3, 5, 6)) for row in table.segments.tolist()]
     assert rows == aligned_rows + unaligned_rows
     assert [aligned for _, aligned in table.launches] == [True, False]
@@ -95,6 +91,22 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch, quantized):
     assert aligned_blocks == len(aligned_rows) and unaligned_blocks == len(unaligned_rows)  # one block each here
     # Block numbers restart with each launch: its first program is its block 0.
     assert [row[4] for row in table.segments.tolist()] == list(range(len(aligned_rows))) + [0, 1]
+
+
+def test_8bit_segments_are_whole_blocks_and_only_a_misplaced_one_goes_unaligned(monkeypatch):
+    """8-bit tables: a segment at an unaligned address goes alone to the unaligned launch; one that is not whole
+    256-element blocks, which the kernel's quantizers could not step, is refused when the table is built."""
+    from v0adam import triton_backend
+
+    monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
+    table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32, quantized=True)
+    whole, misplaced = (4096, 8192, 0, 1024, 0, 0), (65540, 131072, 1024, 256, 0, 1)
+    table.update_rows([whole, misplaced])
+    rows = [tuple(row[i] for i in (0, 1, 2, 3, 5, 6)) for row in table.segments.tolist()]
+    assert rows == [whole, misplaced]
+    assert [aligned for _, aligned in table.launches] == [True, False]
+    with pytest.raises(ValueError, match="whole blocks of 256"):
+        table.update_rows([whole, (16384, 32768, 1280, 300, 0, 1)])
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import triton
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The targets and known misses below were set with this Triton. Another compiles the kernels differently (with
+# The targets below were met with this Triton. Another compiles the kernels differently (with
 # triton 3.6, torch 2.11's, when last compiled, ptxas moved two values through the stack in the "bf16 clip" and
 # "fp32 8-bit AMSGrad" steps). The model runs with any Triton that has the internals it reads
 # (`python -m bench.static`); these tests hold it to the version its numbers were set with.
@@ -22,12 +22,6 @@ TARGETS_SET_WITH = "3.9."
 if not triton.__version__.startswith(TARGETS_SET_WITH):
     pytest.skip(f"the static model's targets were set with triton {TARGETS_SET_WITH}x", allow_module_level=True)
 from bench import static  # noqa: E402
-
-# Variants the model predicts below their target, with what remains to be done (issue #22).
-KNOWN_MISSES = {
-    "bf16 8-bit": "issue-bound: 105 instructions per element where 90% of its 10 bytes allows 87 (bfloat16 rounding "
-    "done on the bits, the codes' unpacking and packing)",
-}
 
 
 def _run_model(csv_path: Path, *configurations: str) -> list[dict]:
@@ -80,6 +74,15 @@ def test_aligned_launches_use_128_bit_accesses_and_unaligned_ones_none(predictio
             assert vector == row["kernel"].endswith(" aligned"), row
 
 
+def test_bfloat16_is_rounded_to_nearest_even_by_the_hardware(predictions):
+    """Compiled, float32 -> bfloat16 is the PTX conversion with rounding to nearest even (the interpreter, whose
+    conversion truncates, rounds through the bits instead: `round_from_float32`), in the plain bfloat16 step at
+    least; no launch converts any other way."""
+    assert {row["bfloat16_rounding"] for row in predictions} == {"", "rn"}
+    bf16_step = next(row for row in predictions if row["variant"] == "bf16 / step aligned")
+    assert bf16_step["bfloat16_rounding"] == "rn"
+
+
 def test_nothing_a_step_program_does_grows_with_the_step_count(predictions):
     """No loop on the step kernel's main path: at step 1e6 a thread issues what it issues at step 1 (the bias
     corrections are the step scalars' job, once per param)."""
@@ -96,14 +99,7 @@ def test_the_model_agrees_with_the_committed_h200_measurements(predictions):
         assert 0 <= predicted - measured <= 5.0, (case, predicted, measured)
 
 
-def _with_known_misses(name: str):
-    """A configuration as a test parameter; a known miss is expected to fail, strictly: once it meets its target
-    the test fails until the miss is taken off the list."""
-    miss = next((reason for key, reason in KNOWN_MISSES.items() if key in name), None)
-    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"issue #22: {miss}") if miss else ())
-
-
-@pytest.mark.parametrize("configuration", [_with_known_misses(c.name) for c in static.CONFIGURATIONS])
+@pytest.mark.parametrize("configuration", [c.name for c in static.CONFIGURATIONS])
 def test_each_step_variant_meets_its_target_at_step_1e6(predictions, configuration):
     """>= 95% of copy bandwidth for its bytes (8-bit states: 90%), no spills, for the step and grad-norm launches;
     the one-off v0 initialisations and the per-param step scalars are reported, not held to it."""

@@ -119,7 +119,7 @@ def _accumulate(bucket, table, data_groups, counts, grad_sum, grad_sum_sq) -> No
                 grad_sum,
                 grad_sum_sq,
                 param_dtype=bucket.dtype,
-                block=triton_backend.BLOCK,
+                block=table.block,
             )
     else:
         for segment in segments:

@@ -23,6 +23,12 @@ def interpreter_enabled() -> bool:
 # The interpreter pays ~1 ms per program instance whatever its size, so it gets large blocks.
 BLOCK = 4096 if interpreter_enabled() else 1024
 NUM_WARPS = 4
+# 8-bit states: twice the elements per thread. Each thread's fixed work (the segment and scalar loads, and per
+# quantization block a maximum across the warp, a reciprocal and the scale's store) is then shared by 16 elements,
+# and 16 elements of 8-bit states (10 bytes each with bfloat16 params) put fewer bytes in flight per thread than
+# the 8 of float32 states (28 bytes) BLOCK was tuned with. Predicted by the static model (`python -m bench.static`,
+# 96% of copy for bfloat16 params against 89% at 1024); not yet measured on a GPU.
+QUANTIZED_BLOCK = BLOCK if interpreter_enabled() else 2048
 # Whether a segment that breaks the alignment promise costs only itself (see SegmentTable). The interpreter has
 # no vector accesses to keep and pays per program: there the tables stay as they were (one launch, aligned only
 # if every segment is), except where a test switches the split on to check it changes nothing.
@@ -37,15 +43,16 @@ class SegmentTable:
 
     A segment that breaks the kernel's alignment promise costs only itself: its aligned bulk stays with the
     others, and what remains (the tail of a segment whose numel is not a multiple of ALIGN_ELEMENTS, or a whole
-    segment at an unaligned address) is stepped by a second, unaligned launch over the blocks after theirs. A tail
-    starts at a multiple of `granularity` elements (a quantization block with 8-bit states, so that no block is
-    shared by two launches). Without such a part, one launch.
+    segment at an unaligned address) is stepped by a second, unaligned launch over the blocks after theirs. 8-bit
+    segments are whole quantization blocks (refused otherwise), so they have no tail and no block is shared by two
+    launches. Without such a part, one launch.
     """
 
     def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, quantized: bool = False):
         self.device = device
         self.itemsize = dtype.itemsize
-        self.granularity = quantization.QBLOCK if quantized else adam_kernel.ALIGN_ELEMENTS.value
+        self.quantized = quantized
+        self.block = QUANTIZED_BLOCK if quantized else BLOCK  # elements per program of every launch over it
         self._key = None
         self._addresses = None
         self.segments = None
@@ -76,6 +83,9 @@ class SegmentTable:
         """Rows of (param address, grad address, state offset, numel, group, step index), one per segment."""
         if rows == self._key:
             return
+        if self.quantized and any(row[3] % quantization.QBLOCK for row in rows):
+            # The kernel's quantizers take every stored row for a whole block (`v0adam.kernels.quantization`).
+            raise ValueError(f"8-bit segments must be whole blocks of {quantization.QBLOCK} elements")
         pieces = {True: [], False: []}
         for row in rows:
             for piece, aligned in self._pieces(*row):
@@ -86,7 +96,7 @@ class SegmentTable:
         for aligned in (True, False):
             first_block = 0  # block numbers count from each launch's first program
             for param_addr, grad_addr, state_offset, numel, group, step_index in pieces[aligned]:
-                blocks = -(-numel // BLOCK)
+                blocks = -(-numel // self.block)
                 table.append((param_addr, grad_addr, state_offset, numel, first_block, group, step_index))
                 blocks_per_segment.append(blocks)
                 first_block += blocks
@@ -113,7 +123,7 @@ class SegmentTable:
             return [(row, False)]
         if numel % align_elements == 0:
             return [(row, True)]
-        bulk = numel - numel % self.granularity
+        bulk = numel - numel % align_elements
         step = bulk * self.itemsize
         pieces = [((param_addr, grad_addr, state_offset, bulk, group, step_index), True)] if bulk else []
         if numel > bulk:
@@ -179,7 +189,7 @@ def launch_step(table: SegmentTable, scalars, steps, exp_avg, exp_avg_sq, max_ex
             max_exp_avg_sq,
             master,
             aligned=aligned,
-            block=BLOCK,
+            block=table.block,
             num_warps=NUM_WARPS,
             **options,
         )
@@ -206,14 +216,15 @@ def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: floa
             param_dtype=param_dtype,
             norm_type=norm_type,
             aligned=aligned,
-            block=BLOCK,
+            block=table.block,
         )
         start += block_segment.numel()
     return partials
 
 
 def partials_capacity(numels) -> int:
-    """An upper bound of the blocks of segments of these sizes, however they are split for alignment."""
+    """An upper bound of the blocks of segments of these sizes, however they are split for alignment (BLOCK is
+    the smallest block of any table)."""
     return sum(-(-numel // BLOCK) + 1 for numel in numels)
 
 
