@@ -14,10 +14,9 @@ import triton
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The targets below were met with this Triton. Another compiles the kernels differently (with
-# triton 3.6, torch 2.11's, when last compiled, ptxas moved two values through the stack in the "bf16 clip" and
-# "fp32 8-bit AMSGrad" steps). The model runs with any Triton that has the internals it reads
-# (`python -m bench.static`); these tests hold it to the version its numbers were set with.
+# The targets below were met with this Triton. Another compiles the kernels differently (with triton 3.6, torch
+# 2.11's, every target is met too, but the one-off random-v0 kernel spills). The model runs with any Triton that has
+# the internals it reads (`python -m bench.static`); these tests hold it to the version its numbers were set with.
 TARGETS_SET_WITH = "3.9."
 if not triton.__version__.startswith(TARGETS_SET_WITH):
     pytest.skip(f"the static model's targets were set with triton {TARGETS_SET_WITH}x", allow_module_level=True)

@@ -6,7 +6,10 @@ import torch
 import triton
 import triton.language as tl
 from conftest import DEVICE
-from v0adam.kernels.uniform_division import divide_by_uniform
+from v0adam.kernels.uniform_division import FMA_ROUNDS_ONCE, divide_by_uniform
+
+# Under an interpreter whose FMA rounds twice the helper is `tl.div_rn` (see its module): nothing of it to test.
+pytestmark = pytest.mark.skipif(not FMA_ROUNDS_ONCE.value, reason="this Triton interpreter's FMA rounds twice")
 
 
 @triton.jit
