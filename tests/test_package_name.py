@@ -1,0 +1,55 @@
+"""The repository's top-level `kernels/` folder installs as `v0adam.kernels`; from the repository root it must never
+stand in for the `kernels` package Hugging Face publishes (transformers and bitsandbytes import it). Each check runs a
+fresh interpreter from the repository root, where `python -m pytest` and `python -c` put that folder first."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+
+def import_kernels_from_root(*interpreter_flags, pythonpath=None):
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    if pythonpath:
+        environment["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run(
+        [sys.executable, *interpreter_flags, "-c", "import kernels; print(kernels.__file__)"],
+        cwd=REPOSITORY_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_an_installed_kernels_package_wins_over_the_repository_folder(tmp_path):
+    installed = tmp_path / "site" / "kernels"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("CUDAProperties = 'the installed package'\n")
+    result = import_kernels_from_root(pythonpath=tmp_path / "site")
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == installed / "__init__.py"
+
+
+def test_without_an_installed_kernels_package_the_name_is_not_found_from_the_root():
+    # -S: no site-packages, so no installed `kernels` whatever this environment holds.
+    result = import_kernels_from_root("-S")
+    assert result.returncode != 0
+    assert "ModuleNotFoundError: No module named 'kernels'" in result.stderr
+
+
+def test_the_environment_kernels_package_is_the_one_found_from_the_root(tmp_path):
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('kernels').origin)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    if elsewhere.returncode != 0:
+        pytest.skip("no `kernels` package is installed here (the integration extra brings one with transformers)")
+    result = import_kernels_from_root()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == elsewhere.stdout.strip()
