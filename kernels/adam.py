@@ -204,7 +204,7 @@ def _adam_step_kernel(
         g = -g
     if decoupled:
         p = p * decay_factor
-    else:
+    elif l2_weight_decay != 0.0:  # as torch, no term at all: 0 * p is NaN where p is inf or NaN
         g = g + l2_weight_decay * p
     m = beta1 * m + one_minus_beta1 * g
     if ALGORITHM == ADABELIEF:

@@ -1,5 +1,6 @@
 """Bad input gets a clear error, in torch's wording where torch has one, before anything is written."""
 
+import numpy
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE
@@ -13,6 +14,7 @@ import v0adam
     [
         (dict(lr=-1.0), "Invalid learning rate: -1.0"),
         (dict(lr=torch.tensor([1e-3, 1e-3])), "Tensor lr must be 1-element"),
+        (dict(lr=torch.tensor(-1)), "Invalid learning rate: -1"),
         (dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
         (dict(betas=(1.5, 0.999)), "Invalid beta parameter at index 0: 1.5"),
         (dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1: 1.0"),
@@ -21,6 +23,8 @@ import v0adam
         (dict(v0="xavier"), "Invalid v0 value: 'xavier'"),
         (dict(v0=3.0), "Invalid v0 value: 3.0"),
         (dict(v0="zero", v0_scale=-1.0), "Invalid v0_scale value: -1.0"),
+        (dict(v0="random", v0_seed="abc"), "Invalid v0_seed value: 'abc'; expected None or an integer"),
+        (dict(v0="random", v0_seed=1.5), "Invalid v0_seed value: 1.5"),
         (dict(v0="zero", backend="cuda"), "Invalid backend: 'cuda'"),
         (dict(differentiable=True), "does not support differentiable=True"),
     ],
@@ -136,10 +140,48 @@ def test_setup_zero_needs_a_zero_redundancy_optimizer():
         v0adam.setup_zero(v0adam.V0Adam(make_params([(3,)]), backend="torch"))
 
 
-@pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(betas=(1.5, 0.999)), dict(eps=-1.0)])
+@pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(lr=torch.tensor(-1)), dict(betas=(1.5, 0.999)), dict(eps=-1.0)])
 def test_an_invalid_hyperparameter_is_reported_before_invalid_params_as_torch_does(kwargs):
     with pytest.raises(ValueError) as theirs:
         torch.optim.AdamW(None, **kwargs)
     with pytest.raises(ValueError) as ours:
         v0adam.V0AdamW(None, **kwargs)
     assert str(ours.value) == str(theirs.value)
+
+
+def test_a_v0_seed_is_kept_as_a_python_int():
+    opt = v0adam.V0AdamW(make_params([(3,)]), v0="random", v0_seed=numpy.int64(7))
+    assert type(opt.param_groups[0]["v0_seed"]) is int and opt.param_groups[0]["v0_seed"] == 7
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("swapped", ["shape", "dtype"])
+def test_a_grad_swapped_through_its_data_is_refused_before_any_write(backend, swapped):
+    """`p.grad.data = ...` keeps the grad object, unlike the grad setter, which checks shape and dtype; a step that
+    found its work cached from the last one must still see it (the PyTorch backend read past the grad's end)."""
+    params = make_params([(4,), (4,)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, v0="zero", backend=backend)
+    for param in params:
+        param.grad = torch.ones(4, device=DEVICE)
+    opt.step()
+    swapped_in = torch.ones(2, device=DEVICE) if swapped == "shape" else torch.ones(4, device=DEVICE).double()
+    params[1].grad.data = swapped_in
+    before = [p.detach().clone() for p in params] + [value.clone() for value in opt.state[params[0]].values()]
+    with pytest.raises(RuntimeError, match="does not match its parameter"):
+        opt.step()
+    after = [p.detach() for p in params] + list(opt.state[params[0]].values())
+    assert all(torch.equal(value, old) for value, old in zip(after, before))
+
+
+def test_a_state_that_cannot_be_copied_is_refused_before_any_write():
+    params = make_params([(4,), (4,)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, v0="zero", lr=0.5)
+    saved = {"step": torch.tensor(3.0), "exp_avg": torch.full((4,), 7.0), "exp_avg_sq": torch.ones(4)}
+    state_dict = {
+        "state": {0: saved, 1: {**saved, "exp_avg": torch.empty(4, device="meta")}},
+        "param_groups": [{**opt.state_dict()["param_groups"][0], "lr": 0.1}],
+    }
+    with pytest.raises(ValueError, match="loaded state 'exp_avg' is a meta tensor"):
+        opt.load_state_dict(state_dict)
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert not opt.state[params[0]]["exp_avg"].any() and float(opt.state[params[0]]["step"]) == 0.0

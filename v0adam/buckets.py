@@ -442,20 +442,21 @@ class FlatBucket:
         addresses of the params and of the grads (the Triton backend's launch tables hold them; the PyTorch
         backend, given tensors, needs only which grads exist): while they stay, the segments are made again from
         the new grad objects without any check. Every way to change what a segment covers changes an address or
-        the shapes (the grad setter and autograd keep a grad's shape, dtype and device those of its param), or
-        makes a tensor non-contiguous or sparse, which is scanned and checked at every step."""
+        the shapes (the grad setter and autograd keep a grad's shape, dtype and device those of its param; a
+        tensor assigned to `grad.data` has storage of its own), or makes a tensor non-contiguous or sparse, which
+        is scanned and checked at every step. An empty grad's address is 0: None, not 0, stands for no grad."""
         params = self.params
         grads = [param.grad for param in params]
         addresses = None
         # -1 for a non-contiguous grad (a sparse one included): such a step is scanned.
-        grad_addresses = [0 if grad is None else grad.data_ptr() if grad.is_contiguous() else -1 for grad in grads]
+        grad_addresses = [None if grad is None else grad.data_ptr() if grad.is_contiguous() else -1 for grad in grads]
         if (
             -1 not in grad_addresses
             and all(map(torch.Tensor.is_contiguous, params))
             and [param.shape for param in params] == self.local_shapes
         ):
-            if self.backend != "triton":
-                grad_addresses = [address == 0 for address in grad_addresses]
+            if self.backend != "triton":  # handed tensors, not addresses: what each grad is, not where
+                grad_addresses = [None if grad is None else (grad.shape, grad.dtype, grad.device) for grad in grads]
             addresses = (tuple(map(torch.Tensor.data_ptr, params)), tuple(grad_addresses))
         cached_addresses, cached = self._addressed_work
         if addresses is None or addresses != cached_addresses:

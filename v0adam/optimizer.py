@@ -55,7 +55,7 @@ def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if lr.is_floating_point() and not 0.0 <= float(lr):
+        if not 0.0 <= float(lr):  # an integer tensor too, as torch
             raise ValueError(f"Invalid learning rate: {lr}")
     elif not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}")
@@ -72,6 +72,17 @@ def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
             raise ValueError(f"Invalid beta parameter at index {index}: {float(beta)}")
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def _checked_seed(seed) -> int:
+    """A v0_seed as a Python int. Only an integer: random v0 is drawn from hash((seed, ...)), which Python salts per
+    process for a str, and a checkpoint's param groups must load with torch.load(weights_only=True)."""
+    try:
+        if not isinstance(seed, bool):
+            return operator.index(seed)
+    except TypeError:
+        pass
+    raise ValueError(f"Invalid v0_seed value: {seed!r}; expected None or an integer")
 
 
 def _check_state_dtype(state_dtype) -> None:
@@ -319,6 +330,8 @@ class V0Adam(TorchLayoutStates, Optimizer):
         _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         if group["v0_scale"] is not None and not 0.0 <= group["v0_scale"]:
             raise ValueError(f"Invalid v0_scale value: {group['v0_scale']}")
+        if group["v0_seed"] is not None:
+            group["v0_seed"] = _checked_seed(group["v0_seed"])
         _check_state_dtype(group.get("state_dtype"))
         mode, source = v0_modes.split_v0(group["v0"])
         params = group["params"]

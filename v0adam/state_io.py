@@ -141,6 +141,10 @@ class TorchLayoutStates:
         rank's part (a DTensor param's shard; a layout mismatch raises here). 8-bit moments come out dequantized
         unless this optimizer's states are 8-bit too and they are of today's format."""
         for param, values in states.items():
+            for key, value in values.items():
+                copied = key in STATE_KEYS or key == "step" or key.endswith((SCALES_SUFFIX, LEGACY_SCALES_SUFFIX))
+                if copied and isinstance(value, torch.Tensor) and local(value).is_meta:
+                    raise ValueError(f"loaded state '{key}' is a meta tensor: it holds no values to load")
             for key in STATE_KEYS:
                 if key in values and tuple(values[key].shape) != tuple(param.shape):
                     raise ValueError(

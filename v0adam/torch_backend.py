@@ -150,8 +150,8 @@ def _fused_update_(segments, states, steps, group, grad_scale) -> None:
         beta2=beta2,
         weight_decay=_hyper(group["weight_decay"]),
         eps=group["eps"],
-        amsgrad=group["amsgrad"],
-        maximize=group["maximize"],
+        amsgrad=bool(group["amsgrad"]),  # torch's optimizers take any truthy switch (numpy.bool_, 1)
+        maximize=bool(group["maximize"]),
         grad_scale=grad_scale,
     )
 
