@@ -11,7 +11,7 @@ first bucket's device (float64 when float64 grads are in it, reduced in float64 
 import torch
 import torch.distributed as dist
 
-from v0adam import traced_ops, triton_backend
+from v0adam import triton_backend
 from v0adam.kernels.grad_norm import FUSED_NORM_TYPES, reduce_partials
 from v0adam.sharding import shard_groups
 
@@ -24,7 +24,7 @@ def global_grad_norm(works, norm_type: float, partition_group=None) -> torch.Ten
     powered = []  # per bucket: sum of |g|^p, or max |g| for inf
     for bucket, work in works:
         if bucket.backend == "triton" and norm_type in FUSED_NORM_TYPES:
-            launcher = traced_ops if torch.compiler.is_compiling() else triton_backend
+            launcher = triton_backend.launcher()
             partials = launcher.grad_norm_partials_of(bucket, work, norm_type)
             powered.append(reduce_partials(partials, norm_type))
         else:

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
 
-from v0adam import data_v0, grad_norm, sharding, torch_backend, traced_ops, triton_backend
+from v0adam import data_v0, grad_norm, sharding, torch_backend, triton_backend
 from v0adam import v0 as v0_modes
 from v0adam.buckets import BucketWork, FlatBucket, ParamMoved, Precision
 from v0adam.fixed_address import fixed_address
@@ -36,7 +36,7 @@ _CARRIED = (
 )
 
 
-@torch.compiler.disable
+@torch._disable_dynamo  # torch.compiler.disable, without importing torch._dynamo along with v0adam
 def _eagerly(function, *args):
     """function(*args) as without torch.compile: a graph break when traced (an error under fullgraph=True)."""
     return function(*args)
@@ -680,7 +680,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
             if self.precision.stochastic_for(bucket.dtype):
                 rounding_seed = self.param_groups[0]["rounding_seed"]
             if bucket.backend == "triton":
-                launcher = traced_ops if torch.compiler.is_compiling() else triton_backend
+                launcher = triton_backend.launcher()
                 increment = bucket.step_increment(work.stepped)
                 hyper = self._hyper_table(bucket.device)
                 launcher.advance_bucket_steps(bucket, increment, bucket_found_inf, hyper, self._ALGORITHM)

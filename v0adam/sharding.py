@@ -9,15 +9,12 @@ import math
 
 import torch
 
-try:
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-except ImportError:  # a torch build without torch.distributed
-    DTensor = None
-
 
 def is_dtensor(tensor) -> bool:
-    return DTensor is not None and isinstance(tensor, DTensor)
+    # torch.distributed.tensor is imported by whoever makes a DTensor, not here: it would add half a second to
+    # `import v0adam`. Until it is imported (or in a torch without torch.distributed) no tensor is a DTensor.
+    dtensor_module = getattr(torch.distributed, "tensor", None)
+    return dtensor_module is not None and isinstance(tensor, dtensor_module.DTensor)
 
 
 def layout_of(tensor: torch.Tensor):
@@ -43,6 +40,8 @@ def like_param(param: torch.Tensor, local_view: torch.Tensor, shape=None) -> tor
     another shape cut along the first dim where the param is (8-bit states' block scales, a row per param row)."""
     if not is_dtensor(param):
         return local_view
+    from torch.distributed.tensor import DTensor
+
     stride = param.stride() if shape is None else torch.empty(shape, device="meta").stride()
     shape = param.shape if shape is None else torch.Size(shape)
     return DTensor.from_local(
@@ -52,6 +51,8 @@ def like_param(param: torch.Tensor, local_view: torch.Tensor, shape=None) -> tor
 
 def _local_box(param: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(local shape, global offset of its first element along each dim) of a DTensor param."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
     shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
     return tuple(shape), tuple(offset)
 
@@ -71,6 +72,8 @@ def global_element_offset(param: torch.Tensor) -> int:
     """
     if not is_dtensor(param):
         return 0
+    from torch.distributed.tensor import Replicate, Shard
+
     if not all(isinstance(p, (Shard, Replicate)) for p in param.placements):
         raise ValueError(f"unsupported DTensor placements {param.placements}")
     shape, offset = _local_box(param)

@@ -2,6 +2,7 @@
 (`v0adam.traced_ops` launches it while torch.compile traces)."""
 
 import os
+import sys
 
 import torch
 
@@ -36,6 +37,16 @@ SPLIT_UNALIGNED = not interpreter_enabled()
 # The step scalars: the kernel, or under the interpreter its PyTorch twin, equal bit for bit (tests/test_kernel.py
 # checks the kernel against it): the interpreter takes about 50 ms a step over the kernel's scalar-sized operations.
 ADVANCE_STEPS = advance_steps_reference if interpreter_enabled() else advance_steps
+
+
+def launcher():
+    """The module whose launches step a Triton bucket now: `v0adam.traced_ops` while torch.compile traces (imported
+    then, beside the compiler it needs), else this one."""
+    if torch.compiler.is_compiling():
+        from v0adam import traced_ops
+
+        return traced_ops
+    return sys.modules[__name__]
 
 
 class SegmentTable:

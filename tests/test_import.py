@@ -1,6 +1,9 @@
-"""The repository's top-level `kernels/` folder installs as `v0adam.kernels`; from the repository root it must never
-stand in for the `kernels` package Hugging Face publishes (transformers and bitsandbytes import it). Each check runs a
-fresh interpreter from the repository root, where `python -m pytest` and `python -c` put that folder first."""
+"""What `import v0adam` and the name `kernels` do, each in a fresh interpreter.
+
+The repository's top-level `kernels/` folder installs as `v0adam.kernels`; from the repository root, where
+`python -m pytest` and `python -c` put it first on sys.path, it must never stand in for the `kernels` package
+Hugging Face publishes (transformers and bitsandbytes import it). And `import v0adam` leaves the compiler and DTensor
+support to the programs that use them (`python -m bench.import_time` measures what that saves)."""
 
 import os
 import subprocess
@@ -53,3 +56,14 @@ def test_the_environment_kernels_package_is_the_one_found_from_the_root(tmp_path
     result = import_kernels_from_root()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == elsewhere.stdout.strip()
+
+
+def test_import_v0adam_leaves_the_compiler_and_dtensors_to_those_who_use_them():
+    heavy = ["torch._dynamo", "torch.distributed.tensor", "v0adam.traced_ops"]
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys, v0adam; print([m for m in {heavy!r} if m in sys.modules])"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
