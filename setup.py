@@ -12,8 +12,8 @@ setup(
     # The kernels live in kernels/ but install as v0adam.kernels: a top-level `kernels` package exists on PyPI.
     packages=["v0adam", "v0adam.kernels"],
     package_dir={"v0adam": "v0adam", "v0adam.kernels": "kernels"},
-    # The oldest releases the whole suite passed on (README, "Install"): torch 2.12.1 with triton 3.7.1.
-    install_requires=["torch>=2.12", "triton>=3.7", "tqdm"],
+    # The oldest releases the whole suite passed on (README, "Install"): torch 2.9.1 with triton 3.5.1.
+    install_requires=["torch>=2.9", "triton>=3.5", "tqdm"],
     extras_require={
         "test": ["pytest", "expecttest", "hypothesis", "numpy", "matplotlib"],
         # The frameworks tests/test_frameworks.py trains under (on the CPU, against torch.optim.AdamW).

@@ -16,11 +16,6 @@ settings.register_profile("ci", derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# Compiling the step takes torch >= 2.12, v0adam's floor (setup.py): torch 2.11's dynamo, which the lent GPUs run,
-# refuses the optimizer's attribute writes inside the step. Below the floor these tests are skipped, not run.
-requires_compilable_step = pytest.mark.skipif(
-    torch.__version__ < "2.12", reason="below v0adam's torch floor, 2.12: this dynamo cannot trace the step"
-)
 BACKENDS = ["torch", "triton"]
 
 

@@ -8,13 +8,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEVICE, requires_compilable_step
+from conftest import DEVICE
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._inductor.utils import run_and_get_code
 
 import v0adam
 
-pytestmark = requires_compilable_step
 COMPILER = "inductor" if DEVICE == "cuda" else "aot_eager"
 
 

@@ -5,7 +5,6 @@ every step is a partial one (a step-counter mask)."""
 
 import pytest
 import torch
-from conftest import requires_compilable_step
 from torch._dynamo.utils import counters
 
 import v0adam
@@ -84,7 +83,6 @@ def test_captured_step_replays_like_eager(new_layout_in_capture):
     assert_matches(model, opt, *eager_run(drop_grad_from=WARMUP if new_layout_in_capture else None))
 
 
-@requires_compilable_step
 def test_reduce_overhead_compile_matches_eager():
     if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
         pytest.skip("this torch cannot trace backward() inside a compiled function")

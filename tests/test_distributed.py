@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BACKENDS, DEVICE, requires_compilable_step
+from conftest import BACKENDS, DEVICE
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 sys.path.insert(0, str(WORKER.parent))
@@ -87,7 +87,6 @@ def test_grad_release_under_fsdp2_is_the_ordinary_loop_and_ddp_refuses_it(tmp_pa
         assert torch.equal(param, reference)
 
 
-@requires_compilable_step
 def test_compiled_step_under_fsdp(tmp_path):
     """Clipping and step compiled with fullgraph=True over DTensor params (the Triton backend is traced)."""
     ours = run_job(tmp_path, "fsdp-compiled", "triton")

@@ -204,6 +204,34 @@ def test_data_v0_needs_a_data_group_and_no_step_yet():
         opt.init_v0_from_data([torch.ones(2, 3)], lambda batch: (params[0] @ batch.T).sum())
 
 
+@pytest.mark.parametrize(
+    "trained_by, message",
+    # torch's param groups carry no v0: loaded, they make the group v0="zero", as they set every other option.
+    [("v0adam", "not after load_state_dict"), ("torch", "needs at least one param group with v0='data'")],
+)
+def test_data_v0_refuses_an_optimizer_that_loaded_a_trained_state(trained_by, message):
+    """init_v0_from_data after load_state_dict would overwrite the restored moments: refused, nothing written."""
+    params = make_params([(3, 3)])
+    trained = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    if trained_by == "torch":
+        trainer = torch.optim.AdamW(trained)
+    else:
+        trainer = v0adam.V0AdamW(trained, v0="data")
+        trainer.init_v0_from_data([torch.ones(2, 3)], lambda batch: (trained[0] @ batch.T).sum())
+    for step in range(2):
+        trained[0].grad = torch.full((3, 3), step + 1.0)
+        trainer.step()
+    opt = v0adam.V0AdamW(params, v0="data")
+    opt.load_state_dict(trainer.state_dict())
+    restored = {key: value.clone() for key, value in opt.state[params[0]].items()}
+    with pytest.raises((RuntimeError, ValueError), match=message):
+        opt.init_v0_from_data([torch.ones(2, 3)], lambda batch: (params[0] @ batch.T).sum())
+    for key, value in restored.items():
+        assert torch.equal(opt.state[params[0]][key], value)
+    for key, value in trainer.state[trained[0]].items():
+        torch.testing.assert_close(opt.state[params[0]][key], value, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_shard_draws_what_the_whole_param_has_there(backend):
     """The random v0 of a slice of a param (an FSDP2 shard) is that slice of the whole param's, on both backends:

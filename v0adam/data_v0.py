@@ -44,8 +44,11 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
     data_groups = {index for index, group in enumerate(optimizer.param_groups) if group["v0"] == v0.DATA}
     if not data_groups:
         raise ValueError("init_v0_from_data needs at least one param group with v0='data'")
-    if optimizer._step_calls:
-        raise RuntimeError("init_v0_from_data must run before the first step(): it overwrites exp_avg and exp_avg_sq")
+    if optimizer._holds_trained_state():
+        raise RuntimeError(
+            "init_v0_from_data must run before the first step(), and not after load_state_dict() of a trained "
+            "state: it overwrites exp_avg and exp_avg_sq"
+        )
     if num_samples <= 0:
         raise ValueError(f"Invalid num_samples value: {num_samples}")
     sums = {bucket: _sum_buffers(bucket, data_groups) for bucket in optimizer._buckets}

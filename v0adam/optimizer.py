@@ -237,7 +237,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         # unscaled for whatever runs before the step (Lightning refuses to clip for the former).
         self._step_supports_amp_scaling = bool(fused)
         self._partition_group = None
-        self._step_calls = 0
+        self._step_calls = 0  # eager step() calls, which name each call in the step histories
         self.skipped_steps = None  # with skip_nonfinite, a device tensor counting the steps skipped
         self._start_unlaid()
         super().__init__(params, defaults)
@@ -269,7 +269,9 @@ class V0Adam(TorchLayoutStates, Optimizer):
 
     def _start_unlaid(self) -> None:
         """The fields of an optimizer whose params are not laid out yet: at construction, and in a copy."""
-        self._clip_coefficient = self._clip_norm = None
+        # A pending clip_grad_norm_, in a dict: torch.compile before 2.12 traces writes into an object the optimizer
+        # holds, not into the optimizer's own attributes (a traced step writes none).
+        self._pending_clip = {"coefficient": None, "norm": None}
         self._seed_tensors = {}
         self._buckets = []
         self._pending_v0 = {}
@@ -501,7 +503,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         numbered as in the whole model, the random v0 no longer depends on the world size. See
         `v0adam.setup_zero`.
         """
-        if self._step_calls:
+        if self._holds_trained_state():
             raise RuntimeError("number_params_as must run before the first step(): it redraws exp_avg_sq")
         position = {param: index for index, param in enumerate(params)}
         if any(param not in position for param in self._param_indices):
@@ -663,11 +665,13 @@ class V0Adam(TorchLayoutStates, Optimizer):
         amsgrad_flags = [group["amsgrad"] for group in self.param_groups]
         if amsgrad_flags != self._amsgrad_flags:  # amsgrad switched on after construction
             self._add_max_exp_avg_sq_states()
-            self._amsgrad_flags = amsgrad_flags
+            self._amsgrad_flags[:] = amsgrad_flags
         works = self._works()
         found_inf = self._found_nonfinite(works, found_inf)
         grad_scale = self._grad_divisor(grad_scale)
-        self._step_calls += 1
+        tracing = torch.compiler.is_compiling()
+        if not tracing:  # a traced step keeps no histories (see below), and an int it wrote would be guarded on
+            self._step_calls += 1
         for bucket, work in works:
             if not work.stepped:
                 continue
@@ -694,7 +698,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
                 )
             for original, contiguous in work.writebacks:
                 original.copy_(contiguous)
-            if not torch.compiler.is_compiling():
+            if not tracing:
                 # A traced step steps every trainable param of a re-homed bucket, so its histories keep their
                 # (in)equalities without it; DTensor buckets never merge segments.
                 bucket.record_step(work.stepped, self._step_calls)
@@ -717,13 +721,13 @@ class V0Adam(TorchLayoutStates, Optimizer):
             return _eagerly(self.clip_grad_norm_, max_norm, norm_type)
         self._follow_param_lists()
         norm = grad_norm.global_grad_norm(self._works(), norm_type, self._partition_group)
-        self._clip_coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-        self._clip_norm = norm
+        self._pending_clip.update(coefficient=torch.clamp(max_norm / (norm + 1e-6), max=1.0), norm=norm)
         return norm
 
     def _grad_divisor(self, grad_scale):
         """What the kernel divides each gradient by: the GradScaler's scale over the pending clip coefficient."""
-        coefficient, self._clip_coefficient = self._clip_coefficient, None
+        coefficient = self._pending_clip["coefficient"]
+        self._pending_clip["coefficient"] = None
         if coefficient is None:
             return grad_scale
         return (1.0 if grad_scale is None else grad_scale.to(coefficient.device)) / coefficient
@@ -731,7 +735,8 @@ class V0Adam(TorchLayoutStates, Optimizer):
     def _found_nonfinite(self, works, found_inf):
         """The flag that skips this step: GradScaler's found_inf, plus with skip_nonfinite a check of every grad
         (the norm of a pending clip_grad_norm_ when there is one, else one fused pass). Counted in skipped_steps."""
-        norm, self._clip_norm = self._clip_norm, None
+        norm = self._pending_clip["norm"]
+        self._pending_clip["norm"] = None
         if not self.skip_nonfinite or not (works or self._partition_group is not None):
             return found_inf
         if norm is None:
@@ -739,8 +744,12 @@ class V0Adam(TorchLayoutStates, Optimizer):
         found = (~torch.isfinite(norm)).float()
         if found_inf is not None:
             found = found + found_inf.to(found.device)
-        self.skipped_steps += (found != 0).to(torch.int64).to(self.skipped_steps.device)
+        self.skipped_steps.add_((found != 0).to(torch.int64).to(self.skipped_steps.device))
         return found
+
+    def _holds_trained_state(self) -> bool:
+        """Whether a param has taken a step, here (compiled or not) or in a loaded checkpoint: a read on the host."""
+        return any(bool(bucket.steps.any()) for bucket in self._buckets)
 
     def _device_seed(self, seed: int, device: torch.device) -> torch.Tensor:
         """The stochastic-rounding seed as a device tensor, uploaded once (the kernel reads it from memory)."""
