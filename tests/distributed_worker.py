@@ -269,8 +269,10 @@ def fsdp_8bit(job):
         train(model, opt, batches[:RESUME_AT])
         saved = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
         codes = saved["optim"]["state"]["0.weight"]
-        assert set(codes) == {"step", "exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"}, set(codes)
-        for key, dtype in (("exp_avg", torch.uint8), ("exp_avg_scale", torch.float32)):
+        assert set(codes) == {"step", "exp_avg_code", "exp_avg_sq_code", "exp_avg_scale", "exp_avg_sq_scale"}, set(
+            codes
+        )
+        for key, dtype in (("exp_avg_code", torch.uint8), ("exp_avg_scale", torch.float32)):
             assert isinstance(codes[key], DTensor) and codes[key].dtype == dtype, key
         assert set(saved["optim"]["state"]["2.weight"]) == {"step", "exp_avg", "exp_avg_sq"}  # float32 states
         dcp.save(saved, checkpoint_id=checkpoint)

@@ -402,7 +402,8 @@ def test_a_saved_8bit_state_dict_resumes_exactly(backend, tmp_path):
     opt = v0adam.V0AdamW(params, **HYPER, amsgrad=True, **EIGHT_BIT, backend=backend)
     train(opt, params, 3)
     saved = opt.state_dict()
-    assert saved["state"][0]["exp_avg"].dtype == torch.uint8 and saved["state"][1]["exp_avg_scale"].shape == (5, 4)
+    assert saved["state"][0]["exp_avg_code"].dtype == torch.uint8 and saved["state"][1]["exp_avg_scale"].shape == (5, 4)
+    assert not {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"} & set(saved["state"][0])  # torch would read them as values
     torch.save(saved, tmp_path / "opt.pt")
     resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     resumed = v0adam.V0AdamW(resumed_params, **HYPER, amsgrad=True, **EIGHT_BIT, backend=backend)
@@ -440,7 +441,7 @@ def test_an_8bit_checkpoint_exports_to_torch_adamw_and_float_states(backend):
     saved = opt.state_dict()
     exported = v0adam.dequantized_state_dict(saved)
     assert set(exported["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
-    assert saved["state"][0]["exp_avg"].dtype == torch.uint8  # the checkpoint itself is left alone
+    assert saved["state"][0]["exp_avg_code"].dtype == torch.uint8  # the checkpoint itself is left alone
     torch_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     torch_opt = torch.optim.AdamW(torch_params, **HYPER)
     torch_opt.load_state_dict(exported)
@@ -456,6 +457,50 @@ def test_an_8bit_checkpoint_exports_to_torch_adamw_and_float_states(backend):
     train(float_opt, float_params, 2, start=3)
     for torch_param, float_param in zip(torch_params, float_params):
         torch.testing.assert_close(float_param, torch_param, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("torch_optimizer", [torch.optim.AdamW, torch.optim.Adam])
+def test_an_8bit_checkpoint_loaded_as_it_is_into_torch_fails_loudly(torch_optimizer, tmp_path):
+    """Not silently wrong: torch loads any state dict, then its first step finds no 'exp_avg' (the codes are under
+    'exp_avg_code') and raises before it writes anything."""
+    params = make_params(SHAPES[:2], device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, **EIGHT_BIT)
+    train(opt, params, 3)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    torch_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    torch_opt = torch_optimizer(torch_params, **HYPER)
+    torch_opt.load_state_dict(torch.load(tmp_path / "opt.pt"))  # weights_only: codes and scales are plain tensors
+    for param, grad in zip(torch_params, gradients(torch_params, 3)):
+        param.grad = grad
+    with pytest.raises(KeyError, match="exp_avg"):
+        torch_opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(torch_params, params))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_with_codes_under_the_moment_keys_still_loads(backend):
+    """Checkpoints of 0.3 to 0.5 held an 8-bit moment's codes under 'exp_avg' itself: they load bit for bit."""
+    params = make_params(SHAPES[1:3], device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, amsgrad=True, **EIGHT_BIT, backend=backend)
+    train(opt, params, 3)
+    saved = opt.state_dict()
+    older = {
+        **saved,
+        "state": {
+            index: {key.removesuffix("_code"): value for key, value in state.items()}
+            for index, state in saved["state"].items()
+        },
+    }
+    for state_dict in (older, v0adam.dequantized_state_dict(older)):
+        assert "exp_avg" in state_dict["state"][0]
+    resumed = v0adam.V0AdamW(make_params(SHAPES[1:3], device=DEVICE), **HYPER, amsgrad=True, **EIGHT_BIT)
+    resumed.load_state_dict(older)
+    for param, other in zip(params, resumed.param_groups[0]["params"]):
+        for key, value in opt.state[param].items():
+            assert torch.equal(resumed.state[other][key], value), key
+    both = {**saved, "state": {0: {**saved["state"][0], "exp_avg": saved["state"][0]["exp_avg_code"]}}}
+    with pytest.raises(ValueError, match="'exp_avg_code' must be uint8 codes, and 'exp_avg' absent"):
+        resumed.load_state_dict(both)
 
 
 FIRST_FORMAT = Path(__file__).parent / "data" / "first_8bit_format.pt"

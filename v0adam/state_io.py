@@ -16,6 +16,11 @@ from v0adam.state_table import ParamState
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param", "param_remainder")
 # The block scales' key in checkpoints of the first 8-bit format (0.1, 0.2), whose codes index a dynamic code map.
 LEGACY_SCALES_SUFFIX = "_absmax"
+# A checkpoint holds an 8-bit moment's codes under "exp_avg" + CODES_SUFFIX, never under the moment's own key
+# (opt.state does): torch.optim.Adam(W) would load codes of 0 to 255 there as the moment's values and resume silently
+# wrong; without that key it raises KeyError: 'exp_avg' at its first step. `dequantized_state_dict` converts.
+# Checkpoints of 0.3 to 0.5 (and the first format) hold the codes under the moment's key, and still load.
+CODES_SUFFIX = "_code"
 # The param-group key that holds `skipped_steps`, the live count (param groups are what every checkpointer saves).
 SKIPPED_STEPS = "skipped_steps"
 
@@ -52,7 +57,11 @@ class TorchLayoutStates:
                 chain.from_iterable(g["params"] for g in self.param_groups),
             )
         )
-        saved_state = {params_by_id[key]: value for key, value in state_dict["state"].items() if key in params_by_id}
+        saved_state = {
+            params_by_id[key]: _codes_under_the_moment(value)
+            for key, value in state_dict["state"].items()
+            if key in params_by_id
+        }
         saved_state = self._checked_states(saved_state)
         unassigned = {key: value for key, value in state_dict["state"].items() if key not in params_by_id}
         skipped_steps = [group.pop(SKIPPED_STEPS) for group in saved_groups if SKIPPED_STEPS in group]
@@ -81,9 +90,10 @@ class TorchLayoutStates:
         The states of params taken out of their groups are left out (torch's own state_dict raises a KeyError on
         them). With `skip_nonfinite` every group holds `skipped_steps`, as in `opt.param_groups`.
 
-        8-bit states are saved as they are: codes shaped as the param, block scales a row per param row, DTensors
-        for a DTensor param. Blocks are the whole tensor's and never straddle two rows, so
-        torch.distributed.checkpoint reshards codes and scales alike, into any world size or one process."""
+        8-bit states are saved as they are: codes shaped as the param (under "exp_avg_code", not "exp_avg", which
+        torch would read as values), block scales a row per param row, DTensors for a DTensor param. Blocks are the
+        whole tensor's and never straddle two rows, so torch.distributed.checkpoint reshards codes and scales alike,
+        into any world size or one process."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         # Params are numbered by their positions over all groups, a repeated param by its first, as torch does.
@@ -102,7 +112,7 @@ class TorchLayoutStates:
                 state[key] = values  # whatever else was put into opt.state, kept as torch keeps it
             elif id(key) in param_ids:
                 values = dict(values) if isinstance(values, ParamState) else values
-                state[param_ids[id(key)]] = values
+                state[param_ids[id(key)]] = _codes_under_their_key(values) if isinstance(values, dict) else values
         state_dict = {"state": state, "param_groups": param_groups}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             hook_result = post_hook(self, state_dict)
@@ -233,8 +243,32 @@ def dequantized_state_dict(state_dict: dict) -> dict:
     states = state_dict["state"]
     return {
         **state_dict,
-        "state": {key: _dequantized(values) if isinstance(values, dict) else values for key, values in states.items()},
+        "state": {
+            key: _dequantized(_codes_under_the_moment(values)) if isinstance(values, dict) else values
+            for key, values in states.items()
+        },
     }
+
+
+def _codes_under_their_key(values: dict) -> dict:
+    """A param's state as a checkpoint holds it: each 8-bit moment's codes under their own key (`CODES_SUFFIX`)."""
+    return {
+        key + CODES_SUFFIX if key in MOMENTS and torch.as_tensor(value).dtype == torch.uint8 else key: value
+        for key, value in values.items()
+    }
+
+
+def _codes_under_the_moment(values: dict) -> dict:
+    """A loaded param state with each 8-bit moment's codes under the moment's key, as opt.state holds them."""
+    values = dict(values)
+    for key in MOMENTS:
+        if key + CODES_SUFFIX not in values:
+            continue
+        codes = values.pop(key + CODES_SUFFIX)
+        if key in values or torch.as_tensor(codes).dtype != torch.uint8:
+            raise ValueError(f"loaded state '{key}{CODES_SUFFIX}' must be uint8 codes, and '{key}' absent")
+        values[key] = codes
+    return values
 
 
 def _local_value(param, key: str, value):
