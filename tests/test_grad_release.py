@@ -2,6 +2,8 @@
 training of the ordinary loop; gradient accumulation through `accumulate_grads`; what it cannot serve refused
 before the step it would get wrong. Under FSDP2 (and refused under DDP): test_distributed.py."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import BACKENDS, DEVICE
@@ -131,3 +133,17 @@ def test_what_needs_every_grad_is_refused():
     scaler.scale(loss_of(model, batches(1)[0])).backward()
     with pytest.raises(RuntimeError, match="GradScaler"):
         scaler.step(opt)
+
+
+def test_the_first_released_backward_says_once_that_grads_are_gone():
+    """A loop written for torch's optimizers clips with torch.nn.utils.clip_grad_norm_ after backward: with
+    release_grads it finds no grad and clips nothing, which the user is told once, at the first backward."""
+    model = mlp()
+    opt = optimizer(model, "torch", True)
+    with pytest.warns(UserWarning, match="clip_grad_norm_ .* finds none") as told:
+        loss_of(model, batches(1)[0]).backward()
+    assert len(told) == 1 and all(p.grad is None for p in model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_of(model, batches(1)[0]).backward()
+        opt.step()

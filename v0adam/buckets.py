@@ -58,16 +58,27 @@ class Precision:
         return self.state_dtype or torch.float32
 
     def takes_8bit_states(self, param: torch.Tensor) -> bool:
-        """Whether `param` gets 8-bit states when they are asked for, decided on the whole tensor (a DTensor's
-        global shape), so alike on one process and at any FSDP2 world size: at least `min_8bit_size` elements (as
-        bitsandbytes' and torchao's, smaller tensors keep float32 states), and rows (the dims after the first)
-        of whole quantization blocks, which a cut between rows, FSDP2's Shard(0), never splits. A DTensor sharded
-        along another dim does not qualify. Others keep float32 states."""
-        rows_whole = param.dim() >= 2 and (param.numel() // max(param.shape[0], 1)) % quantization.QBLOCK == 0
-        cut_between_rows = not is_dtensor(param) or all(
+        return self.why_not_8bit(param) is None
+
+    def why_not_8bit(self, param: torch.Tensor) -> str | None:
+        """Why `param` keeps float32 states where 8-bit ones are asked for; None where it takes them. Decided on
+        the whole tensor (a DTensor's global shape), so alike on one process and at any FSDP2 world size: at least
+        `min_8bit_size` elements (as bitsandbytes' and torchao's, smaller tensors keep float32 states), and rows
+        (the dims after the first) of whole quantization blocks, which a cut between rows, FSDP2's Shard(0), never
+        splits. A DTensor sharded along another dim does not qualify."""
+        numel = param.numel()
+        if numel == 0 or numel < self.min_8bit_size:
+            return f"{numel} elements, fewer than min_8bit_size ({self.min_8bit_size})"
+        if param.dim() < 2:
+            return "1-d: 8-bit blocks are laid on rows (the dims after the first)"
+        row = numel // param.shape[0]
+        if row % quantization.QBLOCK:
+            return f"rows of {row} elements, not whole {quantization.QBLOCK}-element blocks"
+        if is_dtensor(param) and not all(
             placement.is_replicate() or (placement.is_shard() and placement.dim == 0) for placement in param.placements
-        )
-        return param.numel() >= self.min_8bit_size and param.numel() > 0 and rows_whole and cut_between_rows
+        ):
+            return f"a DTensor laid out as {param.placements}: 8-bit blocks need cuts between rows (Shard(0))"
+        return None
 
     def master_dtype_for(self, param_dtype: torch.dtype) -> torch.dtype | None:
         """The dtype of a param's master: REMAINDER_DTYPE, torch.float32, or None for none."""

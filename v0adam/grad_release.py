@@ -11,6 +11,7 @@ anywhere, `skip_nonfinite`) and DDP, which averages grads after their hooks run,
 """
 
 import contextlib
+import warnings
 
 import torch
 
@@ -18,6 +19,13 @@ import torch
 # large model's grads (GPT-2 small's float32 grads are 500 MB), and at most a GROUPS-th of a small model's.
 GROUP_BYTES = 32 * 2**20
 GROUPS = 8
+# Said at the end of the first backward that released grads: a training loop written for torch's optimizers
+# (nanoGPT's) clips with torch.nn.utils.clip_grad_norm_ after backward, which then finds no grad and clips nothing.
+NO_GRADS_AFTER_BACKWARD = (
+    "release_grads=True stepped the params during backward and freed their grads: every .grad is None after "
+    "backward, so torch.nn.utils.clip_grad_norm_ (or anything else that reads .grad then) finds none and does "
+    "nothing. Said once per optimizer"
+)
 
 
 class GradRelease:
@@ -33,6 +41,7 @@ class GradRelease:
         self._pending = []
         self._pending_bytes = 0
         self._flush_queued = False
+        self._told_no_grads = False
         self.accumulating = False
         self.watch()
 
@@ -61,6 +70,9 @@ class GradRelease:
     def _end_of_backward(self) -> None:
         self._flush_queued = False
         self.step_all()
+        if not self._told_no_grads:
+            self._told_no_grads = True
+            warnings.warn(NO_GRADS_AFTER_BACKWARD, UserWarning, stacklevel=2)
 
     @torch.no_grad()
     def _step_pending(self) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
 
-from v0adam import data_v0, grad_norm, sharding, torch_backend, triton_backend
+from v0adam import data_v0, grad_norm, sharding, state_formats, torch_backend, triton_backend
 from v0adam import v0 as v0_modes
 from v0adam.buckets import BucketWork, FlatBucket, ParamMoved, Precision
 from v0adam.fixed_address import fixed_address
@@ -249,6 +249,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         self._awaiting_data_v0 = any(group["v0"] == v0_modes.DATA for group in self.param_groups)
         self.release_grads = release_grads
         self._start_release()
+        state_formats.log_at_construction(self)
 
     def _start_release(self) -> None:
         self._release = None
@@ -516,6 +517,12 @@ class V0Adam(TorchLayoutStates, Optimizer):
                     self._initialise_v0(bucket, index, self._param_indices[param])
 
     @torch.no_grad()
+    def state_formats(self) -> list[state_formats.StateFormat]:
+        """Each param's state format (moments, master), why it got it (8-bit states only where the tensor fits
+        them), and the bytes of state per param element it comes to; `print(*opt.state_formats(), sep="\n")`."""
+        self._follow_param_lists()
+        return state_formats.describe(self)
+
     def master_weight(self, param: torch.Tensor) -> torch.Tensor:
         """The float32 value the optimizer updates for `param`, as a new tensor (a DTensor for a DTensor param):
         its master, rebuilt from the remainder where it is one, or the param widened where it has none. To save
