@@ -67,9 +67,19 @@ def main(argv=None) -> int:
             if built is None:
                 print("n/a", flush=True)
                 continue
-            ms = timing.median_ms(built.step, device, steps=steps, warmup=3)
-            rows.append(report.make_row(case, name, built.bytes_per_element, ms, copy_gbps, built.state_bytes()))
-            print(f"{ms:8.3f} ms  {rows[-1].gbps:7.0f} GB/s", flush=True)
+            timed = timing.measure(built.step, device, steps=steps, warmup=3)
+            rows.append(
+                report.make_row(
+                    case,
+                    name,
+                    built.bytes_per_element,
+                    timed.median_ms,
+                    copy_gbps,
+                    built.state_bytes(),
+                    timed.spread_pct,
+                )
+            )
+            print(f"{timed.median_ms:8.3f} ms  {rows[-1].gbps:7.0f} GB/s  spread {timed.spread_pct:3.0f}%", flush=True)
             del built
             gc.collect()
             if device.type == "cuda":

@@ -1,4 +1,6 @@
-"""Rows, the printed table, the stamped CSV and the plot."""
+"""Rows, the printed table, the stamped CSV and the plot. A figure that cannot be a result (a step faster than a
+copy of its bytes: its buffers sat in a cache, or it was mistimed; runs too far apart, as on a loaded machine) is
+flagged, and printed in parentheses, never as a result."""
 
 import csv
 import datetime
@@ -8,6 +10,11 @@ from pathlib import Path
 
 import torch
 import triton
+
+# A step moves its bytes at most as fast as a copy moves them: past this % of copy, the figure measured a cache.
+PHYSICAL_LIMIT_PCT = 105.0
+# Past this spread (the runs' interquartile range over their median, %), a time and its speedups are not quoted.
+NOISY_SPREAD_PCT = 10.0
 
 
 @dataclass
@@ -22,9 +29,13 @@ class Row:
     gbps: float
     pct_of_copy: float
     v0adam_speedup: float  # this variant's time over v0adam's on the same case (1.0 on v0adam's own row)
+    spread_pct: float = float("nan")  # the runs' interquartile range over their median
+    note: str = ""  # why a figure of this row is not quoted (see `flag_unquotable`)
 
 
-def make_row(case, variant, bytes_per_element, ms, copy_gbps, state_bytes_per_param=float("nan")) -> Row:
+def make_row(
+    case, variant, bytes_per_element, ms, copy_gbps, state_bytes_per_param=float("nan"), spread_pct=float("nan")
+) -> Row:
     gbps = case.numel * bytes_per_element / ms / 1e6
     return Row(
         case.name,
@@ -37,14 +48,33 @@ def make_row(case, variant, bytes_per_element, ms, copy_gbps, state_bytes_per_pa
         gbps,
         100 * gbps / copy_gbps,
         float("nan"),
+        spread_pct,
     )
 
 
 def add_speedups(rows: list[Row]) -> None:
-    ours = {row.case: row.ms for row in rows if row.variant == "v0adam"}
+    """Each row's time over v0adam's on its case, and the notes of the figures that cannot be quoted."""
+    ours = {row.case: row for row in rows if row.variant == "v0adam"}
     for row in rows:
         if row.case in ours:
-            row.v0adam_speedup = row.ms / ours[row.case]
+            row.v0adam_speedup = row.ms / ours[row.case].ms
+    flag_unquotable(rows, ours)
+
+
+def flag_unquotable(rows: list[Row], ours: dict) -> None:
+    for row in rows:
+        notes = []
+        if row.pct_of_copy > PHYSICAL_LIMIT_PCT:
+            notes.append("faster than a copy of its bytes: cache-resident or mistimed, not a bandwidth")
+        if row.spread_pct > NOISY_SPREAD_PCT:
+            notes.append(f"noisy: the middle half of the runs spans {row.spread_pct:.0f}% of the median")
+        elif row.case in ours and ours[row.case].spread_pct > NOISY_SPREAD_PCT:
+            notes.append("speedup over a noisy v0adam row")
+        row.note = "; ".join(notes)
+
+
+def _shown(text: str, quotable: bool) -> str:
+    return text if quotable else f"({text})"
 
 
 def stamp(device: torch.device) -> dict:
@@ -62,14 +92,23 @@ def format_table(rows: list[Row], copy_gbps: float, info: dict) -> str:
         f"{info['device']} | torch {info['torch']} | triton {info['triton']} | {info['date']}",
         f"measured copy bandwidth: {copy_gbps:.0f} GB/s (read + write)",
         "",
-        "| case | variant | ms | GB/s | % of copy | v0adam speedup | B/element moved | state B/param |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | variant | ms | spread % | GB/s | % of copy | v0adam speedup | B/element moved | state B/param "
+        "| note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
+        bandwidth_ok = row.pct_of_copy <= PHYSICAL_LIMIT_PCT and not row.spread_pct > NOISY_SPREAD_PCT
+        time_ok = not row.spread_pct > NOISY_SPREAD_PCT
+        speedup_ok = time_ok and "noisy v0adam" not in row.note
         lines.append(
-            f"| {row.case} | {row.variant} | {row.ms:.3f} | {row.gbps:.0f} | {row.pct_of_copy:.1f} | "
-            f"{row.v0adam_speedup:.2f}x | {row.bytes_per_element:.3g} | {row.state_bytes_per_param:.2f} |"
+            f"| {row.case} | {row.variant} | {_shown(f'{row.ms:.3f}', time_ok)} | {row.spread_pct:.0f} | "
+            f"{_shown(f'{row.gbps:.0f}', bandwidth_ok)} | "
+            f"{_shown(f'{row.pct_of_copy:.1f}', bandwidth_ok)} | "
+            f"{_shown(f'{row.v0adam_speedup:.2f}x', speedup_ok)} | {row.bytes_per_element:.3g} | "
+            f"{row.state_bytes_per_param:.2f} | {row.note} |"
         )
+    if any(row.note for row in rows):
+        lines += ["", "(in parentheses): not a result; the note says why."]
     return "\n".join(lines)
 
 

@@ -1,14 +1,33 @@
-"""Timers: CUDA events with the L2 cache flushed before every step, or wall-clock on CPU. Medians."""
+"""Timers: CUDA events with the L2 cache flushed before every step, or wall-clock on CPU. Medians, and how far
+apart the runs lie."""
 
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
 L2_FLUSH_BYTES = 256 * 2**20
 
 
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    spread_pct: float  # the interquartile range of the runs over their median, in %: the middle half's width
+
+
+def measure(step, device: torch.device, steps: int, warmup: int) -> Timing:
+    times = _times_ms(step, device, steps, warmup)
+    median = statistics.median(times)
+    first, _, third = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
+    return Timing(median, 100 * (third - first) / median)
+
+
 def median_ms(step, device: torch.device, steps: int, warmup: int) -> float:
+    return measure(step, device, steps, warmup).median_ms
+
+
+def _times_ms(step, device: torch.device, steps: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         step()
     if device.type != "cuda":
@@ -17,7 +36,7 @@ def median_ms(step, device: torch.device, steps: int, warmup: int) -> float:
             start = time.perf_counter()
             step()
             times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return times
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
@@ -28,7 +47,7 @@ def median_ms(step, device: torch.device, steps: int, warmup: int) -> float:
         step()
         end.record()
     torch.cuda.synchronize(device)
-    return statistics.median(start.elapsed_time(end) for start, end in zip(starts, ends))
+    return [start.elapsed_time(end) for start, end in zip(starts, ends)]
 
 
 def copy_bandwidth_gbps(device: torch.device, numel: int = 256 * 2**20, steps: int = 20) -> float:

@@ -40,13 +40,49 @@ def test_rows_speedups_table_and_csv(tmp_path):
     assert rows[1].v0adam_speedup == pytest.approx(2.0)
     info = {"device": "Test GPU", "torch": "t", "triton": "x", "date": "2026-01-01"}
     table = report.format_table(rows, 1000.0, info)
-    assert "| fp32 1M | torch fused | 1.000 | 29 | 2.9 | 2.00x | 28 | 8.00 |" in table
-    assert "| fp32 1M | v0adam | 0.500 | 34 | 3.4 | 1.00x | 16.1 | 2.03 |" in table
+    assert "| fp32 1M | torch fused | 1.000 | nan | 29 | 2.9 | 2.00x | 28 | 8.00 |  |" in table
+    assert "| fp32 1M | v0adam | 0.500 | nan | 34 | 3.4 | 1.00x | 16.1 | 2.03 |  |" in table
+    assert "not a result" not in table
     csv_path, png_path = report.save(rows, 1000.0, info, tmp_path)
     assert csv_path.name == "test-gpu_2026-01-01.csv" and png_path.exists()
     with open(csv_path) as handle:
         saved = list(csv.DictReader(handle))
     assert saved[1]["variant"] == "torch fused" and saved[1]["device"] == "Test GPU"
+
+
+def test_a_figure_beyond_copy_or_too_noisy_is_flagged_not_printed_as_a_result():
+    """As a loaded 2-core CPU printed them: a 1M-element step at 468% of copy (its buffers sat in a cache) and a
+    speedup of 0.28x from runs far apart."""
+    info = {"device": "CPU", "torch": "t", "triton": "x", "date": "d"}
+    small, large = cases.Case("fp32 1M", ((2**20,),)), cases.Case("fp32 64M", ((2**26,),))
+    copy_gbps = 2**20 * 28 / 0.1 / 1e6 / 4.681  # a 0.1 ms step of 1M elements is then 468.1% of copy
+    rows = [
+        report.make_row(small, "v0adam", 28, 0.1, copy_gbps, spread_pct=3.0),
+        report.make_row(large, "v0adam", 28, 400.0, copy_gbps, spread_pct=2.0),
+        report.make_row(large, "torch fused", 28, 112.0, copy_gbps, spread_pct=40.0),
+    ]
+    report.add_speedups(rows)
+    assert rows[0].note.startswith("faster than a copy of its bytes") and not rows[1].note
+    assert rows[2].note == "noisy: the middle half of the runs spans 40% of the median"
+    table = report.format_table(rows, copy_gbps, info)
+    assert "| (468.1) |" in table and "| 468.1 |" not in table and "| 0.100 |" in table
+    assert "| (0.28x) |" in table and "| (112.000) |" in table and "| 400.000 |" in table
+    assert "(in parentheses): not a result" in table
+    noisy_ours = [
+        report.make_row(large, "v0adam", 28, 100.0, copy_gbps, spread_pct=30.0),
+        report.make_row(large, "torch fused", 28, 200.0, copy_gbps, spread_pct=1.0),
+    ]
+    report.add_speedups(noisy_ours)
+    assert noisy_ours[1].note == "speedup over a noisy v0adam row"
+    assert "| (2.00x) |" in report.format_table(noisy_ours, copy_gbps, info)
+
+
+def test_timing_reports_the_spread_of_its_runs():
+    from bench import timing
+
+    durations = iter([0.0] * 3 + [0.001, 0.001, 0.001, 0.005])  # warmup, then three steady runs and an outlier
+    timed = timing.measure(lambda: __import__("time").sleep(next(durations)), torch.device("cpu"), steps=4, warmup=3)
+    assert timed.median_ms >= 1.0 and timed.spread_pct > 10
 
 
 def test_training_models_have_the_counted_params_and_tensors():
