@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     builders = variants.variants(device, with_compile=not args.no_compile)
 
     copy_gbps = timing.copy_bandwidth_gbps(device)
-    print(f"copy bandwidth: {copy_gbps:.0f} GB/s", flush=True)
+    limit_pct = report.physical_limit_pct(copy_gbps, timing.in_place_bandwidth_gbps(device))
+    print(f"copy bandwidth: {copy_gbps:.0f} GB/s; in place: {limit_pct / report.LIMIT_MARGIN:.0f}% of it", flush=True)
     rows = []
     for case in selected:
         for name, build in builders.items():
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    report.add_speedups(rows)
+    report.add_speedups(rows, limit_pct)
     info = report.stamp(device)
     print()
     print(report.format_table(rows, copy_gbps, info))

@@ -13,14 +13,21 @@ L2_FLUSH_BYTES = 256 * 2**20
 @dataclass(frozen=True)
 class Timing:
     median_ms: float
-    spread_pct: float  # the interquartile range of the runs over their median, in %: the middle half's width
+    spread_ms: float  # the interquartile range of the runs: the width of their middle half
+
+    @classmethod
+    def of(cls, times_ms: list[float]) -> "Timing":
+        median = statistics.median(times_ms)
+        first, _, third = statistics.quantiles(times_ms, n=4) if len(times_ms) > 1 else (median,) * 3
+        return cls(median, third - first)
+
+    @property
+    def spread_pct(self) -> float:
+        return 100 * self.spread_ms / self.median_ms
 
 
 def measure(step, device: torch.device, steps: int, warmup: int) -> Timing:
-    times = _times_ms(step, device, steps, warmup)
-    median = statistics.median(times)
-    first, _, third = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
-    return Timing(median, 100 * (third - first) / median)
+    return Timing.of(_times_ms(step, device, steps, warmup))
 
 
 def median_ms(step, device: torch.device, steps: int, warmup: int) -> float:
@@ -56,3 +63,10 @@ def copy_bandwidth_gbps(device: torch.device, numel: int = 256 * 2**20, steps: i
     target = torch.empty_like(source)
     milliseconds = median_ms(lambda: target.copy_(source), device, steps, warmup=3)
     return 2 * source.nbytes / milliseconds / 1e6
+
+
+def in_place_bandwidth_gbps(device: torch.device, numel: int = 256 * 2**20, steps: int = 20) -> float:
+    """An in-place update of a large fp32 buffer (as Adam's step is), counting bytes read and written."""
+    buffer = torch.randn(numel, device=device)
+    milliseconds = median_ms(lambda: buffer.mul_(1.0), device, steps, warmup=3)
+    return 2 * buffer.nbytes / milliseconds / 1e6

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import v0adam
-from bench import models, report
+from bench import models, report, timing
 from bench.cases import bytes_per_element
 
 LR = 1e-4
@@ -85,6 +85,10 @@ class TrainingRow:
     optimizer_ms: float  # iteration - forward_backward: what the optimizer adds to an iteration
     step_host_us: float
     bytes_per_element: float
+    iteration_spread_pct: float = float("nan")  # the iterations' interquartile range over their median
+    # The spreads of the iteration and of forward + backward, summed, over their difference: a small optimizer
+    # share of a long iteration is the first figure a noisy machine spoils.
+    optimizer_spread_pct: float = float("nan")
 
 
 def _loss(model, tokens):
@@ -131,8 +135,8 @@ class Contestant:
             self.loop.iteration(self.model, self.optimizer, self.params, tokens)
 
 
-def measure(config, tokens, device, iterations: int, interleaved: bool) -> dict[str, tuple[float, float]]:
-    """name -> (ms per call, host µs per step()), medians after WARMUP calls; "forward + backward" and each loop.
+def measure(config, tokens, device, iterations: int, interleaved: bool) -> dict[str, tuple[timing.Timing, float]]:
+    """name -> (its calls' Timing, median host µs per step()) after WARMUP calls; "forward + backward" and each loop.
     Interleaved, one call of each in turn (all models resident), so that a noisy machine's drifts hit them alike;
     else one after the other, each model freed before the next is built (a GPU holds one large model at a time)."""
     contestants = {"forward + backward": None} | {loop.name: loop for loop in loops_for(config)}
@@ -151,7 +155,7 @@ def measure(config, tokens, device, iterations: int, interleaved: bool) -> dict[
                     times[name].append((time.perf_counter() - start) * 1e3)
         for name, contestant in built.items():
             host = contestant.step_host_us[WARMUP:]
-            results[name] = (statistics.median(times[name]), statistics.median(host) if host else float("nan"))
+            results[name] = (timing.Timing.of(times[name]), statistics.median(host) if host else float("nan"))
         del built, contestant
         gc.collect()
         if device.type == "cuda":
@@ -190,12 +194,13 @@ def run(device: torch.device, quick: bool, iterations: int | None, out: Path | N
         print(f"{config.name}: {count / 1e6:.1f}M params, batch {batch} x {length} tokens", flush=True)
         results = measure(config, tokens, device, iterations, interleaved=device.type == "cpu")
         baseline, _ = results.pop("forward + backward")
-        print(f"  forward + backward  {baseline:9.2f} ms", flush=True)
+        print(f"  forward + backward  {baseline.median_ms:9.2f} ms", flush=True)
         for loop in LOOPS:
             if loop.name not in results:
                 print(f"  {loop.name:<19} n/a: no tensor of this model takes it", flush=True)
                 continue
-            iteration_ms, host_us = results[loop.name]
+            iteration, host_us = results[loop.name]
+            optimizer_ms = iteration.median_ms - baseline.median_ms
             rows.append(
                 TrainingRow(
                     config.name,
@@ -203,14 +208,16 @@ def run(device: torch.device, quick: bool, iterations: int | None, out: Path | N
                     count,
                     _tensor_count(config),
                     f"{batch}x{length}",
-                    iteration_ms,
-                    baseline,
-                    iteration_ms - baseline,
+                    iteration.median_ms,
+                    baseline.median_ms,
+                    optimizer_ms,
                     host_us,
                     loop.bytes_per_element,
+                    iteration.spread_pct,
+                    100 * (iteration.spread_ms + baseline.spread_ms) / abs(optimizer_ms),
                 )
             )
-            print(f"  {loop.name:<19} {iteration_ms:9.2f} ms, step() host {host_us:8.0f} µs", flush=True)
+            print(f"  {loop.name:<19} {iteration.median_ms:9.2f} ms, step() host {host_us:8.0f} µs", flush=True)
     info = report.stamp(device)
     print()
     print(format_table(rows, info))
@@ -231,18 +238,30 @@ def format_table(rows: list[TrainingRow], info: dict) -> str:
         f"{info['device']} | torch {info['torch']} | triton {info['triton']} | {info['date']}",
         f"one iteration: forward, backward, clip to norm {MAX_NORM}, step, zero_grad; medians",
         "",
-        "| model | loop | iteration ms | fwd+bwd ms | optimizer ms | vs torch fused | step() host µs | B/element |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | loop | iteration ms | spread % | fwd+bwd ms | optimizer ms | optimizer spread % | vs torch fused "
+        "| step() host µs | B/element |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         share = fused[row.model].optimizer_ms / row.optimizer_ms if row.model in fused else float("nan")
+        optimizer_quoted = not row.optimizer_spread_pct > report.NOISY_SPREAD_PCT
+        share_quoted = (
+            optimizer_quoted
+            and row.model in fused
+            and not fused[row.model].optimizer_spread_pct > (report.NOISY_SPREAD_PCT)
+        )
         lines.append(
             f"| {row.model} ({row.params / 1e6:.0f}M, {row.tensors} tensors, batch {row.batch}) | {row.loop} | "
-            f"{row.iteration_ms:.2f} | {row.forward_backward_ms:.2f} | {row.optimizer_ms:.2f} | {share:.2f}x | "
-            f"{row.step_host_us:.0f} | {row.bytes_per_element:.3g} |"
+            f"{row.iteration_ms:.2f} | {row.iteration_spread_pct:.0f} | {row.forward_backward_ms:.2f} | "
+            f"{report.shown(f'{row.optimizer_ms:.2f}', optimizer_quoted)} | {row.optimizer_spread_pct:.0f} | "
+            f"{report.shown(f'{share:.2f}x', share_quoted)} | {row.step_host_us:.0f} | {row.bytes_per_element:.3g} |"
         )
     lines.append("")
     lines.append("vs torch fused: torch fused's optimizer ms over this loop's (higher is better)")
+    lines.append(
+        f"(in parentheses): not a result: the spreads of the iteration and of forward + backward, summed, exceed "
+        f"{report.NOISY_SPREAD_PCT:.0f}% of the optimizer's ms"
+    )
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ def test_rows_speedups_table_and_csv(tmp_path):
         report.make_row(case, "v0adam", 16.0625, 0.5, 1000.0, 2.03125),
         report.make_row(case, "torch fused", 28, 1.0, 1000.0, 8.0),
     ]
-    report.add_speedups(rows)
+    report.add_speedups(rows, 105.0)
     assert rows[0].gbps == pytest.approx(2**20 * 16.0625 / 0.5 / 1e6)
     assert rows[0].pct_of_copy == pytest.approx(100 * rows[0].gbps / 1000.0)
     assert rows[1].v0adam_speedup == pytest.approx(2.0)
@@ -61,8 +61,8 @@ def test_a_figure_beyond_copy_or_too_noisy_is_flagged_not_printed_as_a_result():
         report.make_row(large, "v0adam", 28, 400.0, copy_gbps, spread_pct=2.0),
         report.make_row(large, "torch fused", 28, 112.0, copy_gbps, spread_pct=40.0),
     ]
-    report.add_speedups(rows)
-    assert rows[0].note.startswith("faster than a copy of its bytes") and not rows[1].note
+    report.add_speedups(rows, 105.0)
+    assert rows[0].note.startswith("above the 105% of copy an in-place update reaches") and not rows[1].note
     assert rows[2].note == "noisy: the middle half of the runs spans 40% of the median"
     table = report.format_table(rows, copy_gbps, info)
     assert "| (468.1) |" in table and "| 468.1 |" not in table and "| 0.100 |" in table
@@ -72,9 +72,29 @@ def test_a_figure_beyond_copy_or_too_noisy_is_flagged_not_printed_as_a_result():
         report.make_row(large, "v0adam", 28, 100.0, copy_gbps, spread_pct=30.0),
         report.make_row(large, "torch fused", 28, 200.0, copy_gbps, spread_pct=1.0),
     ]
-    report.add_speedups(noisy_ours)
+    report.add_speedups(noisy_ours, 105.0)
     assert noisy_ours[1].note == "speedup over a noisy v0adam row"
     assert "| (2.00x) |" in report.format_table(noisy_ours, copy_gbps, info)
+
+
+def test_the_physical_limit_is_an_in_place_update_of_a_large_buffer():
+    assert report.physical_limit_pct(3000.0, 2950.0) == pytest.approx(105.0)  # a GPU: in place about a copy
+    assert report.physical_limit_pct(25.0, 39.0) == pytest.approx(1.05 * 156)  # a CPU's copy_ reads its target first
+
+
+def test_a_training_row_whose_optimizer_share_is_within_the_noise_is_not_quoted():
+    from bench import training
+
+    def row(loop, iteration_ms, optimizer_spread_pct):
+        return training.TrainingRow(
+            "gpt2", loop, 124_000_000, 148, "8x64", iteration_ms, 900.0, iteration_ms - 900.0, 50.0, 28, 2.0,
+            optimizer_spread_pct,
+        )  # fmt: skip
+
+    info = {"device": "CPU", "torch": "t", "triton": "x", "date": "d"}
+    table = training.format_table([row("torch fused", 1000.0, 4.0), row("v0adam", 950.0, 60.0)], info)
+    assert "| 100.00 | 4 | (1.00x) |" not in table and "| 100.00 | 4 | 1.00x |" in table
+    assert "| (50.00) | 60 | (2.00x) |" in table and "(in parentheses): not a result" in table
 
 
 def test_timing_reports_the_spread_of_its_runs():
