@@ -18,6 +18,7 @@ from v0adam.reference import (
     quantized_step_reference,
     radam_step_reference,
 )
+from v0adam.state_io import moment_values
 
 # In the interpreter the kernel's float32 arithmetic is numpy's, operation for operation the reference's; compiled
 # for a GPU, Triton may fuse a multiply and an add, and a value at a rounding boundary may then take the next code.
@@ -39,7 +40,7 @@ MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 def codes_and_scales(state: dict, key: str):
     """A moment's codes and its block scales, flat (the state holds them a row per param row)."""
-    return state[key], state[key + "_scale"].flatten()
+    return state[key + "_code"], state[key + "_scale"].flatten()
 
 
 def assert_same_quantized(ours: tuple, expected: tuple, signed: bool) -> None:
@@ -289,7 +290,7 @@ def test_which_params_take_8bit_states(backend):
     train(opt, params, 3)
     train(float_opt, float_params, 3)
     assert len(opt._buckets) == 2
-    assert opt.state[params[0]]["exp_avg"].dtype == torch.uint8
+    assert opt.state[params[0]]["exp_avg_code"].dtype == torch.uint8 and "exp_avg" not in opt.state[params[0]]
     assert opt.state[params[0]]["exp_avg_scale"].shape == (16, 1)
     for param, float_param in zip(params[1:], float_params[1:]):
         assert torch.equal(param, float_param)
@@ -359,9 +360,9 @@ def test_every_v0_mode_writes_its_v0_quantized(backend, mode):
             opt.init_v0_from_data(batches, loss, num_samples=24)
         states[state_dtype] = [opt.state[p] for p in model.parameters()]
     fp32, quantized = states[None][0], states[torch.uint8][0]  # the first layer's weight: rows of 256
-    assert torch.equal(quantized["exp_avg_sq"], quantization.quantize(fp32["exp_avg_sq"], signed=False)[0])
+    assert torch.equal(quantized["exp_avg_sq_code"], quantization.quantize(fp32["exp_avg_sq"], signed=False)[0])
     assert torch.equal(quantized["exp_avg_sq_scale"].flatten(), quantization.quantize(fp32["exp_avg_sq"], False)[1])
-    assert not quantization.dequantize(quantized["exp_avg"], quantized["exp_avg_scale"], True).any()
+    assert not quantization.dequantize(quantized["exp_avg_code"], quantized["exp_avg_scale"], True).any()
     for fp32, kept in zip(states[None][1:], states[torch.uint8][1:]):  # 1-d, or rows of 300: float32 states
         assert torch.equal(kept["exp_avg_sq"], fp32["exp_avg_sq"])
 
@@ -426,7 +427,7 @@ def test_a_torch_adamw_state_dict_loads_quantized(backend):
     for param in params:
         for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
             codes, scales = quantization.quantize(torch_opt.state[param][key], signed)
-            assert torch.equal(opt.state[param][key], codes)
+            assert torch.equal(opt.state[param][key + "_code"], codes)
             assert torch.equal(opt.state[param][key + "_scale"].flatten(), scales)
         assert float(opt.state[param]["step"]) == 3
 
@@ -449,7 +450,7 @@ def test_an_8bit_checkpoint_exports_to_torch_adamw_and_float_states(backend):
     float_opt = v0adam.V0AdamW(float_params, **HYPER, backend=backend)
     float_opt.load_state_dict(saved)
     for param, torch_param, float_param in zip(params, torch_params, float_params):
-        dequantized = quantization.dequantize(opt.state[param]["exp_avg"], opt.state[param]["exp_avg_scale"], True)
+        dequantized = quantization.dequantize(opt.state[param]["exp_avg_code"], opt.state[param]["exp_avg_scale"], True)
         assert torch.equal(torch_opt.state[torch_param]["exp_avg"], dequantized)
         assert torch.equal(float_opt.state[float_param]["exp_avg"], dequantized)
         assert "exp_avg_scale" not in float_opt.state[float_param]
@@ -543,7 +544,8 @@ def test_a_checkpoint_of_the_first_8bit_format_still_loads(backend):
                 continue
             values = quantization.legacy_dequantize(third[key], third[key + "_absmax"], key == "exp_avg")
             codes, scales = quantization.quantize(values, key == "exp_avg")
-            assert torch.equal(state[key].cpu(), codes) and torch.equal(state[key + "_scale"].cpu().flatten(), scales)
+            assert torch.equal(state[key + "_code"].cpu(), codes)
+            assert torch.equal(state[key + "_scale"].cpu().flatten(), scales)
     ref_params, ref_states = reference_copies(opt, params[2:], amsgrad=True)
     grads = gradients(params, 4)
     for param, grad in zip(params, grads):
@@ -582,7 +584,7 @@ def fit_a_teacher(state_dtype, steps=300):
     teacher = torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
     opt = v0adam.V0AdamW(model.parameters(), lr=3e-3, state_dtype=state_dtype, min_8bit_size=0, backend="torch")
     if state_dtype is not None:
-        assert sum(state["exp_avg"].dtype == torch.uint8 for state in opt.state.values()) == 3
+        assert sum("exp_avg_code" in state for state in opt.state.values()) == 3
     generator = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(steps):
@@ -607,3 +609,19 @@ def test_8bit_states_track_float32_states_over_a_long_run():
     assert loss_fp32 < 0.01  # it learned: the teacher's outputs have a variance of about 0.1
     assert abs(loss_8bit / loss_fp32 - 1) < 0.10
     assert float((params_8bit - params_fp32).norm() / params_fp32.norm()) < 0.10
+
+
+def test_a_moment_written_under_its_own_name_replaces_its_codes():
+    """As into torch's optimizers, `opt.state[p]["exp_avg"] = values`: the next step starts from those values,
+    quantized into the codes (the entry keeps them as "exp_avg_code"); `moment_values` decodes them."""
+    params = make_params([(2, 256)], device=DEVICE)
+    opt = v0adam.V0AdamW(params, **HYPER, **EIGHT_BIT)
+    train(opt, params, 2)
+    values = torch.linspace(-1e-2, 1e-2, 512, device=DEVICE).reshape(2, 256)
+    opt.state[params[0]]["exp_avg"] = values.clone()
+    params[0].grad = torch.zeros_like(params[0])
+    opt.step()  # m = 0.9 m + 0.1 * 0
+    state = opt.state[params[0]]
+    assert "exp_avg" not in state and state["exp_avg_code"].dtype == torch.uint8
+    # Within two 8-bit roundings (3 mantissa bits: 1/16 of the block's largest at most).
+    torch.testing.assert_close(moment_values(state, "exp_avg"), 0.9 * values, rtol=0, atol=2e-2 / 16)

@@ -87,6 +87,11 @@ def test_grad_release_under_fsdp2_is_the_ordinary_loop_and_ddp_refuses_it(tmp_pa
         assert torch.equal(param, reference)
 
 
+@pytest.mark.skipif(
+    torch.torch_version.TorchVersion(torch.__version__) < (2, 10),
+    reason="torch 2.9's dynamo fails to fake FSDP2's DTensor params as inputs (AssertionError 2 != 1 in "
+    "symbolic_shapes, where the step first reads them); torch 2.11 and newer pass (2.10 was not run)",
+)
 def test_compiled_step_under_fsdp(tmp_path):
     """Clipping and step compiled with fullgraph=True over DTensor params (the Triton backend is traced)."""
     ours = run_job(tmp_path, "fsdp-compiled", "triton")

@@ -25,7 +25,7 @@ def test_each_param_says_its_format_why_and_its_bytes():
     for name, param in model.named_parameters():
         state = opt.state[param]
         assert formats[name].shape == tuple(param.shape)
-        assert formats[name].moments == ("8-bit" if state["exp_avg"].dtype == torch.uint8 else "float32")
+        assert formats[name].moments == ("8-bit" if "exp_avg_code" in state else "float32")
         assert formats[name].master == "int16 remainder" and state["param_remainder"].dtype == torch.int16
     assert [formats[name].moments for name in formats] == ["8-bit", "8-bit", "float32", "float32", "float32"]
     assert formats["1.bias"].reason.endswith("but 300 elements, fewer than min_8bit_size (4096)")

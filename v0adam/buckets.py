@@ -100,6 +100,10 @@ SLOT_ALIGN = 64
 # The moments, and whether their 8-bit format is signed (`v0adam.quantization`).
 MOMENTS = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
 SCALES_SUFFIX = "_scale"  # the state key of an 8-bit moment's block scales: "exp_avg" + SCALES_SUFFIX
+# The state key of an 8-bit moment's codes, in opt.state and checkpoints alike: "exp_avg" + CODES_SUFFIX, never the
+# moment's own key, under which torch's optimizers (and whatever reads their state) expect values: torch.optim.AdamW
+# would load codes of 0 to 255 as exp_avg and resume silently wrong; without the key it raises KeyError: 'exp_avg'.
+CODES_SUFFIX = "_code"
 # The state key of each kind of master, by its dtype.
 MASTER_KEYS = {torch.float32: "master_param", REMAINDER_DTYPE: "param_remainder"}
 
@@ -359,7 +363,8 @@ class FlatBucket:
         return exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None, master
 
     def state_views(self, index: int, amsgrad: bool) -> dict[str, torch.Tensor]:
-        """torch.optim.Adam's per-param state, as views into the flat buffers (DTensors for a DTensor param)."""
+        """torch.optim.Adam's per-param state, as views into the flat buffers (DTensors for a DTensor param); an
+        8-bit moment as its codes and scales (`CODES_SUFFIX`, `SCALES_SUFFIX`)."""
         buffers = {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
         if amsgrad:
             self.ensure_max_exp_avg_sq()
@@ -368,9 +373,12 @@ class FlatBucket:
             buffers[self.master_key] = self.master
         state = {"step": self.steps[index]}
         for key, buffer in buffers.items():
-            state[key] = like_param(self.params[index], self.slot(buffer, index))
+            view = like_param(self.params[index], self.slot(buffer, index))
             if self.quantized and key in MOMENTS:
+                state[key + CODES_SUFFIX] = view
                 state[key + SCALES_SUFFIX] = self.scale_rows(key, index)
+            else:
+                state[key] = view
         return state
 
     def zero_grad(self, set_to_none: bool) -> None:

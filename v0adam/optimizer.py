@@ -779,7 +779,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         for bucket in self._buckets:
             for index, param in enumerate(bucket.params):
                 group = self.param_groups[bucket.groups[index]]
-                if group["amsgrad"] and "max_exp_avg_sq" not in self._published[param]:
+                if group["amsgrad"] and not {"max_exp_avg_sq", "max_exp_avg_sq_code"} & self._published[param].keys():
                     self._publish(param, bucket.state_views(index, amsgrad=True))
 
 

@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 
 from v0adam import quantization
-from v0adam.buckets import MASTER_KEYS, MOMENTS, SCALES_SUFFIX
+from v0adam.buckets import CODES_SUFFIX, MASTER_KEYS, MOMENTS, SCALES_SUFFIX
 from v0adam.master_remainder import REMAINDER_DTYPE, join_master
 from v0adam.sharding import is_dtensor, like_param, local, local_part, local_rows
 from v0adam.state_table import ParamState
@@ -16,11 +16,8 @@ from v0adam.state_table import ParamState
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master_param", "param_remainder")
 # The block scales' key in checkpoints of the first 8-bit format (0.1, 0.2), whose codes index a dynamic code map.
 LEGACY_SCALES_SUFFIX = "_absmax"
-# A checkpoint holds an 8-bit moment's codes under "exp_avg" + CODES_SUFFIX, never under the moment's own key
-# (opt.state does): torch.optim.Adam(W) would load codes of 0 to 255 there as the moment's values and resume silently
-# wrong; without that key it raises KeyError: 'exp_avg' at its first step. `dequantized_state_dict` converts.
-# Checkpoints of 0.3 to 0.5 (and the first format) hold the codes under the moment's key, and still load.
-CODES_SUFFIX = "_code"
+# Checkpoints of 0.3 to 0.5 (and of the first format) hold an 8-bit moment's codes under the moment's own key, not
+# under "exp_avg" + CODES_SUFFIX: they still load (values are read with the moments' names, see `_as_moments`).
 # The param-group key that holds `skipped_steps`, the live count (param groups are what every checkpointer saves).
 SKIPPED_STEPS = "skipped_steps"
 
@@ -57,11 +54,7 @@ class TorchLayoutStates:
                 chain.from_iterable(g["params"] for g in self.param_groups),
             )
         )
-        saved_state = {
-            params_by_id[key]: _codes_under_the_moment(value)
-            for key, value in state_dict["state"].items()
-            if key in params_by_id
-        }
+        saved_state = {params_by_id[key]: value for key, value in state_dict["state"].items() if key in params_by_id}
         saved_state = self._checked_states(saved_state)
         unassigned = {key: value for key, value in state_dict["state"].items() if key not in params_by_id}
         skipped_steps = [group.pop(SKIPPED_STEPS) for group in saved_groups if SKIPPED_STEPS in group]
@@ -91,9 +84,9 @@ class TorchLayoutStates:
         them). With `skip_nonfinite` every group holds `skipped_steps`, as in `opt.param_groups`.
 
         8-bit states are saved as they are: codes shaped as the param (under "exp_avg_code", not "exp_avg", which
-        torch would read as values), block scales a row per param row, DTensors for a DTensor param. Blocks are the
-        whole tensor's and never straddle two rows, so torch.distributed.checkpoint reshards codes and scales alike,
-        into any world size or one process."""
+        torch would read as values: `v0adam.buckets.CODES_SUFFIX`), block scales a row per param row, DTensors for a
+        DTensor param. Blocks are the whole tensor's and never straddle two rows, so torch.distributed.checkpoint
+        reshards codes and scales alike, into any world size or one process."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         # Params are numbered by their positions over all groups, a repeated param by its first, as torch does.
@@ -112,7 +105,7 @@ class TorchLayoutStates:
                 state[key] = values  # whatever else was put into opt.state, kept as torch keeps it
             elif id(key) in param_ids:
                 values = dict(values) if isinstance(values, ParamState) else values
-                state[param_ids[id(key)]] = _codes_under_their_key(values) if isinstance(values, dict) else values
+                state[param_ids[id(key)]] = values
         state_dict = {"state": state, "param_groups": param_groups}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             hook_result = post_hook(self, state_dict)
@@ -149,7 +142,9 @@ class TorchLayoutStates:
     def _checked_states(self, states: dict) -> dict:
         """`states` (param -> values) checked against their params before anything is written, each value this
         rank's part (a DTensor param's shard; a layout mismatch raises here). 8-bit moments come out dequantized
-        unless this optimizer's states are 8-bit too and they are of today's format."""
+        unless this optimizer's states are 8-bit too and they are of today's format. Values come back under the
+        moments' names, 8-bit codes too (`_as_moments`)."""
+        states = {param: _as_moments(values) for param, values in states.items()}
         for param, values in states.items():
             for key, value in values.items():
                 copied = key in STATE_KEYS or key == "step" or key.endswith((SCALES_SUFFIX, LEGACY_SCALES_SUFFIX))
@@ -193,12 +188,13 @@ class TorchLayoutStates:
                 for key, view in state.items():
                     if key.endswith(SCALES_SUFFIX) or key == bucket.master_key:
                         continue  # written with its moment; the master below
-                    if key in values and bucket.quantized and key in MOMENTS:
-                        _write_8bit(bucket, index, key, values)
-                    elif key in values:
-                        local(view).copy_(torch.as_tensor(values[key]))
-                    elif key in MOMENTS:
-                        bucket.zero_moment(key, index)
+                    name = key.removesuffix(CODES_SUFFIX)  # the moment of an 8-bit moment's codes
+                    if name in values and bucket.quantized and name in MOMENTS:
+                        _write_8bit(bucket, index, name, values)
+                    elif name in values:
+                        local(view).copy_(torch.as_tensor(values[name]))
+                    elif name in MOMENTS:
+                        bucket.zero_moment(name, index)
                     else:
                         local(view).zero_()
                 if bucket.master is not None:
@@ -207,7 +203,8 @@ class TorchLayoutStates:
                     self._initialise_v0(bucket, index, self._param_indices[param])
                 bucket.set_step_history(index, hash(("loaded", float(state["step"]))))
                 converted = MASTER_KEYS.values() if bucket.master is not None else ()  # the other kind of master
-                extras = {key: value for key, value in values.items() if key not in state and key not in converted}
+                written = {*state, *(key.removesuffix(CODES_SUFFIX) for key in state), *converted}
+                extras = {key: value for key, value in values.items() if key not in written}
                 self._publish(param, state, extras)
         self.state = self._state_table
         self._state_table.edited = False
@@ -228,6 +225,8 @@ class TorchLayoutStates:
             entry = dict.get(self.state, param)
             if entry is None or any(entry.get(key) is not view for key, view in published.items()):
                 edited[param] = dict(entry or {})
+            elif any(key in entry and key + CODES_SUFFIX in published for key in MOMENTS):
+                edited[param] = _moments_replacing_codes(entry)
             else:
                 kept[param] = entry
         self._write_states(self._checked_states(edited), edited)
@@ -244,22 +243,33 @@ def dequantized_state_dict(state_dict: dict) -> dict:
     return {
         **state_dict,
         "state": {
-            key: _dequantized(_codes_under_the_moment(values)) if isinstance(values, dict) else values
+            key: _dequantized(_as_moments(values)) if isinstance(values, dict) else values
             for key, values in states.items()
         },
     }
 
 
-def _codes_under_their_key(values: dict) -> dict:
-    """A param's state as a checkpoint holds it: each 8-bit moment's codes under their own key (`CODES_SUFFIX`)."""
-    return {
-        key + CODES_SUFFIX if key in MOMENTS and torch.as_tensor(value).dtype == torch.uint8 else key: value
-        for key, value in values.items()
-    }
+def moment_values(state: dict, name: str) -> torch.Tensor:
+    """The float values of the moment `name` of a param's state entry (opt.state[p]), 8-bit ones decoded."""
+    if name + CODES_SUFFIX not in state:
+        return state[name]
+    return quantization.dequantize(state[name + CODES_SUFFIX], state[name + SCALES_SUFFIX], MOMENTS[name])
 
 
-def _codes_under_the_moment(values: dict) -> dict:
-    """A loaded param state with each 8-bit moment's codes under the moment's key, as opt.state holds them."""
+def _moments_replacing_codes(entry: dict) -> dict:
+    """An opt.state entry in which a moment was written under its own name beside its 8-bit codes (as into torch's
+    optimizers): the values written replace the codes and their scales."""
+    values = dict(entry)
+    for key in MOMENTS:
+        if key in values:
+            values.pop(key + CODES_SUFFIX, None)
+            values.pop(key + SCALES_SUFFIX, None)
+    return values
+
+
+def _as_moments(values: dict) -> dict:
+    """A param's state values with each 8-bit moment's codes under the moment's own name (uint8 codes there mean
+    codes, as in checkpoints of 0.3 to 0.5), which the checks, the dequantization and the writes go by."""
     values = dict(values)
     for key in MOMENTS:
         if key + CODES_SUFFIX not in values:

@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from v0adam.state_io import moment_values
+
 
 def fade_step(v0: float, grad_sq: float, beta2: float, share: float = 0.5) -> float:
     """The step after which v0's share of v̂ falls below `share`, squared gradients held at `grad_sq` (inf when
@@ -55,5 +57,6 @@ def v0_fade_steps(opt, share: float = 0.5, squared_grads=None) -> dict:
                 grad_sq = float(param.grad.float().square().mean())
             else:
                 continue
-            steps[param] = fade_step(float(state["exp_avg_sq"].float().mean()), grad_sq, beta2, share)
+            v0 = moment_values(state, "exp_avg_sq")  # 8-bit states decoded, not their codes averaged
+            steps[param] = fade_step(float(v0.float().mean()), grad_sq, beta2, share)
     return steps
