@@ -48,3 +48,16 @@ def test_the_diagnostic_reads_v0_before_the_first_step_only():
     opt.step()
     with pytest.raises(RuntimeError, match="before the first step"):
         v0_fade_steps(opt)
+
+
+def test_8bit_states_give_the_fade_of_their_decoded_v0():
+    """v0 is read decoded from 8-bit states, as from float32 ones (not their codes averaged)."""
+    v0 = torch.full((4, 256), 0.25, device=DEVICE)
+    predictions = []
+    for options in ({}, {"state_dtype": torch.uint8, "min_8bit_size": 0}):
+        param = torch.nn.Parameter(torch.zeros(4, 256, device=DEVICE))
+        opt = v0adam.V0AdamW([param], v0={param: v0}, **options)
+        param.grad = torch.full_like(param, 0.1)
+        predictions.append(v0_fade_steps(opt)[param])
+    assert "exp_avg_sq_code" in opt.state[param]
+    assert predictions[1] == pytest.approx(predictions[0], rel=1e-2)
