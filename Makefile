@@ -11,6 +11,7 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q "$(TORCH)"
 	$(PYTHON) -m pip install -q -e ".[test,integration,bench,dev]"
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash .ci/install_torchtitan
 	touch $@
 
 test: $(VENV)/.installed
