@@ -163,21 +163,25 @@ def test_a_float_lr_change_keeps_the_hyperparameter_tables_address():
 @pytest.mark.skipif(
     DEVICE == "cpu" and not (shutil.which("g++") or shutil.which("clang++")), reason="inductor on CPU needs C++"
 )
-def test_inductor_steps_each_param_where_it_lies():
-    """No copies around the step: each param reaches its launch as the compiled graph's own input. (Handed several
-    views of the flat buffer, inductor copied each with everything before it: quadratic in the number of
-    params.)"""
+@pytest.mark.parametrize("flat_grads", [False, True], ids=["by-address", "flat-buffers"])
+def test_inductor_steps_each_param_where_it_lies(flat_grads):
+    """No copies around the step: each param reaches its launch as the compiled graph's own input, all in one launch
+    where the params are the model's own tensors. (Handed several views of the flat buffer, as with flat_grads,
+    inductor copied each with everything before it, quadratic in the number of params: there a launch per param.)"""
     models = build_model(), build_model()
     opts = [
-        v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), v0="random", v0_seed=1, backend="triton")
+        v0adam.V0AdamW(
+            model.parameters(), lr=torch.tensor(1e-2), v0="random", v0_seed=1, backend="triton", flat_grads=flat_grads
+        )
         for model in models
     ]
     for model in models:
         torch.nn.functional.mse_loss(model(batch(0)[0]), batch(0)[1]).backward()
     _, code = run_and_get_code(torch.compile(opts[0].step, backend="inductor"))
     params_of_each_launch = re.findall(r"v0adam\.adam_step_\.default\(\[([^\]]*)\]", "\n".join(code))
-    assert len(params_of_each_launch) == 4
-    assert all(re.fullmatch(r"arg\d+_1", params) for params in params_of_each_launch)
+    launched = [params.split(", ") for params in params_of_each_launch]
+    assert [len(params) for params in launched] == ([1] * 4 if flat_grads else [4])
+    assert all(re.fullmatch(r"arg\d+_1", param) for params in launched for param in params)
     opts[1].step()
     assert_same_training(models[0], opts[0], models[1], opts[1])
 

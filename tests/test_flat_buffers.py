@@ -38,16 +38,23 @@ def test_rehomed_model_computes_the_same_forward_and_backward(backend):
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
 
 
-def test_by_default_grads_are_autograds_own_and_zero_grad_sets_them_to_none():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_by_default_params_stay_where_the_model_keeps_them_and_grads_are_autograds_own(backend):
     model = mlp()
-    opt = v0adam.V0AdamW(model.parameters(), v0="zero")
+    addresses = [p.data_ptr() for p in model.parameters()]
+    data_objects = [p.data for p in model.parameters()]
+    opt = v0adam.V0AdamW(model.parameters(), v0="zero", backend=backend)
     (bucket,) = opt._buckets
-    assert bucket.flat_grad is None  # no grad-sized buffer is allocated
+    assert bucket.flat_param is None and bucket.flat_grad is None  # no param- or grad-sized buffer is allocated
     x, y = data()
-    loss_fn(model, x, y).backward()
-    for p in model.parameters():
-        assert p.untyped_storage().data_ptr() == bucket.flat_param.untyped_storage().data_ptr()
-        assert p.grad.untyped_storage().data_ptr() != bucket.flat_param.untyped_storage().data_ptr()
+    for _ in range(2):
+        loss_fn(model, x, y).backward()
+        opt.step()
+    assert [p.data_ptr() for p in model.parameters()] == addresses
+    assert all(
+        p.untyped_storage().data_ptr() == d.untyped_storage().data_ptr()
+        for p, d in zip(model.parameters(), data_objects)
+    )
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
     loss_fn(model, x, y).backward()

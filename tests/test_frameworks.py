@@ -124,3 +124,37 @@ def test_lightning_16_mixed_with_clipping_trains_and_resumes_as_with_torch(tmp_p
     torch.testing.assert_close(ours, theirs, **LOSS_TOL)
     resumed = lightning_fit(OPTIMIZERS["v0adam"], tmp_path / "resumed", tmp_path / "v0adam" / "epoch=0-step=4.ckpt")
     torch.testing.assert_close(resumed, theirs[4:], **LOSS_TOL)
+
+
+def accelerate_run(directory, save_after=None, load=False, steps=4):
+    """accelerate's default checkpointing (safetensors for the model): train, save_state after `save_after` steps,
+    or load_state first. Returns the params and the optimizer's states after `steps` steps."""
+    import accelerate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Tanh(), torch.nn.Linear(256, 2))
+    optimizer = v0adam.V0AdamW(model.parameters(), lr=1e-2, state_dtype=torch.uint8, min_8bit_size=0)
+    accelerator = accelerate.Accelerator(cpu=True, project_dir=str(directory))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start = 0
+    if load:
+        accelerator.load_state(str(directory / "state"))
+        start = save_after
+    for step in range(start, steps):
+        x = torch.randn(8, 256, generator=torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        accelerator.backward(model(x).square().mean())
+        optimizer.step()
+        if step + 1 == save_after and not load:
+            accelerator.save_state(str(directory / "state"))
+    inner = optimizer.optimizer
+    states = [value.clone() for p in model.parameters() for value in inner.state[p].values()]
+    return [p.detach().clone() for p in model.parameters()], states
+
+
+def test_accelerate_save_state_and_load_state_resume_bitwise(tmp_path):
+    params, states = accelerate_run(tmp_path, save_after=2)
+    assert (tmp_path / "state" / "model.safetensors").exists()
+    resumed_params, resumed_states = accelerate_run(tmp_path, save_after=2, load=True)
+    for ours, theirs in zip(params + states, resumed_params + resumed_states, strict=True):
+        assert torch.equal(ours, theirs)

@@ -150,11 +150,12 @@ class BucketWork:
 
 
 class FlatBucket:
-    """Params of one device and dtype, re-homed into flat buffers, with their grads and states.
+    """Params of one device and dtype, with their grads and their states in flat buffers.
 
     `entries` is a list of (param, group index), in the order of the param groups; `backend` ("triton" or
-    "torch") is the backend that steps it. Either all or none of the params are DTensors; only plain params are
-    re-homed into the flat param buffer, and, with `flat_grads`, their grads into a flat grad buffer.
+    "torch") is the backend that steps it. Either all or none of the params are DTensors. Params are reached where
+    they lie, by address; with `flat_grads` plain params are re-homed into a flat param buffer and their grads into
+    a flat grad buffer.
     """
 
     def __init__(
@@ -176,8 +177,11 @@ class FlatBucket:
         self.torch_plan = (None, None)  # the PyTorch backend's per-group lists and their key, cached between steps
         self.params = [param for param, _ in entries]
         self.groups = [group for _, group in entries]
-        self.rehomed = not any(map(is_dtensor, self.params))
-        self.flat_grads = flat_grads and self.rehomed
+        self.sharded = any(map(is_dtensor, self.params))
+        # Params stay where the model keeps them, stepped by address; with flat grads they move into one flat
+        # buffer (Megatron's param-and-grad buffer), each param a view of it. FSDP owns DTensors' storage.
+        self.rehomed = flat_grads and not self.sharded
+        self.flat_grads = self.rehomed
         self.local_shapes = [local(param).shape for param in self.params]
         self.quantized = precision.quantized
         self.slot_align = quantization.QBLOCK if self.quantized else SLOT_ALIGN
@@ -449,7 +453,7 @@ class FlatBucket:
         """This step's segments. Raises, before anything is written, on a grad or param that cannot be stepped."""
         if self._home_work is not None and self._everything_home():
             return self._home_work
-        if self.flat_grads or not self.rehomed:
+        if self.flat_grads or self.sharded:
             work = self._scan()
             if len(work.stepped) == self._trainable and self._everything_home():
                 self._home_work = work
@@ -457,7 +461,7 @@ class FlatBucket:
         return self._addressed()
 
     def _addressed(self) -> BucketWork:
-        """The work of re-homed params whose grads are reached by address (autograd's own tensors), cached on the
+        """The work of plain params whose grads are reached by address (autograd's own tensors), cached on the
         addresses of the params and of the grads (the Triton backend's launch tables hold them; the PyTorch
         backend, given tensors, needs only which grads exist): while they stay, the segments are made again from
         the new grad objects without any check. Every way to change what a segment covers changes an address or

@@ -36,7 +36,7 @@ def global_grad_norm(works, norm_type: float, partition_group=None) -> torch.Ten
                 powered.append(norm if norm_type == float("inf") else norm**norm_type)
             else:
                 powered.append(torch.zeros((), dtype=dtype, device=bucket.device))
-        if not bucket.rehomed:  # DTensor shards: every rank adds the other ranks' part
+        if bucket.sharded:  # DTensor shards: every rank adds the other ranks' part
             for group in shard_groups(bucket.params[0]):
                 _all_reduce_partial_(powered[-1], norm_type, group)
     device = works[0][0].device if works else _device_of(partition_group)

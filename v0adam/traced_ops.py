@@ -142,13 +142,12 @@ def advance_bucket_steps(bucket, increment, found_inf, hyper: torch.Tensor, algo
 def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
     """`triton_backend.step_bucket` for a traced step over the params in `work.stepped`.
 
-    Re-homed params take one launch each. Handed several views of one buffer to mutate, the compiler (torch 2.13)
-    first copies each view together with everything before it in the buffer, and writes them back after: traffic
-    and memory quadratic in the number of params (inductor's code on CPU copies a 32- and a 1024-element param of a
-    3136-element buffer as 2080 and 3136 elements; handing it the buffer itself instead returns wrong outputs when
-    the params are graph inputs too). One param per launch, each is stepped where it lies. DTensor shards own their
-    storage: one launch for all.
-    """
+    Params re-homed into a flat buffer (flat_grads) take one launch each. Handed several views of one buffer to
+    mutate, the compiler (torch 2.13) first copies each view together with everything before it in the buffer, and
+    writes them back after: traffic and memory quadratic in the number of params (inductor's code on CPU copies a
+    32- and a 1024-element param of a 3136-element buffer as 2080 and 3136 elements; handing it the buffer itself
+    instead returns wrong outputs when the params are graph inputs too). One param per launch, each is stepped where
+    it lies. The model's own params and DTensor shards own their storage: one launch for all."""
     params, grads, flat_layout = _traced_layout(bucket, work)
     launches = [(params, grads, flat_layout)]
     if bucket.rehomed:
