@@ -460,6 +460,14 @@ def test_an_8bit_checkpoint_exports_to_torch_adamw_and_float_states(backend):
         torch.testing.assert_close(float_param, torch_param, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_zero_code_reads_back_as_zero_at_any_scale(signed):
+    """Fresh 8-bit buffers are zeros: the code of 0 in both formats, so that padding reads back 0."""
+    codes = torch.full((2, 256), quantization.ZERO_CODE, dtype=torch.uint8)
+    assert not quantization.dequantize(codes, torch.tensor([1e-30, 1e30]), signed).any()
+    assert torch.equal(quantization.quantize(torch.zeros(2, 256), signed)[0], codes)
+
+
 @pytest.mark.parametrize("torch_optimizer", [torch.optim.AdamW, torch.optim.Adam])
 def test_an_8bit_checkpoint_loaded_as_it_is_into_torch_fails_loudly(torch_optimizer, tmp_path):
     """Not silently wrong: torch loads any state dict, then its first step finds no 'exp_avg' (the codes are under

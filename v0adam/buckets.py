@@ -201,11 +201,11 @@ class FlatBucket:
         self.exp_avg_sq = fixed_address(torch.zeros(total, dtype=self.state_dtype, device=device))
         self.max_exp_avg_sq = None
         # 8-bit moments: one float32 scale per quantization block, a row per moment (rows as MOMENTS), and every
-        # code at the code of 0, so that padding, which a step by address never writes, always reads back 0.
+        # code the zero buffers start with is the code of 0 (`quantization.ZERO_CODE`), so that padding, which a
+        # step by address never writes, always reads back 0.
         self.scales = None
         if self.quantized:
             self.scales = fixed_address(torch.zeros(3, total // quantization.QBLOCK, device=device))
-            self.exp_avg.fill_(quantization.zero_code(MOMENTS["exp_avg"]))
         # The fp32 master of 16-bit params, the value the optimizer updates (the params are its rounding): a copy,
         # or remainders, whose zeros make the master the param.
         self.master = None
@@ -306,12 +306,9 @@ class FlatBucket:
 
     def zero_moment(self, name: str, index: int) -> None:
         """Set the moment of param `index` to 0 (codes of 0 and scales of 0 for 8-bit states)."""
-        slot = self.slot(self.moment(name), index)
+        self.slot(self.moment(name), index).fill_(quantization.ZERO_CODE if self.quantized else 0)
         if self.quantized:
-            slot.fill_(quantization.zero_code(MOMENTS[name]))
             self.scale_slot(name, index).zero_()
-        else:
-            slot.zero_()
 
     def write_moment(self, name: str, index: int, values: torch.Tensor) -> None:
         """Store `values` (shaped as the param's local part, any float dtype) as the moment of param `index`:
@@ -323,13 +320,6 @@ class FlatBucket:
             self.scale_slot(name, index).copy_(scales)
         else:
             target.copy_(values)
-
-    def read_moment(self, name: str, index: int) -> torch.Tensor:
-        """The moment of param `index` as float values (float32 for 8-bit states), shaped as its local part."""
-        codes = self.slot(self.moment(name), index)
-        if not self.quantized:
-            return codes
-        return quantization.dequantize(codes, self.scale_slot(name, index), MOMENTS[name])
 
     def read_master(self, index: int) -> torch.Tensor:
         """The float32 master of param `index`, shaped as its local part: a new tensor (the param's value widened

@@ -53,9 +53,8 @@ def num_blocks(numel: int) -> int:
     return -(-numel // QBLOCK)
 
 
-def zero_code(signed: bool) -> int:
-    """The code of 0: the byte a state reads back as 0 whatever its block's scale."""
-    return 0
+# The code of 0 in both formats, signed and not: the byte a state reads back as 0 whatever its block's scale.
+ZERO_CODE = 0
 
 
 def _scales(magnitude_bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
