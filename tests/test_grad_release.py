@@ -147,3 +147,35 @@ def test_the_first_released_backward_says_once_that_grads_are_gone():
         warnings.simplefilter("error")
         loss_of(model, batches(1)[0]).backward()
         opt.step()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_optimizer_let_go_takes_its_hooks_with_it(backend):
+    """The hooks hold the optimizer weakly: once it is let go, backward no longer steps the model for it, and a new
+    optimizer with release_grads steps it once per backward, as the ordinary loop does."""
+    model, ordinary = mlp(), mlp()
+    forgotten = optimizer(model, backend, True)
+    before = [p.detach().clone() for p in model.parameters()]
+    del forgotten
+    loss_of(model, batches(1)[0]).backward()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    model.zero_grad()
+    opt, reference = optimizer(model, backend, True), optimizer(ordinary, backend, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the first release's notice
+        for batch in batches(3):
+            loss_of(model, batch).backward()
+            opt.step()
+            loss_of(ordinary, batch).backward()
+            reference.step()
+            reference.zero_grad()
+    assert_same_model(model, ordinary)
+
+
+def test_two_live_optimizers_cannot_both_release_one_param():
+    model = mlp()
+    first = optimizer(model, "torch", True)
+    with pytest.raises(ValueError, match="already stepped during backward by another optimizer"):
+        optimizer(model, "torch", True)
+    del first
+    optimizer(model, "torch", True)  # once the first is let go

@@ -12,8 +12,10 @@ anywhere, `skip_nonfinite`) and DDP, which averages grads after their hooks run,
 
 import contextlib
 import warnings
+import weakref
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 # Grads held before the ready params are stepped: large enough that a launch covers many params, small beside a
 # large model's grads (GPT-2 small's float32 grads are 500 MB), and at most a GROUPS-th of a small model's.
@@ -26,18 +28,24 @@ NO_GRADS_AFTER_BACKWARD = (
     "backward, so torch.nn.utils.clip_grad_norm_ (or anything else that reads .grad then) finds none and does "
     "nothing. Said once per optimizer"
 )
+# param -> a weak reference to the GradRelease whose hook steps it: one at a time, or a backward steps it twice.
+_RELEASED_BY = WeakIdKeyDictionary()
 
 
 class GradRelease:
     """The hooks and the pending group of one optimizer, whose `step()` steps the params that hold a grad and
-    whose `params()` are all its params."""
+    whose `params()` are all its params (bound methods of it).
+
+    The optimizer is held weakly, and the hooks hold this object weakly: an optimizer let go is freed at once, and
+    its hooks are removed with it (`close`), so that a model handed to a new optimizer is not stepped by the old."""
 
     def __init__(self, step, params):
-        self._step = step
-        self._params = params
-        model_bytes = sum(param.numel() * param.element_size() for param in params())
+        self._step = weakref.WeakMethod(step)
+        self._params = weakref.WeakMethod(params)
+        model_bytes = sum(param.numel() * param.element_size() for param in self._live_params())
         self.group_bytes = min(GROUP_BYTES, model_bytes // GROUPS)
         self._handles = {}  # param -> its hook's handle
+        self.close = weakref.finalize(self, _remove_hooks, self._handles)
         self._pending = []
         self._pending_bytes = 0
         self._flush_queued = False
@@ -45,16 +53,26 @@ class GradRelease:
         self.accumulating = False
         self.watch()
 
-    def watch(self) -> None:
-        """Hook every trainable param not hooked yet (new in a group, or unfrozen)."""
-        for param in self._params():
-            if param not in self._handles and param.requires_grad:
-                self._handles[param] = param.register_post_accumulate_grad_hook(self._ready)
+    def _live_params(self) -> list:
+        """The optimizer's params; none once it is freed (a hook may run while it is being torn down)."""
+        params = self._params()
+        return [] if params is None else params()
 
-    def close(self) -> None:
-        for handle in self._handles.values():
-            handle.remove()
-        self._handles.clear()
+    def watch(self) -> None:
+        """Hook every trainable param not hooked yet (new in a group, or unfrozen). Refuses, before hooking any, a
+        param that another live optimizer steps in backward."""
+        new = [param for param in self._live_params() if param not in self._handles and param.requires_grad]
+        for param in new:
+            owner = _RELEASED_BY.get(param)
+            if owner is not None and owner() not in (None, self):
+                raise ValueError(
+                    "a param is already stepped during backward by another optimizer with release_grads=True: both "
+                    "would step it. Let that optimizer go (del it) first"
+                )
+        this = weakref.ref(self)
+        for param in new:
+            self._handles[param] = param.register_post_accumulate_grad_hook(_hook(this))
+            _RELEASED_BY[param] = this
 
     def _ready(self, param) -> None:
         if self.accumulating:
@@ -79,7 +97,7 @@ class GradRelease:
         """Step the pending params during backward. Other grads, which backward may still accumulate into (after
         `accumulate_grads`), are set aside meanwhile: a step steps what holds a grad."""
         ready = set(self._pending)
-        aside = {param: param.grad for param in self._params() if param.grad is not None and param not in ready}
+        aside = {param: param.grad for param in self._live_params() if param.grad is not None and param not in ready}
         for param in aside:
             param.grad = None
         try:
@@ -92,9 +110,10 @@ class GradRelease:
     def step_all(self) -> None:
         """Step every param that holds a grad, as an optimizer step does, and free the grads."""
         self._pending, self._pending_bytes = [], 0
-        stepped = [param for param in self._params() if param.grad is not None]
-        if stepped:
-            self._step()
+        stepped = [param for param in self._live_params() if param.grad is not None]
+        step = self._step()
+        if stepped and step is not None:
+            step()
         for param in stepped:
             param.grad = None
 
@@ -105,3 +124,20 @@ class GradRelease:
             yield
         finally:
             self.accumulating = previous
+
+
+def _hook(release: weakref.ref):
+    """A param's post-accumulate-grad hook, which holds its GradRelease weakly."""
+
+    def ready(param) -> None:
+        live = release()
+        if live is not None:
+            live._ready(param)
+
+    return ready
+
+
+def _remove_hooks(handles: dict) -> None:
+    for handle in handles.values():
+        handle.remove()
+    handles.clear()
