@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 
 from v0adam import data_v0, grad_norm, sharding, state_formats, torch_backend, triton_backend
 from v0adam import v0 as v0_modes
-from v0adam.buckets import BucketWork, FlatBucket, ParamMoved, Precision
+from v0adam.buckets import CODES_SUFFIX, BucketWork, FlatBucket, ParamMoved, Precision
 from v0adam.fixed_address import fixed_address
 from v0adam.grad_release import GradRelease
 from v0adam.kernels.adam import _TRITON_DTYPES as TRITON_DTYPES
@@ -22,6 +22,8 @@ from v0adam.state_io import TorchLayoutStates
 from v0adam.state_table import StateTable
 
 BACKENDS = ("auto", "triton", "torch")
+MAX_CODES = "max_exp_avg_sq" + CODES_SUFFIX  # AMSGrad's max v as 8-bit codes
+
 # The attributes a copy carries besides torch's: the settings, and what the steps taken so far left.
 _CARRIED = (
     "backend",
@@ -516,13 +518,13 @@ class V0Adam(TorchLayoutStates, Optimizer):
                 if self.param_groups[group_index]["v0"] == v0_modes.RANDOM:
                     self._initialise_v0(bucket, index, self._param_indices[param])
 
-    @torch.no_grad()
     def state_formats(self) -> list[state_formats.StateFormat]:
         """Each param's state format (moments, master), why it got it (8-bit states only where the tensor fits
         them), and the bytes of state per param element it comes to; `print(*opt.state_formats(), sep="\n")`."""
         self._follow_param_lists()
         return state_formats.describe(self)
 
+    @torch.no_grad()
     def master_weight(self, param: torch.Tensor) -> torch.Tensor:
         """The float32 value the optimizer updates for `param`, as a new tensor (a DTensor for a DTensor param):
         its master, rebuilt from the remainder where it is one, or the param widened where it has none. To save
@@ -779,7 +781,8 @@ class V0Adam(TorchLayoutStates, Optimizer):
         for bucket in self._buckets:
             for index, param in enumerate(bucket.params):
                 group = self.param_groups[bucket.groups[index]]
-                if group["amsgrad"] and not {"max_exp_avg_sq", "max_exp_avg_sq_code"} & self._published[param].keys():
+                published = self._published[param]
+                if group["amsgrad"] and "max_exp_avg_sq" not in published and MAX_CODES not in published:
                     self._publish(param, bucket.state_views(index, amsgrad=True))
 
 
