@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
 
-from v0adam import data_v0, grad_norm, sharding, state_formats, torch_backend, triton_backend
+from v0adam import data_v0, grad_norm, options, sharding, state_formats, torch_backend, triton_backend
 from v0adam import v0 as v0_modes
 from v0adam.buckets import CODES_SUFFIX, BucketWork, FlatBucket, ParamMoved, Precision
 from v0adam.fixed_address import fixed_address
@@ -21,7 +21,6 @@ from v0adam.sharding import is_dtensor, local_part
 from v0adam.state_io import TorchLayoutStates
 from v0adam.state_table import StateTable
 
-BACKENDS = ("auto", "triton", "torch")
 MAX_CODES = "max_exp_avg_sq" + CODES_SUFFIX  # AMSGrad's max v as 8-bit codes
 
 # The attributes a copy carries besides torch's: the settings, and what the steps taken so far left.
@@ -50,63 +49,6 @@ def _seed_following_manual_seed(salt: str) -> int:
     `salt` tells apart the seeds taken at one state (two param groups, v0 and rounding)."""
     state = bytes(torch.random.get_rng_state().tolist())  # uint8; not .numpy(): numpy is no dependency of ours
     return int.from_bytes(hashlib.blake2b(state + salt.encode(), digest_size=8).digest(), "little") % 2**62
-
-
-def _check_hyperparameters(lr, betas, eps, weight_decay) -> None:
-    """torch.optim.Adam's checks, in its wording."""
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= float(lr):  # an integer tensor too, as torch
-            raise ValueError(f"Invalid learning rate: {lr}")
-    elif not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    if len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas}; expected two values")
-    if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
-        raise ValueError("betas must be either both floats or both Tensors")
-    for index, beta in enumerate(betas):
-        if isinstance(beta, torch.Tensor) and beta.numel() != 1:
-            raise ValueError(f"Tensor betas[{index}] must be 1-element")
-        if not 0.0 <= float(beta) < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {index}: {float(beta)}")
-    if not 0.0 <= weight_decay:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-
-
-def _checked_seed(seed) -> int:
-    """A v0_seed as a Python int. Only an integer: random v0 is drawn from hash((seed, ...)), which Python salts per
-    process for a str, and a checkpoint's param groups must load with torch.load(weights_only=True)."""
-    try:
-        if not isinstance(seed, bool):
-            return operator.index(seed)
-    except TypeError:
-        pass
-    raise ValueError(f"Invalid v0_seed value: {seed!r}; expected None or an integer")
-
-
-def _check_state_dtype(state_dtype) -> None:
-    if state_dtype not in (None, torch.float32, torch.bfloat16, torch.uint8):
-        raise ValueError(
-            f"Invalid state_dtype: {state_dtype}; expected None, torch.float32, torch.bfloat16 or torch.uint8"
-        )
-
-
-def _check_param(param: torch.Tensor) -> None:
-    if not isinstance(param, torch.Tensor):
-        raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {torch.typename(param)}")
-    if not param.is_leaf:
-        raise ValueError("can't optimize a non-leaf Tensor")
-    if param.is_complex():
-        raise ValueError("V0Adam does not support complex parameters; optimize torch.view_as_real(param) instead")
-    if not param.is_floating_point():
-        raise ValueError(f"V0Adam can only optimize floating-point parameters, got {param.dtype}")
-    if param.is_sparse:
-        raise ValueError("V0Adam does not support sparse parameters")
-    if type(param) not in (torch.Tensor, torch.nn.Parameter) and not is_dtensor(param):
-        raise ValueError(f"V0Adam supports plain tensors, nn.Parameter and DTensor, got {type(param).__name__}")
 
 
 class V0Adam(TorchLayoutStates, Optimizer):
@@ -197,23 +139,18 @@ class V0Adam(TorchLayoutStates, Optimizer):
         capturable=False,
         differentiable=False,
     ):
-        _check_hyperparameters(lr, betas, eps, weight_decay)  # before the params, as torch's Adam does
-        if differentiable:
-            raise ValueError("V0Adam does not support differentiable=True: its step is a kernel, not autograd ops")
-        if backend not in BACKENDS:
-            raise ValueError(f"Invalid backend: {backend!r}; expected one of {BACKENDS}")
-        _check_state_dtype(state_dtype)
-        if not isinstance(min_8bit_size, int) or min_8bit_size < 0:
-            raise ValueError(f"Invalid min_8bit_size: {min_8bit_size!r}; expected a number of elements")
-        if release_grads and (flat_grads or skip_nonfinite):
-            raise ValueError(
-                "release_grads frees each grad once its param is stepped: flat_grads keeps them for good, and "
-                "skip_nonfinite needs every grad to decide whether to skip the step"
-            )
-        if master_weights not in (False, True, "fp32"):
-            raise ValueError(f"Invalid master_weights: {master_weights!r}; expected False, True or 'fp32'")
-        if master_weights and stochastic_rounding:
-            raise ValueError("master_weights and stochastic_rounding exclude each other: the master is never rounded")
+        options.check_hyperparameters(lr, betas, eps, weight_decay)  # before the params, as torch's Adam does
+        options.check_construction(
+            differentiable=differentiable,
+            backend=backend,
+            state_dtype=state_dtype,
+            min_8bit_size=min_8bit_size,
+            release_grads=release_grads,
+            flat_grads=flat_grads,
+            skip_nonfinite=skip_nonfinite,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+        )
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -332,12 +269,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         group = {key: value for key, value in param_group.items()}
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-        if group["v0_scale"] is not None and not 0.0 <= group["v0_scale"]:
-            raise ValueError(f"Invalid v0_scale value: {group['v0_scale']}")
-        if group["v0_seed"] is not None:
-            group["v0_seed"] = _checked_seed(group["v0_seed"])
-        _check_state_dtype(group.get("state_dtype"))
+        options.check_group(group)
         mode, source = v0_modes.split_v0(group["v0"])
         params = group["params"]
         # Materialised once: a generator (model.parameters()) would be empty by the time torch's method reads it.
@@ -346,7 +278,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
         tensors = [p for p in tensors if isinstance(p, torch.Tensor)]
         for param in tensors:
-            _check_param(param)
+            options.check_param(param)
         pending_v0 = v0_modes.user_v0(source, tensors) if source is not None else {}
         group["v0"] = mode
         if mode == v0_modes.RANDOM and group["v0_seed"] is None:
@@ -462,7 +394,7 @@ class V0Adam(TorchLayoutStates, Optimizer):
         """Every param of every group can be laid out: checked before a layout writes anything."""
         for group in self.param_groups:
             for param in group["params"]:
-                _check_param(param)
+                options.check_param(param)
                 if self.precision.stochastic_rounding and param.dtype == torch.float16:
                     raise ValueError(
                         "stochastic_rounding supports bfloat16 params; use master_weights=True for float16"
