@@ -10,6 +10,7 @@ fused into the step (norm 4 B), the step (28 B; 16.06 B with 8-bit states), and 
 """
 
 import gc
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -214,7 +215,7 @@ def run(device: torch.device, quick: bool, iterations: int | None, out: Path | N
                     host_us,
                     loop.bytes_per_element,
                     iteration.spread_pct,
-                    100 * (iteration.spread_ms + baseline.spread_ms) / abs(optimizer_ms),
+                    100 * (iteration.spread_ms + baseline.spread_ms) / abs(optimizer_ms) if optimizer_ms else math.inf,
                 )
             )
             print(f"  {loop.name:<19} {iteration.median_ms:9.2f} ms, step() host {host_us:8.0f} µs", flush=True)

@@ -98,10 +98,12 @@ def test_a_training_row_whose_optimizer_share_is_within_the_noise_is_not_quoted(
 
 
 def test_timing_reports_the_spread_of_its_runs():
+    import time
+
     from bench import timing
 
     durations = iter([0.0] * 3 + [0.001, 0.001, 0.001, 0.005])  # warmup, then three steady runs and an outlier
-    timed = timing.measure(lambda: __import__("time").sleep(next(durations)), torch.device("cpu"), steps=4, warmup=3)
+    timed = timing.measure(lambda: time.sleep(next(durations)), torch.device("cpu"), steps=4, warmup=3)
     assert timed.median_ms >= 1.0 and timed.spread_pct > 10
 
 

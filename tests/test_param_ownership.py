@@ -68,17 +68,30 @@ def test_params_that_share_a_users_buffer_keep_sharing_it(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tied_params_stay_tied(backend):
-    """A weight shared by two modules (GPT-2's embedding and head) is one Parameter: stepped once, still shared."""
-    embedding = torch.nn.Embedding(16, 8).to(DEVICE)
-    head = torch.nn.Linear(8, 16, bias=False).to(DEVICE)
-    head.weight = embedding.weight
-    net = torch.nn.Sequential(embedding, head)
-    opt = v0adam.V0AdamW(net.parameters(), lr=1e-2, backend=backend)
+def test_tied_params_stay_tied_and_train_as_with_torch(backend):
+    """A weight shared by two modules (GPT-2's embedding and head) is one Parameter: stepped once where it lies,
+    still shared, as torch's AdamW steps it."""
+
+    def tied_net():
+        torch.manual_seed(0)
+        embedding, head = torch.nn.Embedding(16, 8).to(DEVICE), torch.nn.Linear(8, 16, bias=False).to(DEVICE)
+        head.weight = embedding.weight
+        return torch.nn.Sequential(embedding, head)
+
+    ours, theirs = tied_net(), tied_net()
+    address = ours[0].weight.data_ptr()
+    opt = v0adam.V0AdamW(ours.parameters(), lr=1e-2, backend=backend)
+    reference = torch.optim.AdamW(theirs.parameters(), lr=1e-2)
     tokens = torch.arange(6, device=DEVICE)
-    net(tokens).square().mean().backward()
-    opt.step()
-    assert head.weight is embedding.weight and len(list(net.parameters())) == 1
+    for net, optimizer in ((ours, opt), (theirs, reference)):
+        for _ in range(3):
+            optimizer.zero_grad()
+            net(tokens).square().mean().backward()
+            optimizer.step()
+    assert ours[1].weight is ours[0].weight and ours[0].weight.data_ptr() == address
+    torch.testing.assert_close(ours[0].weight, theirs[0].weight, rtol=1e-6, atol=1e-7)
+    for key, value in reference.state[theirs[0].weight].items():
+        torch.testing.assert_close(opt.state[ours[0].weight][key], value, rtol=1e-6, atol=1e-7)
 
 
 def test_flat_param_buffers_are_an_opt_in(tmp_path):
