@@ -10,7 +10,7 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.11",  # the only Python the suite has run on
     # The kernels live in kernels/ but install as v0adam.kernels: a top-level `kernels` package exists on PyPI.
-    packages=["v0adam", "v0adam.kernels"],
+    packages=["v0adam", "v0adam.rules", "v0adam.kernels"],
     package_dir={"v0adam": "v0adam", "v0adam.kernels": "kernels"},
     # The oldest releases the whole suite passed on (README, "Install"): torch 2.9.1 with triton 3.5.1.
     install_requires=["torch>=2.9", "triton>=3.5", "tqdm"],

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from v0adam.buckets import Precision
+from v0adam.precision import Precision
 
 M = 2**20
 EIGHT_BIT = (("state_dtype", torch.uint8),)  # v0adam's 8-bit states, as a case's precision
@@ -91,7 +91,7 @@ def bytes_per_element(
         state += 4 / 256
     states = 3 if amsgrad else 2
     moved = 2 * param + param + 2 * state * states
-    master = Precision(master_weights).master_dtype_for(param_dtype)
+    master = Precision(master_weights).master_for(param_dtype).dtype
     if master == torch.float32:
         moved += 2 * master.itemsize - param
     elif master is not None:

@@ -154,7 +154,7 @@ def _bytes(launch: Launch, configuration: Configuration) -> float:
     if launch.kernel == "_random_v0_kernel":
         return 4  # the float32 v0, written
     if launch.kernel == "_advance_steps_kernel":  # per param: its counter, group and hyperparameters, its scalars
-        from v0adam.kernels.adam import HYPER_FIELDS, SCALAR_FIELDS
+        from v0adam.kernels.tables import HYPER_FIELDS, SCALAR_FIELDS
 
         return 4 + 4 + 4 + 8 * HYPER_FIELDS.value + 4 * SCALAR_FIELDS.value
     return dtype.itemsize + 16  # the grad read, two float32 sums read and written

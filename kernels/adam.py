@@ -17,69 +17,50 @@ from v0adam.kernels.precision import (
     widen_to_float32,
 )
 from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root
-from v0adam.kernels.uniform_division import divide_by_uniform
-
-# Globals a kernel reads must be tl.constexpr; the host reads them through `.value`.
-
-# Columns of the segment table (int64, shape [num_segments, SEGMENT_FIELDS]).
-PARAM_ADDR, GRAD_ADDR, STATE_OFFSET, NUMEL, FIRST_BLOCK, GROUP, STEP_INDEX = (tl.constexpr(i) for i in range(7))
-SEGMENT_FIELDS = tl.constexpr(7)
-
-# Columns of the hyperparameter table (float64, shape [num_groups, HYPER_FIELDS]). float64 because 1 - beta2 in
-# float32 is off by 1.3e-5 relative for beta2 = 0.999; torch also keeps betas as Python doubles.
-# FINAL_LR, BASE_LR and GAMMA are AdaBound's bounds (unused by the other algorithms).
-LR, BETA1, BETA2, EPS, WEIGHT_DECAY, MAXIMIZE, AMSGRAD, DECOUPLED, FINAL_LR, BASE_LR, GAMMA = (
-    tl.constexpr(i) for i in range(11)
-)
-HYPER_FIELDS = tl.constexpr(11)
-
-# Columns of the step-scalar table (float32, shape [num_params, SCALAR_FIELDS]): what one param's step needs
-# besides its elements, computed once per step by `v0adam.kernels.step_scalars` from its counter and its group's
-# row of the hyperparameter table. The flags are 0 or 1; RECTIFICATION and RECTIFIED are RAdam's, LOWER_BOUND,
-# UPPER_BOUND and BOUNDED_STEP AdaBound's. BIAS_CORRECTION2_SQRT_RECIPROCAL is the float32 1 / sqrt(bc2), correctly
-# rounded (`divide_by_uniform`).
-(
-    LR_F32,
-    STEP_SIZE,
+from v0adam.kernels.tables import (  # the kernels' tables; imported here, where callers have found them
+    ALIGN_BYTES,
+    ALIGN_ELEMENTS,
+    AMSGRAD_FLAG,
+    BETA1_F32,
+    BETA2_F32,
     BIAS_CORRECTION1,
     BIAS_CORRECTION2_SQRT,
-    BETA1_F32,
-    ONE_MINUS_BETA1,
-    BETA2_F32,
-    ONE_MINUS_BETA2,
-    EPS_F32,
-    L2_WEIGHT_DECAY,
+    BIAS_CORRECTION2_SQRT_RECIPROCAL,
+    BOUNDED_STEP,
     DECAY_FACTOR,
-    MAXIMIZE_FLAG,
-    AMSGRAD_FLAG,
     DECOUPLED_FLAG,
+    EPS_F32,
+    FIRST_BLOCK,
+    GRAD_ADDR,
+    L2_WEIGHT_DECAY,
+    LOWER_BOUND,
+    LR_F32,
+    MAXIMIZE_FLAG,
+    NUMEL,
+    ONE_MINUS_BETA1,
+    ONE_MINUS_BETA2,
+    PARAM_ADDR,
+    QBLOCK,
+    QBLOCK_BITS,
     RECTIFICATION,
     RECTIFIED,
-    LOWER_BOUND,
+    SCALAR_FIELDS,
+    SEGMENT_FIELDS,
+    STATE_OFFSET,
+    STEP_INDEX,
+    STEP_SIZE,
+    TRITON_DTYPES,
     UPPER_BOUND,
-    BOUNDED_STEP,
-    BIAS_CORRECTION2_SQRT_RECIPROCAL,
-) = (tl.constexpr(i) for i in range(20))
-SCALAR_FIELDS = tl.constexpr(20)
+)
+from v0adam.kernels.uniform_division import divide_by_uniform
 
 # The update rules one kernel implements (its ALGORITHM switch): Adam(W) and the members of the family the
 # v0 paper applies its initialisation to. They share everything but the second moment and the final step.
 ADAM, ADABELIEF, RADAM, ADABOUND = (tl.constexpr(i) for i in range(4))
 ALGORITHMS = {"adam": ADAM.value, "adabelief": ADABELIEF.value, "radam": RADAM.value, "adabound": ADABOUND.value}
 
-# ALIGNED launches promise: every address a multiple of ALIGN_BYTES, every numel and state offset a multiple of
-# ALIGN_ELEMENTS. Without the promise, addresses read from memory have unknown alignment and Triton emits 32-bit
-# loads; with it, 128-bit ones (ld.global.v4, checked in the PTX for sm_90).
-ALIGN_BYTES = tl.constexpr(16)
-ALIGN_ELEMENTS = tl.constexpr(8)
-
-_TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
 # The (master, param) dtypes of a master kept as the remainder of bfloat16 params (`split_master`).
 REMAINDER_MASTER = (torch.int16, torch.bfloat16)
-
-# 8-bit states (`v0adam.quantization`): the elements per quantization block.
-QBLOCK, QBLOCK_BITS = tl.constexpr(256), tl.constexpr(8)
 
 
 @triton.jit
@@ -320,8 +301,8 @@ def adam_step(
         raise ValueError("master weights must be float32, or int16 remainders of bfloat16 params")
     if rounding_seed is not None and param_dtype != torch.bfloat16:
         raise ValueError("stochastic rounding is implemented for bfloat16 params")
-    if param_dtype not in _TRITON_DTYPES:
-        raise ValueError(f"unsupported parameter dtype {param_dtype}; expected one of {list(_TRITON_DTYPES)}")
+    if param_dtype not in TRITON_DTYPES:
+        raise ValueError(f"unsupported parameter dtype {param_dtype}; expected one of {list(TRITON_DTYPES)}")
     num_blocks = block_segment.numel()
     if num_blocks == 0:
         return
@@ -338,7 +319,7 @@ def adam_step(
         steps if found_inf is None else found_inf,
         segments if rounding_seed is None else rounding_seed,
         *((steps,) * 3 if scales is None else scales.unbind()),
-        PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
+        PARAM_DTYPE=TRITON_DTYPES[param_dtype],
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
         HAS_AMSGRAD=max_exp_avg_sq is not None,

@@ -5,16 +5,16 @@ is the same on every run."""
 import torch
 import triton
 import triton.language as tl
-from v0adam.kernels.adam import (
-    _TRITON_DTYPES,
+from v0adam.kernels.precision import widen_to_float32
+from v0adam.kernels.tables import (
     ALIGN_BYTES,
     ALIGN_ELEMENTS,
     FIRST_BLOCK,
     GRAD_ADDR,
     NUMEL,
     SEGMENT_FIELDS,
+    TRITON_DTYPES,
 )
-from v0adam.kernels.precision import widen_to_float32
 
 # Norm types computed in the kernel; the reduction of the partials is sum for 1 and 2, max for inf.
 FUSED_NORM_TYPES = (1.0, 2.0, float("inf"))
@@ -75,7 +75,7 @@ def grad_norm_partials(
             segments,
             block_segment,
             partials,
-            PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
+            PARAM_DTYPE=TRITON_DTYPES[param_dtype],
             NORM_TYPE=0 if norm_type == float("inf") else int(norm_type),
             ALIGNED=aligned,
             BLOCK=block,

@@ -7,9 +7,8 @@ back to the host.
 import torch
 import triton
 import triton.language as tl
-from v0adam.kernels.adam import (
-    ADABOUND,
-    ALGORITHMS,
+from v0adam.kernels.adam import ADABOUND, RADAM
+from v0adam.kernels.tables import (
     AMSGRAD,
     AMSGRAD_FLAG,
     BASE_LR,
@@ -37,7 +36,6 @@ from v0adam.kernels.adam import (
     MAXIMIZE_FLAG,
     ONE_MINUS_BETA1,
     ONE_MINUS_BETA2,
-    RADAM,
     RECTIFICATION,
     RECTIFIED,
     SCALAR_FIELDS,
@@ -139,10 +137,10 @@ def advance_steps(
     param_group: torch.Tensor,
     hyper: torch.Tensor,
     scalars: torch.Tensor,
-    algorithm: str = "adam",
+    rule,
 ) -> None:
-    """steps += increment (None: every param), unless found_inf, and each param's step scalars into `scalars`
-    (see `_advance_steps_kernel`)."""
+    """steps += increment (None: every param), unless found_inf, and each param's step scalars into `scalars` for
+    the update rule `rule` (a `v0adam.rules.rule.UpdateRule`; see `_advance_steps_kernel`)."""
     num_params = steps.numel()
     if steps.dtype != torch.float32 or param_group.dtype != torch.int32 or param_group.numel() != num_params:
         raise ValueError("steps must be float32 and param_group int32, one per param")
@@ -164,7 +162,7 @@ def advance_steps(
         num_params,
         HAS_MASK=increment is not None,
         HAS_FOUND_INF=found_inf is not None,
-        ALGORITHM=ALGORITHMS[algorithm],
+        ALGORITHM=rule.kernel_id,
         BLOCK=BLOCK,
     )
 
@@ -176,7 +174,7 @@ def advance_steps_reference(
     param_group: torch.Tensor,
     hyper: torch.Tensor,
     scalars: torch.Tensor,
-    algorithm: str = "adam",
+    rule,
 ) -> None:
     """`advance_steps` in PyTorch, operation for operation (the same float64 squarings, the same roundings): equal
     to the kernel bit for bit (tested). The Triton interpreter spends about 50 ms on the kernel's few hundred
@@ -207,19 +205,7 @@ def advance_steps_reference(
         (AMSGRAD_FLAG, group[:, AMSGRAD.value]),
         (DECOUPLED_FLAG, group[:, DECOUPLED.value]),
     ]
-    if algorithm == "radam":
-        rho_inf = 2.0 / (1.0 - beta2) - 1.0
-        twice_step = (2.0 * step.to(torch.float32)).double()  # the kernel's 2.0 * int32 is a float32 product
-        rho_t = rho_inf - twice_step * (1.0 - bias_correction2) / bias_correction2
-        ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-        columns.append((RECTIFICATION, ratio.clamp(min=0.0).sqrt()))
-        columns.append((RECTIFIED, (rho_t > 5.0).double()))
-    elif algorithm == "adabound":
-        final_lr = group[:, FINAL_LR.value] * lr / group[:, BASE_LR.value]
-        gamma_t = group[:, GAMMA.value] * step.double()
-        columns.append((LOWER_BOUND, final_lr * (1.0 - 1.0 / (gamma_t + 1.0))))
-        columns.append((UPPER_BOUND, final_lr * (1.0 + 1.0 / gamma_t)))
-        columns.append((BOUNDED_STEP, lr * bias_correction2.sqrt() / bias_correction1))
+    columns += rule.step_scalars(step, group, bias_correction1, bias_correction2)
     for column, value in columns:
         scalars[:, column.value] = value.to(torch.float32)
     # float32 division, as the kernel's: correctly rounded from the float32 sqrt(bc2).

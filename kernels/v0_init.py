@@ -8,8 +8,8 @@
 import torch
 import triton
 import triton.language as tl
-from v0adam.kernels.adam import _TRITON_DTYPES, FIRST_BLOCK, GRAD_ADDR, NUMEL, SEGMENT_FIELDS, STATE_OFFSET
 from v0adam.kernels.precision import widen_to_float32
+from v0adam.kernels.tables import FIRST_BLOCK, GRAD_ADDR, NUMEL, SEGMENT_FIELDS, STATE_OFFSET, TRITON_DTYPES
 
 
 @triton.jit
@@ -85,5 +85,5 @@ def accumulate_gradient_moments_(
         raise ValueError("gradient moments accumulate in float32 buffers")
     if block_segment.numel():
         _accumulate_moments_kernel[(block_segment.numel(),)](
-            segments, block_segment, grad_sum, grad_sum_sq, PARAM_DTYPE=_TRITON_DTYPES[param_dtype], BLOCK=block
+            segments, block_segment, grad_sum, grad_sum_sq, PARAM_DTYPE=TRITON_DTYPES[param_dtype], BLOCK=block
         )

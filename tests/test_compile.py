@@ -152,12 +152,13 @@ def test_a_float_lr_change_keeps_the_hyperparameter_tables_address():
     its address."""
     model = build_model()
     opt = v0adam.V0AdamW(model.parameters(), lr=1e-2, backend="triton")
-    table = opt._hyper_table(torch.device(DEVICE))
+    backend = opt._buckets[0].backend
+    table = backend.hyper_table(torch.device(DEVICE), opt.param_groups, opt._RULE)
     address = table.data_ptr()
     opt.param_groups[0]["lr"] = 3e-3
-    table = opt._hyper_table(torch.device(DEVICE))
+    table = backend.hyper_table(torch.device(DEVICE), opt.param_groups, opt._RULE)
     assert table.data_ptr() == address
-    assert float(table[0, v0adam.kernels.adam.LR.value]) == 3e-3
+    assert float(table[0, v0adam.kernels.tables.LR.value]) == 3e-3
 
 
 @pytest.mark.skipif(

@@ -6,6 +6,8 @@ import torch
 from conftest import DEVICE
 from helpers import MIXED_SHAPES, gradients, make_params, set_grads
 from v0adam.kernels import adam as adam_kernel
+from v0adam.kernels import tables
+from v0adam.kernels.tables import SegmentRow
 
 import v0adam
 
@@ -53,18 +55,23 @@ def test_lr_schedule_never_changes_the_compiled_kernel(monkeypatch, lr_kind):
     assert len(set(recorder.keys)) == 2
 
 
+def _row(param_addr, grad_addr, state_offset, numel, group, step_index) -> SegmentRow:
+    """A segment as the host hands it to a table, before its first block is known."""
+    return SegmentRow(param_addr, grad_addr, state_offset, numel, 0, group, step_index)
+
+
 def test_tables_used_while_capturing_a_cuda_graph_outlive_later_rebuilds(monkeypatch):
     """A captured graph replays its kernels on the tables they read at capture time: a later rebuild (new
     addresses) or a cache eviction must not free them."""
     from v0adam import graph_capture, triton_backend
 
     table = triton_backend.SegmentTable(torch.device("cpu"))
-    table.update_rows([(4096, 8192, 0, 100, 0, 0)])
+    table.update_rows([_row(4096, 8192, 0, 100, 0, 0)])
     captured = table.segments
     monkeypatch.setattr(graph_capture, "capturing", lambda device: True)
     triton_backend.hold_table_if_capturing(table)
     monkeypatch.setattr(graph_capture, "capturing", lambda device: False)
-    table.update_rows([(12288, 16384, 0, 100, 0, 0)])
+    table.update_rows([_row(12288, 16384, 0, 100, 0, 0)])
     triton_backend.hold_table_if_capturing(table)  # not capturing: nothing held
     held = [tensors[0] for tensors in graph_capture._HELD_FOR_CUDA_GRAPHS.values()]
     assert any(tensor is captured for tensor in held)
@@ -80,17 +87,18 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
 
     table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32)
-    whole, odd, misplaced = (4096, 8192, 0, 1000, 0, 0), (16384, 32768, 1024, 10, 1, 1), (65540, 131072, 2048, 64, 0, 2)
+    whole, odd = _row(4096, 8192, 0, 1000, 0, 0), _row(16384, 32768, 1024, 10, 1, 1)
+    misplaced = _row(65540, 131072, 2048, 64, 0, 2)
     table.update_rows([whole, odd, misplaced])
-    aligned_rows = [whole, (16384, 32768, 1024, 8, 1, 1)]
-    unaligned_rows = [(16384 + 32, 32768 + 32, 1024 + 8, 2, 1, 1), misplaced]
-    rows = [tuple(row[i] for i in (0, 1, 2, 3, 5, 6)) for row in table.segments.tolist()]
+    aligned_rows = [whole, _row(16384, 32768, 1024, 8, 1, 1)]
+    unaligned_rows = [_row(16384 + 32, 32768 + 32, 1024 + 8, 2, 1, 1), misplaced]
+    rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
     assert rows == aligned_rows + unaligned_rows
     assert [aligned for _, aligned in table.launches] == [True, False]
     aligned_blocks, unaligned_blocks = (blocks.numel() for blocks, _ in table.launches)
     assert aligned_blocks == len(aligned_rows) and unaligned_blocks == len(unaligned_rows)  # one block each here
     # Block numbers restart with each launch: its first program is its block 0.
-    assert [row[4] for row in table.segments.tolist()] == list(range(len(aligned_rows))) + [0, 1]
+    assert [SegmentRow(*row).first_block for row in table.segments.tolist()] == list(range(len(aligned_rows))) + [0, 1]
 
 
 def test_8bit_segments_are_whole_blocks_and_only_a_misplaced_one_goes_unaligned(monkeypatch):
@@ -100,13 +108,13 @@ def test_8bit_segments_are_whole_blocks_and_only_a_misplaced_one_goes_unaligned(
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
     table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32, quantized=True)
-    whole, misplaced = (4096, 8192, 0, 1024, 0, 0), (65540, 131072, 1024, 256, 0, 1)
+    whole, misplaced = _row(4096, 8192, 0, 1024, 0, 0), _row(65540, 131072, 1024, 256, 0, 1)
     table.update_rows([whole, misplaced])
-    rows = [tuple(row[i] for i in (0, 1, 2, 3, 5, 6)) for row in table.segments.tolist()]
+    rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
     assert rows == [whole, misplaced]
     assert [aligned for _, aligned in table.launches] == [True, False]
     with pytest.raises(ValueError, match="whole blocks of 256"):
-        table.update_rows([whole, (16384, 32768, 1280, 300, 0, 1)])
+        table.update_rows([whole, _row(16384, 32768, 1280, 300, 0, 1)])
 
 
 @pytest.mark.parametrize(
@@ -148,23 +156,27 @@ def test_step_scalars_are_the_values_torch_computes_on_the_host(algorithm):
     the kernel bit for bit."""
     from v0adam.kernels.step_scalars import advance_steps, advance_steps_reference
 
+    from v0adam.rules import adabound, adam, radam
+
+    rule = {"adam": adam.RULE, "radam": radam.RULE, "adabound": adabound.RULE}[algorithm]
+
     groups = [
         dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, maximize=1.0, final_lr=0.1, gamma=1e-3),
         dict(lr=3e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0, maximize=0.0, final_lr=0.2, gamma=1e-2),
     ]
-    hyper = torch.zeros(len(groups), adam_kernel.HYPER_FIELDS.value, dtype=torch.float64)
+    hyper = torch.zeros(len(groups), tables.HYPER_FIELDS.value, dtype=torch.float64)
     for row, group in zip(hyper, groups):
-        row[adam_kernel.LR.value], (row[adam_kernel.BETA1.value], row[adam_kernel.BETA2.value]) = (
+        row[tables.LR.value], (row[tables.BETA1.value], row[tables.BETA2.value]) = (
             group["lr"],
             group["betas"],
         )
-        row[adam_kernel.EPS.value], row[adam_kernel.WEIGHT_DECAY.value] = group["eps"], group["weight_decay"]
-        row[adam_kernel.MAXIMIZE.value], row[adam_kernel.DECOUPLED.value] = group["maximize"], 1.0
-        row[adam_kernel.FINAL_LR.value], row[adam_kernel.BASE_LR.value] = group["final_lr"], 1e-3
-        row[adam_kernel.GAMMA.value] = group["gamma"]
+        row[tables.EPS.value], row[tables.WEIGHT_DECAY.value] = group["eps"], group["weight_decay"]
+        row[tables.MAXIMIZE.value], row[tables.DECOUPLED.value] = group["maximize"], 1.0
+        row[tables.FINAL_LR.value], row[tables.BASE_LR.value] = group["final_lr"], 1e-3
+        row[tables.GAMMA.value] = group["gamma"]
     param_group = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
     steps, mask = torch.tensor([0.0, 9.0, 999_999.0, 41.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])
-    scalars = torch.zeros(4, adam_kernel.SCALAR_FIELDS.value)
+    scalars = torch.zeros(4, tables.SCALAR_FIELDS.value)
     skipped = steps.clone().to(DEVICE)
     advance_steps(
         skipped,
@@ -173,15 +185,15 @@ def test_step_scalars_are_the_values_torch_computes_on_the_host(algorithm):
         param_group.to(DEVICE),
         hyper.to(DEVICE),
         scalars.to(DEVICE),
-        algorithm,
+        rule,
     )
     assert skipped.tolist() == steps.tolist()
     twin_steps, twin_scalars = steps.clone().to(DEVICE), scalars.clone().to(DEVICE)
     steps, scalars = steps.to(DEVICE), scalars.to(DEVICE)
-    advance_steps(steps, mask.to(DEVICE), None, param_group.to(DEVICE), hyper.to(DEVICE), scalars, algorithm)
+    advance_steps(steps, mask.to(DEVICE), None, param_group.to(DEVICE), hyper.to(DEVICE), scalars, rule)
     assert steps.tolist() == [1.0, 10.0, 1_000_000.0, 41.0]
     # Its PyTorch twin (what the suite steps through under the interpreter) agrees bit for bit.
-    args = (mask.to(DEVICE), None, param_group.to(DEVICE), hyper.to(DEVICE), twin_scalars, algorithm)
+    args = (mask.to(DEVICE), None, param_group.to(DEVICE), hyper.to(DEVICE), twin_scalars, rule)
     advance_steps_reference(twin_steps, *args)
     assert torch.equal(twin_steps, steps) and torch.equal(twin_scalars, scalars)
     for index, (step, group_index) in enumerate(zip(steps.tolist(), param_group.tolist())):
@@ -189,24 +201,24 @@ def test_step_scalars_are_the_values_torch_computes_on_the_host(algorithm):
         beta1, beta2 = group["betas"]
         bc1, bc2 = 1 - beta1**step, 1 - beta2**step
         expected = {  # by column number: older Triton's constexpr is not hashable
-            adam_kernel.STEP_SIZE.value: group["lr"] / bc1,
-            adam_kernel.BIAS_CORRECTION2_SQRT.value: bc2**0.5,
-            adam_kernel.BIAS_CORRECTION2_SQRT_RECIPROCAL.value: bc2**-0.5,
-            adam_kernel.ONE_MINUS_BETA2.value: 1 - beta2,
-            adam_kernel.DECAY_FACTOR.value: 1 - group["lr"] * group["weight_decay"],
-            adam_kernel.MAXIMIZE_FLAG.value: group["maximize"],
+            tables.STEP_SIZE.value: group["lr"] / bc1,
+            tables.BIAS_CORRECTION2_SQRT.value: bc2**0.5,
+            tables.BIAS_CORRECTION2_SQRT_RECIPROCAL.value: bc2**-0.5,
+            tables.ONE_MINUS_BETA2.value: 1 - beta2,
+            tables.DECAY_FACTOR.value: 1 - group["lr"] * group["weight_decay"],
+            tables.MAXIMIZE_FLAG.value: group["maximize"],
         }
         if algorithm == "radam":
             rho_inf = 2 / (1 - beta2) - 1
             rho_t = rho_inf - 2 * step * beta2**step / bc2
-            expected[adam_kernel.RECTIFIED.value] = float(rho_t > 5)
+            expected[tables.RECTIFIED.value] = float(rho_t > 5)
             if rho_t > 5:
                 rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
-                expected[adam_kernel.RECTIFICATION.value] = rect
+                expected[tables.RECTIFICATION.value] = rect
         if algorithm == "adabound":
             final_lr = group["final_lr"] * group["lr"] / 1e-3
-            expected[adam_kernel.LOWER_BOUND.value] = final_lr * (1 - 1 / (group["gamma"] * step + 1))
-            expected[adam_kernel.UPPER_BOUND.value] = final_lr * (1 + 1 / (group["gamma"] * step))
+            expected[tables.LOWER_BOUND.value] = final_lr * (1 - 1 / (group["gamma"] * step + 1))
+            expected[tables.UPPER_BOUND.value] = final_lr * (1 + 1 / (group["gamma"] * step))
         for column, value in expected.items():
             torch.testing.assert_close(
                 scalars[index, column].cpu(), torch.tensor(value, dtype=torch.float32), rtol=2**-23, atol=0

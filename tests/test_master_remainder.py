@@ -88,7 +88,7 @@ def test_remainder_trains_bit_for_bit_as_a_float32_master_copy(backend, state_dt
     copy = train(backend, "fp32", 12, state_dtype, amsgrad)
     assert_same_training(remainder, copy)
     (opt, params), (copy_opt, copy_params) = remainder, copy
-    assert any(bucket.quantized for bucket in opt._buckets) == (state_dtype == torch.uint8)
+    assert any(bucket.moments.dtype == torch.uint8 for bucket in opt._buckets) == (state_dtype == torch.uint8)
     for p, q in zip(params, copy_params):
         state = opt.state[p]
         assert "master_param" not in state and state["param_remainder"].dtype == torch.int16

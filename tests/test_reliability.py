@@ -6,11 +6,13 @@ import torch
 from conftest import BACKENDS, DEVICE
 from helpers import MIXED_SHAPES, assert_states_close, clone_params, gradients, make_params, set_grads
 from v0adam.kernels import adam as adam_kernel
+from v0adam.kernels import tables
 from v0adam.kernels.step_scalars import advance_steps
 from v0adam.kernels.v0_init import draw_random_v0_
 
 import v0adam
 from v0adam.reference import adam_step_reference
+from v0adam.rules import adam as adam_rule
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 
@@ -134,17 +136,17 @@ def test_addressing_past_two_to_the_31_elements():
     param, grad = torch.randn(n, device=DEVICE), torch.randn(n, device=DEVICE)
     exp_avg, exp_avg_sq = torch.zeros(n, device=DEVICE), torch.zeros(n, device=DEVICE)
     expected = [t.clone().double() for t in (param, exp_avg, exp_avg_sq)]
-    segments = torch.zeros(1, adam_kernel.SEGMENT_FIELDS.value, dtype=torch.int64)
-    segments[0, adam_kernel.PARAM_ADDR.value] = param.data_ptr() - start * 4
-    segments[0, adam_kernel.GRAD_ADDR.value] = grad.data_ptr() - start * 4
-    segments[0, adam_kernel.STATE_OFFSET.value] = -start
-    segments[0, adam_kernel.NUMEL.value] = start + n
-    segments[0, adam_kernel.FIRST_BLOCK.value] = -(start // block)
-    hyper = torch.zeros(1, adam_kernel.HYPER_FIELDS.value, dtype=torch.float64, device=DEVICE)
+    segments = torch.zeros(1, tables.SEGMENT_FIELDS.value, dtype=torch.int64)
+    segments[0, tables.PARAM_ADDR.value] = param.data_ptr() - start * 4
+    segments[0, tables.GRAD_ADDR.value] = grad.data_ptr() - start * 4
+    segments[0, tables.STATE_OFFSET.value] = -start
+    segments[0, tables.NUMEL.value] = start + n
+    segments[0, tables.FIRST_BLOCK.value] = -(start // block)
+    hyper = torch.zeros(1, tables.HYPER_FIELDS.value, dtype=torch.float64, device=DEVICE)
     hyper[0, :8] = torch.tensor([1e-2, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0])
     steps, group = torch.zeros(1, device=DEVICE), torch.zeros(1, dtype=torch.int32, device=DEVICE)
-    scalars = torch.zeros(1, adam_kernel.SCALAR_FIELDS.value, device=DEVICE)
-    advance_steps(steps, None, None, group, hyper, scalars)
+    scalars = torch.zeros(1, tables.SCALAR_FIELDS.value, device=DEVICE)
+    advance_steps(steps, None, None, group, hyper, scalars, adam_rule.RULE)
     adam_kernel.adam_step(
         segments.to(DEVICE),
         torch.zeros(1, dtype=torch.int32, device=DEVICE),

@@ -127,14 +127,14 @@ def test_grads_whose_addresses_repeat_reuse_the_launch_layout(backend):
     pools = [[torch.empty_like(param) for param in params] for _ in range(2)]  # two fixed sets of grad blocks
     (bucket,) = opt._buckets
     scans = 0
-    original_scan = bucket._scan
+    original_scan = bucket.work._scan
 
     def counting_scan():
         nonlocal scans
         scans += 1
         return original_scan()
 
-    bucket._scan = counting_scan
+    bucket.work._scan = counting_scan
     for step in range(8):
         pool = pools[step >= 4]  # the blocks move once, at step 4
         for param, reference_param, grad in zip(params, reference_params, pool):

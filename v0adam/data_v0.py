@@ -11,12 +11,13 @@ are global: each rank adds the batch sizes of all ranks (one small collective pe
 the v0 that one process would compute on the same global batches.
 """
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from v0adam import triton_backend, v0
-from v0adam.kernels.v0_init import accumulate_gradient_moments_
+from v0adam import v0
 
 
 def batch_size(batch) -> int:
@@ -41,10 +42,17 @@ def global_batch_size(size: int, process_group) -> int:
 
 
 def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, model, process_group=None) -> int:
+    # Its backward passes only collect gradients: with release_grads they must not step.
+    release = optimizer._release
+    with release.accumulate() if release is not None else contextlib.nullcontext():
+        return _collect(optimizer, batches, loss_fn, num_samples, scale, model, process_group)
+
+
+def _collect(optimizer, batches, loss_fn, num_samples: int, scale, model, process_group) -> int:
     data_groups = {index for index, group in enumerate(optimizer.param_groups) if group["v0"] == v0.DATA}
     if not data_groups:
         raise ValueError("init_v0_from_data needs at least one param group with v0='data'")
-    if optimizer._holds_trained_state():
+    if optimizer._layout.holds_trained_state():
         raise RuntimeError(
             "init_v0_from_data must run before the first step(), and not after load_state_dict() of a trained "
             "state: it overwrites exp_avg and exp_avg_sq"
@@ -54,7 +62,6 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
     sums = {bucket: _sum_buffers(bucket, data_groups) for bucket in optimizer._buckets}
 
     counts = {bucket: [0] * len(bucket.params) for bucket in optimizer._buckets}
-    tables = {bucket: triton_backend.SegmentTable.for_bucket(bucket) for bucket in optimizer._buckets}
     was_training = model.training if model is not None else None
     if model is not None:
         model.eval()  # as the authors collect their statistics
@@ -66,7 +73,7 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
                 with torch.enable_grad():
                     loss_fn(batch).backward()
                 for bucket in optimizer._buckets:
-                    _accumulate(bucket, tables[bucket], data_groups, counts[bucket], *sums[bucket])
+                    _accumulate(bucket, data_groups, counts[bucket], *sums[bucket])
                 size = global_batch_size(batch_size(batch), process_group)
                 seen += size
                 batches_seen += 1
@@ -95,8 +102,9 @@ def init_v0_from_data(optimizer, batches, loss_fn, *, num_samples: int, scale, m
 
 def _sum_buffers(bucket, data_groups):
     """Where the sums of g and g^2 accumulate: the bucket's own exp_avg and exp_avg_sq (their data-group slots
-    zeroed), or float32 temporaries when the states are bfloat16 or 8-bit."""
-    if bucket.state_dtype in (torch.bfloat16, torch.uint8):
+    zeroed) where the moments are stored as float32 or float64 values, else float32 temporaries (bfloat16 or 8-bit
+    moments)."""
+    if bucket.moments.dtype not in (torch.float32, torch.float64):
         return torch.zeros(bucket.total, device=bucket.device), torch.zeros(bucket.total, device=bucket.device)
     for index in _data_params(bucket, data_groups):
         bucket.slot(bucket.exp_avg, index).zero_()
@@ -109,27 +117,12 @@ def _data_params(bucket, data_groups) -> list[int]:
 
 
 @torch.no_grad()
-def _accumulate(bucket, table, data_groups, counts, grad_sum, grad_sum_sq) -> None:
-    """grad_sum += g, grad_sum_sq += g^2 for this batch's grads of the data groups' params."""
-    work = bucket.collect_work()
+def _accumulate(bucket, data_groups, counts, grad_sum, grad_sum_sq) -> None:
+    """grad_sum += g, grad_sum_sq += g^2 for this batch's grads of the data groups' params (one launch per bucket
+    on the Triton backend)."""
+    work = bucket.work.collect()
     segments = [segment for segment in work.segments if segment.group in data_groups]
-    if bucket.backend == "triton":
-        table.update_segments(segments)
-        for block_segment, _ in table.launches:
-            accumulate_gradient_moments_(
-                table.segments,
-                block_segment,
-                grad_sum,
-                grad_sum_sq,
-                param_dtype=bucket.dtype,
-                block=table.block,
-            )
-    else:
-        for segment in segments:
-            end = segment.state_offset + segment.grad.numel()
-            grad = segment.grad.reshape(-1).to(grad_sum.dtype)
-            grad_sum[segment.state_offset : end].add_(grad)
-            grad_sum_sq[segment.state_offset : end].addcmul_(grad, grad)
+    bucket.backend.accumulate_grad_moments_(bucket, segments, grad_sum, grad_sum_sq)
     for index in work.stepped:
         if bucket.groups[index] in data_groups:
             counts[index] += 1

@@ -9,8 +9,7 @@ import torch
 
 
 def fixed_address(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor`, marked as keeping its address between compiled calls (a compiled graph guards on it). A tensor
-    made while torch.compile traces (AMSGrad switched on inside a compiled step) cannot be marked."""
-    if not torch.compiler.is_compiling():
-        torch._dynamo.mark_static_address(tensor, guard=True)
+    """`tensor`, marked as keeping its address between compiled calls (a compiled graph guards on it). Every such
+    tensor is made eagerly (a layout, AMSGrad switched on), never while torch.compile traces."""
+    torch._dynamo.mark_static_address(tensor, guard=True)
     return tensor

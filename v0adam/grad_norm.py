@@ -3,7 +3,8 @@ whole params, on every rank, when they are DTensor shards or the optimizer holds
 model (ZeRO).
 
 On the Triton backend one launch per bucket writes per-block partial norms (norm types 1, 2 and inf) that a torch
-reduction adds up; other norm types, and the PyTorch backend, take torch._foreach_norm over the segments, as
+reduction adds up (its `grad_norm_powered`); other norm types, and the PyTorch backend, take torch._foreach_norm over
+the segments, as
 torch.nn.utils.clip_grad_norm_ does. Nothing is read back to the host: the result is a 0-d float32 tensor on the
 first bucket's device (float64 when float64 grads are in it, reduced in float64 as clip_grad_norm_ does).
 """
@@ -11,22 +12,19 @@ first bucket's device (float64 when float64 grads are in it, reduced in float64 
 import torch
 import torch.distributed as dist
 
-from v0adam import triton_backend
-from v0adam.kernels.grad_norm import FUSED_NORM_TYPES, reduce_partials
 from v0adam.sharding import shard_groups
 
 
-def global_grad_norm(works, norm_type: float, partition_group=None) -> torch.Tensor:
+def global_grad_norm(works, norm_type: float, partition_group=None, tracing: bool = False) -> torch.Tensor:
     """`works` is a list of (bucket, BucketWork); returns the norm of all their segments' grads together, and of
     the other ranks' grads too when `partition_group` is a process group over which the params are partitioned
-    (every rank of it must call this, a rank with no params included)."""
+    (every rank of it must call this, a rank with no params included). `tracing`: torch.compile traces the call."""
     norm_type = float(norm_type)
     powered = []  # per bucket: sum of |g|^p, or max |g| for inf
     for bucket, work in works:
-        if bucket.backend == "triton" and norm_type in FUSED_NORM_TYPES:
-            launcher = triton_backend.launcher()
-            partials = launcher.grad_norm_partials_of(bucket, work, norm_type)
-            powered.append(reduce_partials(partials, norm_type))
+        fused = bucket.backend.grad_norm_powered(bucket, work, norm_type, tracing)
+        if fused is not None:
+            powered.append(fused)
         else:
             dtype = torch.float64 if bucket.dtype == torch.float64 else torch.float32
             grads = [segment.grad for segment in work.segments]

@@ -15,7 +15,10 @@ import warnings
 import weakref
 
 import torch
+import torch.distributed as dist
 from torch.utils.weak import WeakIdKeyDictionary
+
+from v0adam.sharding import is_dtensor
 
 # Grads held before the ready params are stepped: large enough that a launch covers many params, small beside a
 # large model's grads (GPT-2 small's float32 grads are 500 MB), and at most a GROUPS-th of a small model's.
@@ -106,6 +109,18 @@ class GradRelease:
             for param, grad in aside.items():
                 param.grad = grad
 
+    def step_assigned(self, grad_scale, found_inf) -> None:
+        """An optimizer's step() with release_grads: backward has stepped the params; grads assigned since are
+        stepped now."""
+        if grad_scale is not None or found_inf is not None:
+            raise RuntimeError(
+                "release_grads cannot take a GradScaler: its step is skipped when any grad is inf or NaN, which is "
+                "known only after backward has stepped the params. Train in bfloat16 without one, or drop "
+                "release_grads"
+            )
+        self.watch()
+        self.step_all()
+
     @torch.no_grad()
     def step_all(self) -> None:
         """Step every param that holds a grad, as an optimizer step does, and free the grads."""
@@ -124,6 +139,22 @@ class GradRelease:
             yield
         finally:
             self.accumulating = previous
+
+
+def start(optimizer) -> "GradRelease | None":
+    """The release of an optimizer built with release_grads=True (None without), refused under DDP."""
+    if not optimizer.release_grads:
+        return None
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and not all(map(is_dtensor, params)):
+        raise ValueError(
+            "release_grads steps a param when autograd has its grad; under DDP that is before DDP averages it. "
+            "Shard the model with FSDP2 (fully_shard), whose reduced grads are released, or drop release_grads"
+        )
+    # A GradScaler then hands its scale to step(), which refuses it (it cannot skip a step already taken).
+    optimizer._step_supports_amp_scaling = True
+    return GradRelease(optimizer._step, optimizer._all_params)
 
 
 def _hook(release: weakref.ref):

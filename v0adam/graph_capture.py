@@ -21,13 +21,13 @@ def hold_if_capturing(device: torch.device, *tensors) -> None:
         _HELD_FOR_CUDA_GRAPHS[tuple(map(id, tensors))] = tensors
 
 
-def upload_into(target: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
+def upload_into(target: torch.Tensor, host: torch.Tensor, pin: bool = True) -> torch.Tensor:
     """Copy the host tensor `host` into `target` without waiting. On CUDA outside a capture through pinned memory,
     so that the copy is truly asynchronous. While a CUDA graph is captured, straight from `host`: the graph reads it
     again at every replay, so it is kept for good; and allocating pinned memory during a capture fails on some torch
-    versions (pytorch/pytorch#146924: the host allocator queries events). While torch.compile traces, `host` is a
-    constant of the graph."""
-    if target.device.type == "cuda" and not torch.compiler.is_compiling():
+    versions (pytorch/pytorch#146924: the host allocator queries events). `pin` is False while torch.compile traces
+    the copy: `host` is then a constant of the graph, copied as it is."""
+    if target.device.type == "cuda" and pin:
         if capturing(target.device):
             hold_if_capturing(target.device, target, host)
         else:

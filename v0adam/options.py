@@ -3,10 +3,12 @@
 construction and in `add_param_group`), and each param's (when it is laid out). In torch's wording where torch has
 one."""
 
+import hashlib
 import operator
 
 import torch
 
+from v0adam import v0 as v0_modes
 from v0adam.sharding import is_dtensor
 
 BACKENDS = ("auto", "triton", "torch")
@@ -108,3 +110,49 @@ def check_group(group: dict) -> None:
     if group["v0_seed"] is not None:
         group["v0_seed"] = _checked_seed(group["v0_seed"])
     _check_state_dtype(group.get("state_dtype"))
+
+
+def prepared_group(param_group: dict, defaults: dict, group_number: int) -> tuple[dict, dict]:
+    """A group for `add_param_group`, checked, with the defaults filled in and its params made a list (a generator,
+    model.parameters(), would be empty by the time torch's method reads it), and the v0 its user gave for its
+    params (param -> tensor; the group keeps the mode only). A random v0 without a seed gets one."""
+    group = {key: value for key, value in param_group.items()}
+    for key, value in defaults.items():
+        group.setdefault(key, value)
+    check_group(group)
+    mode, source = v0_modes.split_v0(group["v0"])
+    params = group["params"]
+    group["params"] = params = [params] if isinstance(params, torch.Tensor) else list(params)
+    # Named params come as (name, tensor); anything else is left for torch's own checks.
+    tensors = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+    tensors = [p for p in tensors if isinstance(p, torch.Tensor)]
+    for param in tensors:
+        check_param(param)
+    group["v0"] = mode
+    if mode == v0_modes.RANDOM and group["v0_seed"] is None:
+        group["v0_seed"] = seed_following_manual_seed(f"v0 of group {group_number}")
+    return group, v0_modes.user_v0(source, tensors) if source is not None else {}
+
+
+def fill_group_defaults(param_groups, defaults: dict, decoupled_weight_decay: bool) -> None:
+    """Fill in what a checkpoint of an older torch or v0adam may lack (torch.optim.Adam fills them in the same way);
+    V0AdamW's groups always decouple weight decay."""
+    for group in param_groups:
+        group.setdefault("amsgrad", False)
+        group.setdefault("maximize", False)
+        for key in ("v0_scale", "v0_seed"):
+            group.setdefault(key, None)
+        group.setdefault("v0", v0_modes.ZERO)
+        group.setdefault("decoupled_weight_decay", decoupled_weight_decay)
+        if "rounding_seed" in defaults:
+            group.setdefault("rounding_seed", defaults["rounding_seed"])
+        if decoupled_weight_decay:
+            group["decoupled_weight_decay"] = True
+
+
+def seed_following_manual_seed(salt: str) -> int:
+    """A seed that `torch.manual_seed` makes reproducible, taken from the state of torch's global generator without
+    drawing from it: a draw would shift every later one (data order, dropout) in a run that swaps its optimizer.
+    `salt` tells apart the seeds taken at one state (two param groups, v0 and rounding)."""
+    state = bytes(torch.random.get_rng_state().tolist())  # uint8; not .numpy(): numpy is no dependency of ours
+    return int.from_bytes(hashlib.blake2b(state + salt.encode(), digest_size=8).digest(), "little") % 2**62

@@ -29,7 +29,9 @@ import functools
 
 import torch
 
-QBLOCK = 256  # elements per quantization block, as bitsandbytes' and torchao's 8-bit optimizers
+from v0adam.kernels import tables
+
+QBLOCK = tables.QBLOCK.value  # elements per quantization block, as bitsandbytes' and torchao's 8-bit optimizers
 # The two formats, keyed by `signed`: (mantissa bits, the code of 1.0, that is of the block's scale).
 FORMATS = {True: (3, 127), False: (4, 255)}
 SIGN_BIT = 128

@@ -8,6 +8,7 @@ shown to users (and to torch.distributed.checkpoint) as DTensors with the param'
 import math
 
 import torch
+import torch.distributed as dist
 
 
 def is_dtensor(tensor) -> bool:
@@ -110,3 +111,22 @@ def local_rows(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return local_part(param, value)
     shape, offset = _local_box(param)
     return value[offset[0] : offset[0] + shape[0]]
+
+
+def checked_partition_group(process_group):
+    """The process group an optimizer holds one rank's share of (`V0Adam.set_partition_group`; None: the default
+    group), checked."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("set_partition_group needs torch.distributed to be initialized")
+    process_group = dist.group.WORLD if process_group is None else process_group
+    if dist.get_rank(process_group) < 0:
+        raise ValueError("set_partition_group: this rank is not a member of process_group")
+    return process_group
+
+
+def check_copyable(partition_group) -> None:
+    if partition_group is not None:
+        raise TypeError(
+            "an optimizer declared one rank's share (set_partition_group) cannot be copied or pickled, since "
+            "its process group cannot: copy it before, then call set_partition_group on the copy"
+        )

@@ -10,12 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from v0adam import quantization
-from v0adam.buckets import MOMENTS
-from v0adam.master_remainder import REMAINDER_DTYPE
+from v0adam.moments import MOMENTS
 
 logger = logging.getLogger("v0adam")
-
-MASTERS = {None: "none", torch.float32: "float32 copy", REMAINDER_DTYPE: "int16 remainder"}
 
 
 @dataclass(frozen=True)
@@ -72,22 +69,18 @@ def log_at_construction(optimizer) -> None:
 def _format_of(optimizer, param, group, bucket, name) -> StateFormat:
     asked_by = "its param group's" if "state_dtype" in group else "the optimizer's"
     asked = group.get("state_dtype", optimizer.precision.state_dtype)
-    if bucket.quantized:
-        moments = "8-bit"
+    moments = bucket.moments
+    if asked == torch.uint8 and moments.dtype != torch.uint8:
+        reason = f"8-bit asked by {asked_by} state_dtype, but {optimizer.precision.why_not_8bit(param)}"
+    elif asked == torch.uint8:
         reason = f"asked by {asked_by} state_dtype; rows of whole {quantization.QBLOCK}-element blocks"
-        moment_bytes = 1 + 4 / quantization.QBLOCK  # a code, and a float32 scale per block
+    elif asked is not None and moments.dtype == asked:
+        reason = f"asked by {asked_by} state_dtype"
+    elif moments.dtype == torch.float64:
+        reason = "a float64 param keeps float64 moments"
     else:
-        moments = str(bucket.state_dtype).removeprefix("torch.")
-        moment_bytes = bucket.state_dtype.itemsize
-        if asked == torch.uint8:
-            reason = f"8-bit asked by {asked_by} state_dtype, but {optimizer.precision.why_not_8bit(param)}"
-        elif asked is not None and bucket.state_dtype == asked:
-            reason = f"asked by {asked_by} state_dtype"
-        elif bucket.state_dtype == torch.float64:
-            reason = "a float64 param keeps float64 moments"
-        else:
-            reason = "the default"
-    master_dtype = bucket.master.dtype if bucket.master is not None else None
+        reason = "the default"
+    master = bucket.master_kind
     moment_count = len(MOMENTS) if group["amsgrad"] else len(MOMENTS) - 1
-    bytes_per_param = moment_count * moment_bytes + (master_dtype.itemsize if master_dtype is not None else 0)
-    return StateFormat(name, tuple(param.shape), moments, MASTERS[master_dtype], reason, bytes_per_param)
+    bytes_per_param = moment_count * moments.bytes_per_element + (master.dtype.itemsize if master.dtype else 0)
+    return StateFormat(name, tuple(param.shape), moments.name, master.name, reason, bytes_per_param)

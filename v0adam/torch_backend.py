@@ -10,26 +10,62 @@ them and quantized back (`v0adam.quantization`). The found-inf flag and the step
 on the host: free on CPU, one synchronisation per bucket if this backend is forced onto a GPU.
 """
 
-import math
-
 import torch
 
 from v0adam import quantization
-from v0adam.buckets import MOMENTS
 from v0adam.master_remainder import REMAINDER_DTYPE, join_master, param_of_master, split_master
+from v0adam.moments import MOMENTS
 
 # Elements stepped at a time: the float32 temporaries of a step (widened 16-bit values, dequantized 8-bit states)
 # stay a few MB whatever the size of a bucket. A whole number of 8-bit quantization blocks.
 CHUNK = 2**20
 
 
-def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
+class TorchBackend:
+    """Steps a bucket with torch ops (see the module's docstring; `v0adam.backends` for the interface)."""
+
+    traceable = False
+    runs_triton = False
+
+    def prepare(self, bucket, param_groups, rule, rounding_seed: int | None) -> None:
+        pass  # it keeps nothing on the device besides the bucket's states
+
+    @staticmethod
+    def grad_key(grad: torch.Tensor) -> tuple:
+        return grad.shape, grad.dtype, grad.device  # handed tensors, not addresses: what each grad is, not where
+
+    def step(self, bucket, work, inputs, rounding_seed: int | None) -> None:
+        """steps += 1 for the params stepped now, unless found_inf (never read on the host), then the update."""
+        grad_scale, found_inf = inputs.grad_scale, inputs.found_inf
+        if grad_scale is not None:
+            grad_scale = grad_scale.to(bucket.device, non_blocking=True)
+        if found_inf is not None:
+            found_inf = found_inf.to(bucket.device, non_blocking=True)
+        increment = bucket.step_increment(work.stepped)
+        if found_inf is not None:
+            increment = (found_inf == 0) * increment
+        bucket.steps.add_(increment)
+        step_bucket(bucket, work, inputs.param_groups, grad_scale, found_inf, rounding_seed, inputs.rule)
+
+    def grad_norm_powered(self, bucket, work, norm_type: float, tracing: bool) -> None:
+        return None  # torch._foreach_norm, as torch.nn.utils.clip_grad_norm_
+
+    @staticmethod
+    def accumulate_grad_moments_(bucket, segments, grad_sum, grad_sum_sq) -> None:
+        for segment in segments:
+            end = segment.state_offset + segment.grad.numel()
+            grad = segment.grad.reshape(-1).to(grad_sum.dtype)
+            grad_sum[segment.state_offset : end].add_(grad)
+            grad_sum_sq[segment.state_offset : end].addcmul_(grad, grad)
+
+
+def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed, rule) -> None:
     if found_inf is not None and found_inf.item() != 0:
         return
     fusable = (
-        algorithm == "adam"
+        rule.torch_fused
         and (grad_scale is None or grad_scale.dtype == torch.float32)  # the kernel's scale is float32
-        and bucket.dtype == bucket.state_dtype
+        and bucket.dtype == bucket.moments.dtype
         and bucket.master is None
         and rounding_seed is None
     )
@@ -40,8 +76,8 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
             _fused_update_(segments, states, steps, group, grad_scale)
             continue
         step_values = bucket.steps.tolist()
-        if bucket.quantized:
-            _update_8bit_(bucket, segments, states, step_values, group, grad_scale, algorithm, rounding_seed)
+        if bucket.moments.block is not None:  # stepped through float32 copies of whole blocks
+            _update_8bit_(bucket, segments, states, step_values, group, grad_scale, rule, rounding_seed)
             continue
         for segment, (*state, master) in zip(segments, states):
             step = step_values[segment.step_index]
@@ -49,7 +85,7 @@ def step_bucket(bucket, work, param_groups, grad_scale, found_inf, rounding_seed
             tensors = [segment.param, segment.grad, *state, master]
             for start in range(0, segment.param.numel(), CHUNK):
                 param, grad, *piece, master_piece = _flat_piece(tensors, start, start + CHUNK)
-                _update_(param, grad, piece, step, group, grad_scale, algorithm, master_piece, generator)
+                _update_(param, grad, piece, step, group, grad_scale, rule, master_piece, generator)
 
 
 def _flat_piece(tensors, start: int, end: int) -> list:
@@ -65,7 +101,7 @@ def _rounding_generator(bucket, segment, step, rounding_seed):
     return torch.Generator(bucket.device).manual_seed(seed)
 
 
-def _update_8bit_(bucket, segments, states, step_values, group, grad_scale, algorithm, rounding_seed) -> None:
+def _update_8bit_(bucket, segments, states, step_values, group, grad_scale, rule, rounding_seed) -> None:
     """`_update_` on 8-bit moments: each run of segments whose states lie back to back is dequantized into float32
     CHUNK elements at a time, the part of each segment in it stepped, and quantized back with fresh block scales
     (a run, not each segment: a step of many small params would spend more on the calls than on the values)."""
@@ -94,7 +130,7 @@ def _update_8bit_(bucket, segments, states, step_values, group, grad_scale, algo
                 if segment.state_offset not in generators:
                     generators[segment.state_offset] = _rounding_generator(bucket, segment, step, rounding_seed)
                 generator = generators[segment.state_offset]
-                _update_(param, grad, moments, step, group, grad_scale, algorithm, master, generator)
+                _update_(param, grad, moments, step, group, grad_scale, rule, master, generator)
             for name in kept:
                 new_codes, new_scales = quantization.quantize(values[name], MOMENTS[name])
                 codes[name].copy_(new_codes)
@@ -160,8 +196,8 @@ def _hyper(value) -> float:
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
 
-def _update_(param, grad, states, step, group, grad_scale, algorithm, master=None, generator=None) -> None:
-    """One step of `algorithm` with in-place ops in float32 (float64 for float64 params), rounded once into
+def _update_(param, grad, states, step, group, grad_scale, rule, master=None, generator=None) -> None:
+    """One step of the update `rule` with in-place ops in float32 (float64 for float64 params), rounded once into
     storage: from the fp32 `master` when given (a copy, or the int16 remainder of a bfloat16 param: see
     `v0adam.master_remainder`), stochastically when a `generator` is given, else to nearest even."""
     compute_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -185,17 +221,13 @@ def _update_(param, grad, states, step, group, grad_scale, algorithm, master=Non
         else:
             grad = grad.add(working, alpha=weight_decay)
     exp_avg.lerp_(grad, 1 - beta1)
-    if algorithm == "adabelief":
-        belief = grad - exp_avg
-        exp_avg_sq.mul_(beta2).addcmul_(belief, belief, value=1 - beta2).add_(group["eps"])
-    else:
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    rule.second_moment_(exp_avg_sq, grad, exp_avg, beta2, group["eps"])
     if max_exp_avg_sq is not None:
         torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         second_moment = max_exp_avg_sq
     else:
         second_moment = exp_avg_sq
-    working.sub_(_final_update(exp_avg, second_moment, step, lr, beta1, beta2, group, algorithm))
+    working.sub_(rule.final_update(exp_avg, second_moment, step, lr, beta1, beta2, group))
     for stored, value in zip(states, (exp_avg, exp_avg_sq, max_exp_avg_sq)):
         if stored is not None and stored is not value:
             stored.copy_(value)
@@ -209,28 +241,6 @@ def _update_(param, grad, states, step, group, grad_scale, algorithm, master=Non
         param.copy_(stochastic_round_to_bfloat16(working, generator))
     elif working is not param:
         param.copy_(working)
-
-
-def _final_update(exp_avg, second_moment, step, lr, beta1, beta2, group, algorithm) -> torch.Tensor:
-    """The amount subtracted from the param (see the kernel's docstring for the four rules)."""
-    eps = group["eps"]
-    bias_correction1, bias_correction2 = 1 - beta1**step, 1 - beta2**step
-    if algorithm == "radam":
-        update = exp_avg / bias_correction1 * lr
-        rho_inf = 2 / (1 - beta2) - 1
-        rho_t = rho_inf - 2 * step * beta2**step / bias_correction2
-        if rho_t > 5.0:
-            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-            update = update * (math.sqrt(bias_correction2) / second_moment.sqrt().add_(eps)) * rect
-        return update
-    if algorithm == "adabound":
-        final_lr = group["final_lr"] * lr / group["base_lr"]
-        lower = final_lr * (1 - 1 / (group["gamma"] * step + 1))
-        upper = final_lr * (1 + 1 / (group["gamma"] * step))
-        step_size = lr * math.sqrt(bias_correction2) / bias_correction1
-        return (step_size / second_moment.sqrt().add_(eps)).clamp_(lower, upper).mul_(exp_avg)
-    denom = second_moment.sqrt().div_(math.sqrt(bias_correction2)).add_(eps)
-    return exp_avg.div(denom).mul_(lr / bias_correction1)
 
 
 def stochastic_round_to_bfloat16(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

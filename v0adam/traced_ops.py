@@ -10,22 +10,36 @@ import functools
 import torch
 
 from v0adam import triton_backend
+from v0adam.kernels.tables import SegmentRow
+from v0adam.rules.rule import UpdateRule
 from v0adam.sharding import local
 from v0adam.triton_backend import SegmentTable
 
-FIELDS = 4  # ints per segment in a traced layout: state offset, numel, group, step index
+# The columns of a segment that a traced layout passes as ints, one run of FIELDS per segment (the addresses are the
+# tensors' own, the first block the table's).
+COLUMNS = ("state_offset", "numel", "group", "step_index")
+FIELDS = len(COLUMNS)
 
 
 def _traced_layout(bucket, work) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
-    """A traced step's segments, one per param stepped: params, grads, and (state offset, numel, group, step
-    index) per segment as one flat list of ints."""
+    """A traced step's segments, one per param stepped: params, grads, and the segments' COLUMNS as one flat list
+    of ints."""
     params = [bucket.params[index] for index in work.stepped]
     flat_layout = [
         value
         for index in work.stepped
-        for value in (bucket.offsets[index], local(bucket.params[index]).numel(), bucket.groups[index], index)
+        for value in (
+            bucket.offsets[index],
+            local(bucket.params[index]).numel(),
+            bucket.groups[index],
+            index,
+        )  # COLUMNS
     ]
     return [local(param) for param in params], [local(param.grad) for param in params], flat_layout
+
+
+def _numels(flat_layout: list[int]) -> list[int]:
+    return flat_layout[COLUMNS.index("numel") :: FIELDS]
 
 
 @functools.lru_cache(maxsize=4096)  # a traced step takes one table per re-homed param (see step_bucket)
@@ -33,8 +47,11 @@ def _table_for(
     device, dtype, quantized: bool, param_addresses: tuple, grad_addresses: tuple, flat_layout: tuple
 ) -> SegmentTable:
     table = SegmentTable(device, dtype, quantized)
-    fields = (flat_layout[field::FIELDS] for field in range(FIELDS))
-    table.update_rows(list(zip(param_addresses, grad_addresses, *fields)))
+    rows = [
+        SegmentRow(param_addr, grad_addr, first_block=0, **dict(zip(COLUMNS, flat_layout[start : start + FIELDS])))
+        for start, param_addr, grad_addr in zip(range(0, len(flat_layout), FIELDS), param_addresses, grad_addresses)
+    ]
+    table.update_rows(rows)
     return table
 
 
@@ -106,13 +123,13 @@ def _grad_norm_partials_op(grads: list[torch.Tensor], flat_layout: list[int], no
     # The norm kernel reads no param: their addresses are not needed. The tail split depends on addresses, which
     # the fake cannot see: both return as many partials as any split could need.
     table = _table_of(grads, grads, flat_layout, quantized=False)
-    capacity = triton_backend.partials_capacity(flat_layout[1::FIELDS])
+    capacity = triton_backend.partials_capacity(_numels(flat_layout))
     return triton_backend.partials_over(table, grads[0].dtype, norm_type, capacity)
 
 
 @_grad_norm_partials_op.register_fake
 def _(grads, flat_layout, norm_type):
-    return grads[0].new_empty(triton_backend.partials_capacity(flat_layout[1::FIELDS]), dtype=torch.float32)
+    return grads[0].new_empty(triton_backend.partials_capacity(_numels(flat_layout)), dtype=torch.float32)
 
 
 @torch.library.custom_op("v0adam::advance_steps_", mutates_args=("steps", "scalars"))
@@ -125,7 +142,8 @@ def _advance_steps_op(
     scalars: torch.Tensor,
     algorithm: str,
 ) -> None:
-    triton_backend.ADVANCE_STEPS(steps, increment, found_inf, param_group, hyper, scalars, algorithm)
+    rule = UpdateRule.named(algorithm)
+    triton_backend.ADVANCE_STEPS(steps, increment, found_inf, param_group, hyper, scalars, rule)
 
 
 @_advance_steps_op.register_fake
@@ -133,13 +151,13 @@ def _(*args) -> None:
     return None  # it only writes into its arguments
 
 
-def advance_bucket_steps(bucket, increment, found_inf, hyper: torch.Tensor, algorithm: str) -> None:
+def advance_bucket_steps(bucket, increment, found_inf, hyper: torch.Tensor, rule) -> None:
     """`triton_backend.advance_bucket_steps` for a traced step."""
     mask = increment if isinstance(increment, torch.Tensor) else None
-    _advance_steps_op(bucket.steps, mask, found_inf, bucket.param_group, hyper, bucket.step_scalars, algorithm)
+    _advance_steps_op(bucket.steps, mask, found_inf, bucket.param_group, hyper, bucket.step_scalars, rule.name)
 
 
-def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
+def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, rule) -> None:
     """`triton_backend.step_bucket` for a traced step over the params in `work.stepped`.
 
     Params re-homed into a flat buffer (flat_grads) take one launch each. Handed several views of one buffer to
@@ -170,7 +188,7 @@ def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: s
             rounding_seed,
             bucket.scales,
             launch_layout,
-            algorithm,
+            rule.name,
         )
 
 

@@ -10,8 +10,11 @@ from v0adam import quantization
 from v0adam.fixed_address import fixed_address
 from v0adam.graph_capture import hold_if_capturing, upload, upload_into
 from v0adam.kernels import adam as adam_kernel
-from v0adam.kernels.grad_norm import grad_norm_partials
+from v0adam.kernels import tables
+from v0adam.kernels.grad_norm import FUSED_NORM_TYPES, grad_norm_partials, reduce_partials
 from v0adam.kernels.step_scalars import advance_steps, advance_steps_reference
+from v0adam.kernels.tables import SegmentRow
+from v0adam.kernels.v0_init import accumulate_gradient_moments_
 
 
 def interpreter_enabled() -> bool:
@@ -39,14 +42,84 @@ SPLIT_UNALIGNED = not interpreter_enabled()
 ADVANCE_STEPS = advance_steps_reference if interpreter_enabled() else advance_steps
 
 
-def launcher():
+def launches(tracing: bool):
     """The module whose launches step a Triton bucket now: `v0adam.traced_ops` while torch.compile traces (imported
     then, beside the compiler it needs), else this one."""
-    if torch.compiler.is_compiling():
+    if tracing:
         from v0adam import traced_ops
 
         return traced_ops
     return sys.modules[__name__]
+
+
+class TritonBackend:
+    """Steps a bucket with the fused kernels: one launch advances the step counters and computes each param's step
+    scalars, one updates every segment (see `v0adam.backends` for the interface). Holds the hyperparameter table of
+    each device and the stochastic-rounding seed's device copy, shared by the buckets it steps."""
+
+    traceable = True
+    runs_triton = True
+
+    def __init__(self):
+        self._hyper_tables = {}  # by device
+        self._seeds = {}  # (seed, device) -> the seed as a device tensor
+
+    def prepare(self, bucket, param_groups, rule, rounding_seed: int | None) -> None:
+        """The bucket's device tables, built now, not at the first step: a first step traced by torch.compile finds
+        them and later steps do not recompile."""
+        bucket.segment_table = SegmentTable.for_bucket(bucket)
+        bucket.param_group = fixed_address(upload(torch.tensor(bucket.groups, dtype=torch.int32), bucket.device))
+        scalars = torch.zeros(len(bucket.params), tables.SCALAR_FIELDS.value, device=bucket.device)
+        bucket.step_scalars = fixed_address(scalars)
+        if bucket.device not in self._hyper_tables:
+            self._hyper_tables[bucket.device] = HyperTable(bucket.device)
+        self._hyper_tables[bucket.device].update(param_groups, rule)
+        if rounding_seed is not None:
+            self._device_seed(rounding_seed, bucket.device)
+
+    @staticmethod
+    def grad_key(grad: torch.Tensor) -> int:
+        return grad.data_ptr()  # the launch tables hold it
+
+    def hyper_table(self, device: torch.device, param_groups, rule, pin: bool = True) -> torch.Tensor:
+        """The device's hyperparameter table, brought up to date with `param_groups`."""
+        return self._hyper_tables[device].update(param_groups, rule, pin)
+
+    def step(self, bucket, work, inputs, rounding_seed: int | None) -> None:
+        launcher = launches(inputs.tracing)
+        grad_scale, found_inf = inputs.grad_scale, inputs.found_inf
+        if grad_scale is not None:  # the kernel reads a float32; a float64 model's norm is float64
+            grad_scale = grad_scale.to(bucket.device, torch.float32, non_blocking=True)
+        if found_inf is not None:
+            found_inf = found_inf.to(bucket.device, non_blocking=True)
+        increment = bucket.step_increment(work.stepped, inputs.tracing)
+        hyper = self.hyper_table(bucket.device, inputs.param_groups, inputs.rule, pin=not inputs.tracing)
+        launcher.advance_bucket_steps(bucket, increment, found_inf, hyper, inputs.rule)
+        if rounding_seed is not None:
+            rounding_seed = self._device_seed(rounding_seed, bucket.device)
+        launcher.step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, inputs.rule)
+
+    def grad_norm_powered(self, bucket, work, norm_type: float, tracing: bool) -> torch.Tensor | None:
+        """One launch of per-block partial norms (norm types 1, 2 and inf) that a torch reduction adds up."""
+        if norm_type not in FUSED_NORM_TYPES:
+            return None
+        return reduce_partials(launches(tracing).grad_norm_partials_of(bucket, work, norm_type), norm_type)
+
+    @staticmethod
+    def accumulate_grad_moments_(bucket, segments, grad_sum, grad_sum_sq) -> None:
+        table = SegmentTable.for_bucket(bucket)
+        table.update_segments(segments)
+        for block_segment, _ in table.launches:
+            accumulate_gradient_moments_(
+                table.segments, block_segment, grad_sum, grad_sum_sq, param_dtype=bucket.dtype, block=table.block
+            )
+
+    def _device_seed(self, seed: int, device: torch.device) -> torch.Tensor:
+        """The stochastic-rounding seed as a device tensor, uploaded once (the kernel reads it from memory)."""
+        key = (seed, device)
+        if key not in self._seeds:
+            self._seeds[key] = torch.tensor([seed], dtype=torch.int64).to(device, non_blocking=True)
+        return self._seeds[key]
 
 
 class SegmentTable:
@@ -72,7 +145,7 @@ class SegmentTable:
 
     @classmethod
     def for_bucket(cls, bucket) -> "SegmentTable":
-        return cls(bucket.device, bucket.dtype, bucket.quantized)
+        return cls(bucket.device, bucket.dtype, quantized=bucket.moments.block is not None)
 
     def update(self, work) -> None:
         """The tables of a `BucketWork`'s segments; when its addresses are those of the last update (a steady
@@ -85,34 +158,36 @@ class SegmentTable:
     def update_segments(self, segments) -> None:
         self.update_rows(
             [
-                (s.param.data_ptr(), s.grad.data_ptr(), s.state_offset, s.param.numel(), s.group, s.step_index)
+                SegmentRow(
+                    s.param.data_ptr(), s.grad.data_ptr(), s.state_offset, s.param.numel(), 0, s.group, s.step_index
+                )
                 for s in segments
             ]
         )
 
-    def update_rows(self, rows: list[tuple[int, int, int, int, int, int]]) -> None:
-        """Rows of (param address, grad address, state offset, numel, group, step index), one per segment."""
+    def update_rows(self, rows: list[SegmentRow]) -> None:
+        """One row per segment; their `first_block`s are set here."""
         if rows == self._key:
             return
-        if self.quantized and any(row[3] % quantization.QBLOCK for row in rows):
+        if self.quantized and any(row.numel % quantization.QBLOCK for row in rows):
             # The kernel's quantizers take every stored row for a whole block (`v0adam.kernels.quantization`).
             raise ValueError(f"8-bit segments must be whole blocks of {quantization.QBLOCK} elements")
         pieces = {True: [], False: []}
         for row in rows:
-            for piece, aligned in self._pieces(*row):
+            for piece, aligned in self._pieces(row):
                 pieces[aligned].append(piece)
         if not SPLIT_UNALIGNED and pieces[False]:
             pieces = {True: [], False: rows}
         table, blocks_per_segment, launch_blocks = [], [], []
         for aligned in (True, False):
             first_block = 0  # block numbers count from each launch's first program
-            for param_addr, grad_addr, state_offset, numel, group, step_index in pieces[aligned]:
-                blocks = -(-numel // self.block)
-                table.append((param_addr, grad_addr, state_offset, numel, first_block, group, step_index))
+            for row in pieces[aligned]:
+                blocks = -(-row.numel // self.block)
+                table.append(row._replace(first_block=first_block))
                 blocks_per_segment.append(blocks)
                 first_block += blocks
             launch_blocks.append(first_block)
-        host_table = torch.tensor(table, dtype=torch.int64).reshape(-1, adam_kernel.SEGMENT_FIELDS.value)
+        host_table = torch.tensor(table, dtype=torch.int64).reshape(-1, tables.SEGMENT_FIELDS.value)
         host_blocks = torch.repeat_interleave(
             torch.arange(len(table), dtype=torch.int32), torch.tensor(blocks_per_segment, dtype=torch.int64)
         )
@@ -126,19 +201,23 @@ class SegmentTable:
         ]
         self._key = rows
 
-    def _pieces(self, param_addr, grad_addr, state_offset, numel, group, step_index):
+    def _pieces(self, row: SegmentRow) -> list[tuple[SegmentRow, bool]]:
         """(row, aligned) for the parts of one segment: its aligned bulk and its unaligned tail, either maybe empty."""
-        align_bytes, align_elements = adam_kernel.ALIGN_BYTES.value, adam_kernel.ALIGN_ELEMENTS.value
-        row = (param_addr, grad_addr, state_offset, numel, group, step_index)
-        if param_addr % align_bytes or grad_addr % align_bytes or state_offset % align_elements:
+        align_bytes, align_elements = tables.ALIGN_BYTES.value, tables.ALIGN_ELEMENTS.value
+        if row.param_addr % align_bytes or row.grad_addr % align_bytes or row.state_offset % align_elements:
             return [(row, False)]
-        if numel % align_elements == 0:
+        if row.numel % align_elements == 0:
             return [(row, True)]
-        bulk = numel - numel % align_elements
+        bulk = row.numel - row.numel % align_elements
         step = bulk * self.itemsize
-        pieces = [((param_addr, grad_addr, state_offset, bulk, group, step_index), True)] if bulk else []
-        if numel > bulk:
-            tail = (param_addr + step, grad_addr + step, state_offset + bulk, numel - bulk, group, step_index)
+        pieces = [(row._replace(numel=bulk), True)] if bulk else []
+        if row.numel > bulk:
+            tail = row._replace(
+                param_addr=row.param_addr + step,
+                grad_addr=row.grad_addr + step,
+                state_offset=row.state_offset + bulk,
+                numel=row.numel - bulk,
+            )
             pieces.append((tail, False))
         return pieces
 
@@ -147,23 +226,15 @@ class SegmentTable:
         return self.block_segment.numel()
 
 
-def prepare(bucket) -> None:
-    """The bucket's device tables of this backend: its launch tables, each param's group and step scalars."""
-    bucket.segment_table = SegmentTable.for_bucket(bucket)
-    bucket.param_group = fixed_address(upload(torch.tensor(bucket.groups, dtype=torch.int32), bucket.device))
-    scalars = torch.zeros(len(bucket.params), adam_kernel.SCALAR_FIELDS.value, device=bucket.device)
-    bucket.step_scalars = fixed_address(scalars)
-
-
-def advance_bucket_steps(bucket, increment, found_inf, hyper: torch.Tensor, algorithm: str) -> None:
+def advance_bucket_steps(bucket, increment, found_inf, hyper: torch.Tensor, rule) -> None:
     """The bucket's step counters advanced by `increment` (1.0 or a device mask) unless found_inf, and the step
     scalars of its params computed (one launch; see `v0adam.kernels.step_scalars`)."""
     hold_if_capturing(bucket.device, bucket.param_group)
     mask = increment if isinstance(increment, torch.Tensor) else None
-    ADVANCE_STEPS(bucket.steps, mask, found_inf, bucket.param_group, hyper, bucket.step_scalars, algorithm)
+    ADVANCE_STEPS(bucket.steps, mask, found_inf, bucket.param_group, hyper, bucket.step_scalars, rule)
 
 
-def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: str) -> None:
+def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, rule) -> None:
     """One fused launch over every segment of the bucket (two with an unaligned part); step counters and scalars
     were advanced by `advance_bucket_steps`. `rounding_seed` (a device int64 tensor) switches stochastic rounding
     on."""
@@ -182,7 +253,7 @@ def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, algorithm: s
         found_inf=found_inf,
         rounding_seed=rounding_seed,
         scales=bucket.scales,
-        algorithm=algorithm,
+        algorithm=rule.name,
     )
 
 
@@ -257,11 +328,13 @@ class HyperTable:
         self._host_values = None
         self.table = None
 
-    def update(self, param_groups) -> torch.Tensor:
+    def update(self, param_groups, rule, pin: bool = True) -> torch.Tensor:
+        """The table of `param_groups` for `rule`; `pin` False while torch.compile traces, when the host values are
+        constants of the graph."""
         rows, tensors = [], []
         for index, group in enumerate(param_groups):
-            row = [0.0] * adam_kernel.HYPER_FIELDS.value
-            for field, value in _hyper_values(group):
+            row = [0.0] * tables.HYPER_FIELDS.value
+            for field, value in _hyper_values(group, rule):
                 if isinstance(value, torch.Tensor):
                     tensors.append((index, field, value))
                 else:
@@ -272,26 +345,24 @@ class HyperTable:
             if self.table is None or self.table.shape != values.shape:
                 self.table = fixed_address(upload(values, self.device))
             else:  # in place: the table keeps its address, which a compiled or captured step has taken
-                upload_into(self.table, values)
+                upload_into(self.table, values, pin)
             self._host_values = rows
         for index, field, value in tensors:
             self.table[index, field].copy_(value.reshape(()), non_blocking=True)
         return self.table
 
 
-def _hyper_values(group):
-    """(column, value) pairs of one param group's row in the hyperparameter table."""
+def _hyper_values(group, rule):
+    """(column, value) pairs of one param group's row in the hyperparameter table: Adam's, and the rule's own."""
     beta1, beta2 = group["betas"]
     return (
-        (adam_kernel.LR.value, group["lr"]),
-        (adam_kernel.BETA1.value, beta1),
-        (adam_kernel.BETA2.value, beta2),
-        (adam_kernel.EPS.value, group["eps"]),
-        (adam_kernel.WEIGHT_DECAY.value, group["weight_decay"]),
-        (adam_kernel.MAXIMIZE.value, group["maximize"]),
-        (adam_kernel.AMSGRAD.value, group["amsgrad"]),
-        (adam_kernel.DECOUPLED.value, group["decoupled_weight_decay"]),
-        (adam_kernel.FINAL_LR.value, group.get("final_lr", 0.0)),
-        (adam_kernel.BASE_LR.value, group.get("base_lr", 1.0)),
-        (adam_kernel.GAMMA.value, group.get("gamma", 0.0)),
+        (tables.LR.value, group["lr"]),
+        (tables.BETA1.value, beta1),
+        (tables.BETA2.value, beta2),
+        (tables.EPS.value, group["eps"]),
+        (tables.WEIGHT_DECAY.value, group["weight_decay"]),
+        (tables.MAXIMIZE.value, group["maximize"]),
+        (tables.AMSGRAD.value, group["amsgrad"]),
+        (tables.DECOUPLED.value, group["decoupled_weight_decay"]),
+        *((column.value, group.get(key, default)) for key, column, default in rule.hyperparameters),
     )
