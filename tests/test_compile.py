@@ -114,6 +114,21 @@ def test_compiled_step_follows_torch_adamw(trace_backward):
     assert_same_training(models[0], opt, models[1], reference, rtol=1e-5, atol=1e-6)
 
 
+def test_amsgrad_switched_on_inside_a_compiled_step_follows_the_eager_step(trace_backward):
+    """The max v states are made while the step is traced (fullgraph: no graph break), and train as the eager
+    step's (torch's own AdamW cannot switch AMSGrad on once it holds states)."""
+    models = build_model(), build_model()
+    opts = [v0adam.V0AdamW(model.parameters(), lr=torch.tensor(1e-2), backend="triton") for model in models]
+    steps = torch.compile(train_step, fullgraph=True, backend=COMPILER), train_step
+    for step in range(4):
+        for model, opt, run in zip(models, opts, steps):
+            if step == 2:
+                opt.param_groups[0]["amsgrad"] = True
+            run(model, opt, *batch(step))
+    assert "max_exp_avg_sq" in opts[0].state[next(models[0].parameters())]
+    assert_same_training(models[0], opts[0], models[1], opts[1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "precision",
     [

@@ -148,9 +148,12 @@ class FlatBucket:
                     grad_slot.copy_(param.grad)
                 param.grad = self._home_grads[index] = grad_slot
 
-    def ensure_max_exp_avg_sq(self) -> None:
+    def ensure_max_exp_avg_sq(self, tracing: bool = False) -> None:
+        """The max v buffer (AMSGrad), zeros when new; made while torch.compile traces (AMSGrad switched on inside
+        a compiled step), it cannot be marked as keeping its address."""
         if self.max_exp_avg_sq is None:
-            self.max_exp_avg_sq = fixed_address(torch.zeros_like(self.exp_avg_sq))
+            max_exp_avg_sq = torch.zeros_like(self.exp_avg_sq)
+            self.max_exp_avg_sq = max_exp_avg_sq if tracing else fixed_address(max_exp_avg_sq)
             self._state_slices.clear()
 
     def moment(self, name: str) -> torch.Tensor:

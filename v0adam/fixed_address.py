@@ -9,7 +9,7 @@ import torch
 
 
 def fixed_address(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor`, marked as keeping its address between compiled calls (a compiled graph guards on it). Every such
-    tensor is made eagerly (a layout, AMSGrad switched on), never while torch.compile traces."""
+    """`tensor`, marked as keeping its address between compiled calls (a compiled graph guards on it). Called
+    eagerly only: a tensor made while torch.compile traces cannot be marked (see `FlatBucket.ensure_max_exp_avg_sq`)."""
     torch._dynamo.mark_static_address(tensor, guard=True)
     return tensor

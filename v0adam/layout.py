@@ -193,13 +193,14 @@ class StateLayout:
                 if param_groups[group_index]["v0"] == v0_modes.RANDOM:
                     self.initialise_v0(bucket, index, param_groups)
 
-    def add_max_exp_avg_sq_states(self, param_groups) -> None:
+    def add_max_exp_avg_sq_states(self, param_groups, tracing: bool) -> None:
         """AMSGrad switched on in a group after construction: its params get a max v (zeros), published."""
         for bucket in self.buckets:
             for index, param in enumerate(bucket.params):
                 published = self.published[param]
                 amsgrad = param_groups[bucket.groups[index]]["amsgrad"]
                 if amsgrad and not any(key.startswith("max_exp_avg_sq") for key in published):
+                    bucket.ensure_max_exp_avg_sq(tracing)
                     self.publish(param, bucket.state_views(index, amsgrad=True))
 
     def publish(self, param, state: dict, extras=None) -> None:

@@ -244,7 +244,7 @@ class V0Adam(FlatStateOptimizer):
         # Every check happens here, before the first write.
         amsgrad_flags = [group["amsgrad"] for group in self.param_groups]
         if amsgrad_flags != self._amsgrad_flags:  # amsgrad switched on after construction
-            eagerly(self._layout.add_max_exp_avg_sq_states, self.param_groups)
+            self._layout.add_max_exp_avg_sq_states(self.param_groups, tracing)
             self._amsgrad_flags[:] = amsgrad_flags
         works = self._works(tracing)
         found_inf = self._guards.found_nonfinite(
