@@ -2,7 +2,7 @@ from setuptools import setup
 
 setup(
     name="v0adam",
-    version="0.6.0",
+    version="0.7.0",
     description="Fused Triton Adam/AdamW for PyTorch with a non-zero initial second moment v0 (arXiv 2412.02153)",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",

@@ -11,16 +11,34 @@ from pathlib import Path
 import triton
 
 _TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+# An instruction and the two 64-bit words of its encoding (the second holds the scheduling control bits).
+_INSTRUCTION = re.compile(
+    r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);\s*/\*\s*0x[0-9a-f]{16}\s*\*/\s*"
+    r"/\*\s*0x([0-9a-f]{16})\s*\*/"
+)
+NO_BARRIER = 7
 _ADDRESS = re.compile(r"0x([0-9a-f]+)")
 
 
 @dataclass(frozen=True)
 class Instruction:
+    """One SASS instruction with the control bits the compiler set for the warp scheduler (Volta and later:
+    bits 105-121 of the 128-bit encoding): `stall`, the cycles before the warp's next instruction may issue;
+    `write_barrier` and `read_barrier`, the scoreboard this variable-latency instruction releases when its result
+    is written or its sources read (NO_BARRIER: none); `wait_mask`, the scoreboards it waits for."""
+
     address: int
     predicate: str  # "" when unconditional
     opcode: str  # with modifiers: "LDG.E.128"
     operands: str
+    stall: int = 1
+    write_barrier: int = NO_BARRIER
+    read_barrier: int = NO_BARRIER
+    wait_mask: int = 0
+
+    @property
+    def base(self) -> str:
+        return self.opcode.split(".")[0]
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,7 @@ class MainPath:
 
     instructions: int
     loop_bodies: tuple[int, ...]
+    indices: tuple[int, ...] = ()  # the instructions issued, in order (a loop once)
 
 
 def disassemble(cubin: bytes) -> tuple[str, str]:
@@ -46,8 +65,20 @@ def disassemble(cubin: bytes) -> tuple[str, str]:
 
 def parse(sass: str) -> list[Instruction]:
     instructions = []
-    for address, predicate, opcode, operands in _INSTRUCTION.findall(sass):
-        instructions.append(Instruction(int(address, 16), (predicate or "").strip(), opcode, operands.strip()))
+    for address, predicate, opcode, operands, control in _INSTRUCTION.findall(sass):
+        high = int(control, 16)
+        instructions.append(
+            Instruction(
+                int(address, 16),
+                (predicate or "").strip(),
+                opcode,
+                operands.strip(),
+                stall=(high >> 41) & 0xF,
+                write_barrier=(high >> 46) & 0x7,
+                read_barrier=(high >> 49) & 0x7,
+                wait_mask=(high >> 52) & 0x3F,
+            )
+        )
     return instructions
 
 
@@ -75,12 +106,13 @@ def spill_instructions(instructions: list[Instruction]) -> int:
 def main_path(instructions: list[Instruction]) -> MainPath:
     """The instructions issued by one thread on the main path (see `MainPath`)."""
     index_of = {instruction.address: index for index, instruction in enumerate(instructions)}
-    count, loop_bodies, seen_at, returns = 0, [], {}, []
+    count, loop_bodies, seen_at, returns, issued = 0, [], {}, [], []
     index = 0
     while index < len(instructions):
         instruction = instructions[index]
         opcode = instruction.opcode.split(".")[0]
         count += 1
+        issued.append(index)
         seen_at.setdefault(instruction.address, count)
         target = _branch_target(instruction)
         if opcode == "EXIT" and not instruction.predicate:
@@ -100,7 +132,7 @@ def main_path(instructions: list[Instruction]) -> MainPath:
                 index = index_of[target]  # the branch skips a slow-path call: the common case takes it
                 continue
         index += 1
-    return MainPath(count, tuple(loop_bodies))
+    return MainPath(count, tuple(loop_bodies), tuple(issued))
 
 
 def _calls_between(instructions: list[Instruction], start: int, end: int) -> bool:

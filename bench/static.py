@@ -4,19 +4,25 @@ without a GPU.
 The variants are not a hand list: they are the launches v0adam makes for GPT-2-shaped parameters, with and
 without an odd-sized tensor, in each precision mode (`bench.launches`). Each distinct launch is compiled for sm_90
 and its SASS read (`bench.sass`): registers, spills, occupancy, global access widths and the instructions one
-thread issues on its main path. The prediction is a roofline:
+thread issues on its main path, with the compiler's scheduling control bits.
 
-    time per element = max(bytes / copy bandwidth, warp instructions / (SMs * 4 schedulers * clock))
-
-with the bytes of SPEC §3 (`bench.cases.bytes_per_element`), at step 1 and at step 1e6: a loop in the step kernel
-is counted as one iteration per bit of the step count, as the bias-correction powers once were (they are now
-computed once per step, per param, by `v0adam.kernels.step_scalars`: the "advance steps" rows). Every number it
-prints is *predicted*; the calibration table compares it with the committed H200 measurements.
+The prediction is what one SM sub-partition sustains (`bench.issue`): its resident warps (from the occupancy) run
+the main path, each instruction taking an issue slot and its pipe (integer/logic and either FMA pipe at half a
+warp-instruction per cycle, MUFU at an eighth, ...), waiting for its scoreboards and holding its warp for its
+stall count; data loads take the DRAM latency, which grows with the bandwidth in use (a closed queue: latency =
+unloaded latency / (1 - utilisation)), table loads an L2 hit. The bandwidth the step reaches is where what the
+warps can keep in flight meets what it costs: predicted % of copy for the bytes of SPEC §3
+(`bench.cases.bytes_per_element`). Each row says which limit binds: bytes (the step keeps up with DRAM), a pipe,
+issue, or latency. The unloaded DRAM latency is the model's one calibrated constant: fitted on the committed H200
+rows, whose errors it reports. The roofline it replaced (issue at every cycle) is kept beside it. Every number it
+prints is *predicted*.
 """
 
 import argparse
 import concurrent.futures
 import csv
+import dataclasses
+import functools
 import math
 import multiprocessing
 import os
@@ -29,14 +35,35 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from bench import cases, sass
+from bench import cases, issue, sass
 from bench.launches import CONFIGURATIONS, MODELS, Configuration, Launch, kernel_modules, record_launches
 
-# H200 SXM: 132 SMs, 4 warp schedulers each issuing one instruction per clock, 1.98 GHz boost; 65536 registers and
-# 64 resident warps per SM. COPY_GBPS: the device-to-device copy measured in the committed run.
+# H200 SXM: 132 SMs, 4 warp schedulers each issuing one instruction per clock, 1.98 GHz boost; 65536 registers,
+# 64 resident warps, 32 programs and 228 KB of shared memory per SM. COPY_GBPS: the device-to-device copy measured
+# in the committed run.
 SMS, SCHEDULERS, CLOCK_HZ = 132, 4, 1.98e9
-REGISTERS_PER_SM, MAX_WARPS_PER_SM, MAX_BLOCKS_PER_SM = 65536, 64, 32
+REGISTERS_PER_SM, MAX_WARPS_PER_SM, MAX_BLOCKS_PER_SM, SHARED_PER_SM = 65536, 64, 32, 228 * 1024
 H200_RESULTS = Path(__file__).parent / "results" / "nvidia-h200_2026-11-26.csv"
+H200_TUNING = Path(__file__).parent / "results" / "nvidia-h200_2026-11-26_device_check_tune.log"
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The latency of a DRAM load at utilisation u of the copy bandwidth: unloaded_cycles / (1 - u ** exponent),
+    flat until the bandwidth is nearly in use, then without bound. Its two constants are the model's fitted ones
+    (`python -m bench.static --calibrate`)."""
+
+    unloaded_cycles: int
+    exponent: int
+
+    def cycles(self, utilisation: float) -> int:
+        return round(self.unloaded_cycles / (1 - utilisation**self.exponent))
+
+
+MEMORY = Memory(unloaded_cycles=450, exponent=1)
+# The committed rows the constants are fitted on: the launches v0adam makes (BLOCK 1024, 4 warps: 8 elements per
+# thread) and those with 16 elements per thread; the tuning run's other shapes are reported beside them.
+FITTED_ON = {(1024, 4), (2048, 4)}
 COPY_GBPS = 4253.3
 LATE_STEP = 10**6
 # Targets of the model (issue #22): every variant at >= 95% of copy at step 1e6, 8-bit states at >= 90%.
@@ -50,6 +77,7 @@ class Prediction:
     registers: int
     spills: int  # local-memory instructions: registers spilled or saved to the stack
     occupancy_pct: float
+    warps_per_scheduler: int
     loads: str  # global loads by width: "128b x24, 32b x9"
     stores: str
     bfloat16_rounding: str  # the rounding modes of the PTX's float32 -> bfloat16 conversions: "rn", or "" for none
@@ -57,6 +85,11 @@ class Prediction:
     instructions_per_element: float  # SASS, one thread's main path, at step 1
     instructions_per_element_late: float  # at step 1e6
     bytes_per_element: float
+    issue_pct: float  # the share of cycles a scheduler issues, at the predicted bandwidth
+    busiest_pipe: str
+    busiest_pipe_pct: float  # the share of cycles the busiest pipe is busy
+    binding: str  # what limits the launch: "bytes", "pipe alu", "issue" or "latency"
+    roofline_pct: float  # the earlier model: bytes against issue at every cycle, at step 1e6
     pct_of_copy: float  # predicted, at step 1
     pct_of_copy_late: float  # predicted, at step 1e6
 
@@ -94,32 +127,87 @@ def _compile(launch: Launch):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=launch.num_warps))
 
 
+@functools.cache
 def analyse(launch: Launch) -> dict:
     """Resources, access widths and main path of one launch compiled for sm_90."""
     compiled = _compile(launch)
     listing, usage = sass.disassemble(compiled.asm["cubin"])
     instructions = sass.parse(listing)
     used = sass.resources(usage)
+    path = sass.main_path(instructions)
     return dict(
         bfloat16_rounding="+".join(sorted(set(re.findall(r"cvt\.(\w+)\.bf16", compiled.asm["ptx"])))),
         registers=used.get("REG", 0),
+        shared=used.get("SHARED", 0),
         spills=sass.spill_instructions(instructions) + used.get("LOCAL", 0),
         widths=sass.access_widths(instructions),
-        path=sass.main_path(instructions),
+        path=path,
+        issued=tuple(instructions[index] for index in path.indices),
     )
 
 
-def occupancy_pct(registers: int, num_warps: int) -> float:
-    """Resident warps per SM as a share of the maximum, limited by registers (allocated per warp in units of 256)."""
+def resident_warps(registers: int, num_warps: int, shared_bytes: int = 0) -> int:
+    """Warps resident on an SM, in whole programs: limited by registers (allocated per warp in units of 256),
+    shared memory, and the SM's limits on warps and programs."""
     registers_per_warp = math.ceil(max(registers, 1) * 32 / 256) * 256
-    blocks = min(REGISTERS_PER_SM // (registers_per_warp * num_warps), MAX_BLOCKS_PER_SM, MAX_WARPS_PER_SM // num_warps)
-    return 100.0 * blocks * num_warps / MAX_WARPS_PER_SM
+    programs = min(
+        REGISTERS_PER_SM // (registers_per_warp * num_warps),
+        MAX_BLOCKS_PER_SM,
+        MAX_WARPS_PER_SM // num_warps,
+        SHARED_PER_SM // shared_bytes if shared_bytes else MAX_BLOCKS_PER_SM,
+    )
+    return programs * num_warps
 
 
-def predicted_pct(instructions_per_element: float, bytes_per_element: float) -> float:
+def occupancy_pct(registers: int, num_warps: int, shared_bytes: int = 0) -> float:
+    return 100.0 * resident_warps(registers, num_warps, shared_bytes) / MAX_WARPS_PER_SM
+
+
+def roofline_pct(instructions_per_element: float, bytes_per_element: float) -> float:
+    """The earlier model: bytes against warp-instructions issued at every cycle of every scheduler."""
     memory_s = bytes_per_element / (COPY_GBPS * 1e9)
     issue_s = instructions_per_element / 32 / (SMS * SCHEDULERS * CLOCK_HZ)
     return 100.0 * memory_s / max(memory_s, issue_s)
+
+
+@dataclass(frozen=True)
+class Sustained:
+    pct_of_copy: float
+    issue: issue.Issue
+
+
+def sustained(launch: Launch, result: dict, bytes_per_element: float, memory: Memory) -> Sustained:
+    """The share of copy bandwidth the launch sustains: the utilisation u at which the warps one scheduler holds,
+    their data loads taking `memory.cycles(u)`, move u of its share of the bandwidth (found by bisection)."""
+    warps = resident_warps(result["registers"], launch.num_warps, result["shared"]) // SCHEDULERS
+    program_warps = max(1, launch.num_warps // SCHEDULERS)
+    elements_per_program = dict(launch.constexprs)["BLOCK"] // (32 * launch.num_warps) * 32
+    share_bytes_per_cycle = COPY_GBPS * 1e9 / (SMS * SCHEDULERS * CLOCK_HZ)
+
+    def run(utilisation: float) -> issue.Issue:
+        return issue.simulate(result["issued"], warps, memory.cycles(utilisation), program_warps)
+
+    def keeps_up(utilisation: float) -> bool:
+        moved = run(utilisation).programs_per_cycle * elements_per_program * bytes_per_element
+        return moved >= utilisation * share_bytes_per_cycle
+
+    low, high = 0.0, 0.999
+    for _ in range(12):
+        middle = (low + high) / 2
+        low, high = (middle, high) if keeps_up(middle) else (low, middle)
+    return Sustained(100.0 * low, run(low))
+
+
+def binding_limit(launch: Launch, result: dict, bytes_per_element: float, reached: Sustained) -> str:
+    """What holds the launch below copy bandwidth: nothing but its bytes (within 5%); else, if its warps could not
+    keep up even with loads that took no time, its issue (the busiest pipe where that is busy 90% of cycles);
+    else the latency they cannot hide."""
+    if reached.pct_of_copy >= 95.0:
+        return "bytes"
+    instant = sustained(launch, result, bytes_per_element, Memory(unloaded_cycles=1, exponent=1))
+    if instant.pct_of_copy >= 95.0:
+        return "latency"
+    return f"pipe {instant.issue.busiest_pipe}" if instant.issue.busiest_pipe_pct >= 90.0 else "issue"
 
 
 def _describe(launch: Launch) -> str:
@@ -160,26 +248,28 @@ def _bytes(launch: Launch, configuration: Configuration) -> float:
     return dtype.itemsize + 16  # the grad read, two float32 sums read and written
 
 
-def predict(launch: Launch, configuration: Configuration, result: dict) -> Prediction:
-    """The prediction for `launch` in `configuration` from its `analyse` result."""
+def predict(launch: Launch, bytes_per_element: float, variant: str, memory: Memory = MEMORY):
+    """The prediction for `launch` moving `bytes_per_element`, named `variant`."""
+    result = analyse(launch)
     constexprs = dict(launch.constexprs)
     elements_per_thread = constexprs["BLOCK"] // (32 * launch.num_warps)
     path = result["path"]
     late = path.instructions
-    if launch.kernel == "_adam_step_kernel":  # its loops are the powers beta ** step: one iteration per bit
+    if launch.kernel == "_adam_step_kernel":  # its loops were the powers beta ** step: one iteration per bit
         late += sum(path.loop_bodies) * (LATE_STEP.bit_length() - 1)
-    bytes_per_element = _bytes(launch, configuration)
     per_element, per_element_late = path.instructions / elements_per_thread, late / elements_per_thread
+    reached = sustained(launch, result, bytes_per_element, memory)
 
     def widths(kind):
         return ", ".join(f"{bits}b x{count}" for bits, count in sorted(result["widths"][kind].items(), reverse=True))
 
     return Prediction(
-        variant=f"{configuration.name} / {_describe(launch)}",
+        variant=variant,
         kernel=_describe(launch),
         registers=result["registers"],
         spills=result["spills"],
-        occupancy_pct=occupancy_pct(result["registers"], launch.num_warps),
+        occupancy_pct=occupancy_pct(result["registers"], launch.num_warps, result["shared"]),
+        warps_per_scheduler=resident_warps(result["registers"], launch.num_warps, result["shared"]) // SCHEDULERS,
         loads=widths("load"),
         stores=widths("store"),
         bfloat16_rounding=result["bfloat16_rounding"],
@@ -187,59 +277,119 @@ def predict(launch: Launch, configuration: Configuration, result: dict) -> Predi
         instructions_per_element=per_element,
         instructions_per_element_late=per_element_late,
         bytes_per_element=bytes_per_element,
-        pct_of_copy=predicted_pct(per_element, bytes_per_element),
-        pct_of_copy_late=predicted_pct(per_element_late, bytes_per_element),
+        issue_pct=reached.issue.issue_pct,
+        busiest_pipe=reached.issue.busiest_pipe,
+        busiest_pipe_pct=reached.issue.busiest_pipe_pct,
+        binding=binding_limit(launch, result, bytes_per_element, reached),
+        roofline_pct=roofline_pct(per_element_late, bytes_per_element),
+        pct_of_copy=reached.pct_of_copy,
+        # A loop on the main path (none in the step) runs more at step 1e6: the issue-bound share shrinks with it.
+        pct_of_copy_late=reached.pct_of_copy * min(1.0, path.instructions / late)
+        if late != path.instructions
+        else reached.pct_of_copy,
     )
+
+
+def _predict_job(job) -> Prediction:
+    return predict(*job)
+
+
+def _in_parallel(jobs) -> list[Prediction]:
+    """Compiling, disassembling and simulating take seconds a kernel: one process per core (Triton's front end is
+    not thread-safe). Fresh processes, so that they import the kernels as this one did, without the interpreter."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=context) as pool:
+        return list(pool.map(_predict_job, jobs))
 
 
 def model(configurations=CONFIGURATIONS, models=MODELS) -> list[Prediction]:
     """A prediction per distinct launch and traffic of each configuration over each model (a launch two
     configurations share is listed under the first)."""
-    work, seen = [], set()
+    jobs, seen = [], set()
     for configuration in configurations:
         for shapes in models.values():
             for launch in sorted(record_launches(configuration, shapes), key=repr):
                 key = (launch, _bytes(launch, configuration))  # AMSGrad is a run-time switch: same code, more bytes
                 if key not in seen:
                     seen.add(key)
-                    work.append((launch, configuration))
-    # Compiling and disassembling take a few seconds a kernel: one process per core (Triton's front end is not
-    # thread-safe). Fresh processes, so that they import the kernels as this one did, without the interpreter.
-    launches = list(dict.fromkeys(launch for launch, _ in work))
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=context) as pool:
-        results = dict(zip(launches, pool.map(analyse, launches)))
-    return [predict(launch, configuration, results[launch]) for launch, configuration in work]
+                    jobs.append((launch, key[1], f"{configuration.name} / {_describe(launch)}"))
+    return _in_parallel(jobs)
 
 
-# Committed H200 rows (case name there) and the configuration whose aligned step they measured.
-CALIBRATION = {"GPT-2 small fp32": "fp32", "GPT-2 small AMSGrad": "fp32 AMSGrad", "GPT-2 small bf16": "bf16"}
+# Committed H200 rows of the v0adam step (case name there) and the configuration whose aligned step they measured.
+CALIBRATION = {
+    "fp32 64M": "fp32",
+    "fp32 256M": "fp32",
+    "GPT-2 small fp32": "fp32",
+    "GPT-2 small AMSGrad": "fp32 AMSGrad",
+    "GPT-2 small bf16": "bf16",
+    "Llama 1B fp32": "fp32",
+}
 
 
-def calibration(predictions: list[Prediction]) -> list[tuple[str, float, float]]:
-    """(case, predicted %, measured %) for the committed H200 rows the model has a variant of."""
-    measured = {}
+@dataclass(frozen=True)
+class Measured:
+    """A committed H200 measurement of an aligned step: its case, the configuration, the launch's elements per
+    program and warps (as in the tuning run; else the backend's), and its % of copy."""
+
+    case: str
+    configuration: str
+    block: int
+    num_warps: int
+    pct_of_copy: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.case}, BLOCK {self.block}, {self.num_warps} warps"
+
+
+def measured_rows() -> list[Measured]:
+    """Every committed H200 row of the step: the benchmark's (BLOCK 1024, 4 warps) and the tuning run's."""
+    rows = []
     with open(H200_RESULTS) as file:
         for row in csv.DictReader(file):
             if row["variant"] == "v0adam" and row["case"] in CALIBRATION:
-                measured[row["case"]] = float(row["pct_of_copy"])
-    by_variant = {prediction.variant: prediction for prediction in predictions}
-    rows = []
-    for case, configuration in CALIBRATION.items():
-        prediction = by_variant.get(f"{configuration} / step aligned")
-        if prediction is not None and case in measured:
-            rows.append((case, prediction.pct_of_copy_late, measured[case]))
+                rows.append(Measured(row["case"], CALIBRATION[row["case"]], 1024, 4, float(row["pct_of_copy"])))
+    tuned = re.compile(r"^\| (\d+) \| (\d+) \| [\d.]+ \(([\d.]+)%\) \| [\d.]+ \(([\d.]+)%\) \|$")
+    for line in H200_TUNING.read_text().splitlines():
+        match = tuned.match(line)
+        if match:
+            block, warps, large, gpt2 = match.groups()
+            for case, pct in (("fp32 64M", large), ("GPT-2 small fp32", gpt2)):
+                rows.append(Measured(case, "fp32", int(block), int(warps), float(pct)))
     return rows
 
 
-def format_report(predictions: list[Prediction]) -> str:
+def _aligned_step(configuration_name: str, block: int, num_warps: int) -> tuple[Launch, float]:
+    configuration = next(c for c in CONFIGURATIONS if c.name == configuration_name)
+    launch = next(
+        launch
+        for launch in sorted(record_launches(configuration, MODELS["GPT-2"]), key=repr)
+        if launch.kernel == "_adam_step_kernel" and dict(launch.constexprs)["ALIGNED"]
+    )
+    constexprs = tuple((name, block if name == "BLOCK" else value) for name, value in launch.constexprs)
+    launch = dataclasses.replace(launch, constexprs=constexprs, num_warps=num_warps)
+    return launch, _bytes(launch, configuration)
+
+
+def calibration(memory: Memory = MEMORY) -> list[tuple[Measured, float]]:
+    """(measured row, predicted %) for every committed H200 row of the step."""
+    rows = measured_rows()
+    jobs = [(*_aligned_step(row.configuration, row.block, row.num_warps), row.name, memory) for row in rows]
+    return list(zip(rows, (prediction.pct_of_copy for prediction in _in_parallel(jobs))))
+
+
+def format_report(predictions: list[Prediction], calibrated: list[tuple[Measured, float]]) -> str:
     header = (
-        f"{'variant':<46} {'regs':>4} {'spill':>5} {'occ%':>4} {'loads':<24} {'stores':<14} "
-        f"{'ins/el':>6} {'@1e6':>6} {'B/el':>6} {'pred%':>6} {'@1e6':>6} {'target':>6}"
+        f"{'variant':<46} {'regs':>4} {'spill':>5} {'w/s':>3} {'loads':<24} {'stores':<14} {'ins/el':>6} "
+        f"{'B/el':>6} {'issue%':>6} {'pipe':<13} {'roof%':>6} {'pred%':>6} {'binds':<12} {'target':>6}"
     )
     lines = [
-        f"Predicted for an H200 (sm_90; {SMS} SMs, {CLOCK_HZ / 1e9:.2f} GHz, copy {COPY_GBPS:.0f} GB/s as measured), "
+        f"Predicted for an H200 (sm_90; {SMS} SMs, {CLOCK_HZ / 1e9:.2f} GHz, copy {COPY_GBPS:.0f} GB/s as measured, "
+        f"DRAM latency {MEMORY.unloaded_cycles} / (1 - u^{MEMORY.exponent}) cycles at utilisation u), "
         f"triton {triton.__version__}: nothing below was run on a GPU.",
+        "w/s: warps per scheduler; issue%: cycles a scheduler issues; pipe: the busiest, % of cycles busy; roof%: "
+        "the earlier roofline (issue at every cycle); pred%: this model, at step 1e6.",
         header,
     ]
     for p in predictions:
@@ -248,22 +398,52 @@ def format_report(predictions: list[Prediction]) -> str:
         else:
             target = f"{p.target_pct:>4.0f} {'ok' if p.pct_of_copy_late >= p.target_pct and not p.spills else 'MISS'}"
         lines.append(
-            f"{p.variant:<46} {p.registers:>4} {p.spills:>5} {p.occupancy_pct:>4.0f} {p.loads:<24} {p.stores:<14} "
-            f"{p.instructions_per_element:>6.1f} {p.instructions_per_element_late:>6.1f} {p.bytes_per_element:>6.2f} "
-            f"{p.pct_of_copy:>6.1f} {p.pct_of_copy_late:>6.1f} {target}"
+            f"{p.variant:<46} {p.registers:>4} {p.spills:>5} {p.warps_per_scheduler:>3} {p.loads:<24} {p.stores:<14} "
+            f"{p.instructions_per_element_late:>6.1f} {p.bytes_per_element:>6.2f} {p.issue_pct:>6.0f} "
+            f"{p.busiest_pipe:<8} {p.busiest_pipe_pct:>3.0f}% {p.roofline_pct:>6.1f} {p.pct_of_copy_late:>6.1f} "
+            f"{p.binding:<12} {target}"
         )
-    lines += ["", "Calibration against the committed H200 run (bench/results/nvidia-h200_2026-11-26.csv):"]
-    for case, predicted, measured in calibration(predictions):
+    if calibrated:
+        sources = f"{H200_RESULTS.name}, {H200_TUNING.name}"
+        lines += ["", f"Calibration against every committed H200 row of the step ({sources}):"]
+    for row, predicted in calibrated:
+        fitted = "fitted on" if (row.block, row.num_warps) in FITTED_ON else "reported"
         lines.append(
-            f"  {case:<24} predicted {predicted:5.1f}%  measured {measured:5.1f}%  error {predicted - measured:+.1f}"
+            f"  {row.name:<44} predicted {predicted:5.1f}%  measured {row.pct_of_copy:5.1f}%  "
+            f"error {predicted - row.pct_of_copy:+5.1f}  ({fitted})"
         )
     return "\n".join(lines)
+
+
+def _fit_job(job) -> list[float]:
+    launch, bytes_per_element, candidates = job
+    result = analyse(launch)
+    return [sustained(launch, result, bytes_per_element, memory).pct_of_copy for memory in candidates]
+
+
+def fit(candidates) -> list[tuple[Memory, float, float]]:
+    """(memory constants, largest absolute error over the rows fitted on, over all rows) for each candidate."""
+    rows = measured_rows()
+    jobs = [(*_aligned_step(row.configuration, row.block, row.num_warps), tuple(candidates)) for row in rows]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=context) as pool:
+        predicted = list(pool.map(_fit_job, jobs))
+    fits = []
+    for index, memory in enumerate(candidates):
+        errors = [
+            (abs(pcts[index] - row.pct_of_copy), (row.block, row.num_warps)) for row, pcts in zip(rows, predicted)
+        ]
+        fitted = max(error for error, shape in errors if shape in FITTED_ON)
+        fits.append((memory, fitted, max(error for error, _ in errors)))
+    return fits
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.static", description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", type=Path, help="also write the predictions to this CSV file")
     parser.add_argument("--configuration", action="append", help="only this configuration (repeatable)")
+    parser.add_argument("--calibration-csv", type=Path, help="also write the calibration rows to this CSV file")
+    parser.add_argument("--calibrate", action="store_true", help="print the fit of the unloaded DRAM latency")
     args = parser.parse_args(argv)
     configurations = [c for c in CONFIGURATIONS if args.configuration is None or c.name in args.configuration]
     if not configurations:
@@ -272,8 +452,19 @@ def main(argv=None) -> int:
     if "v0adam" in sys.modules and os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run it in a process where v0adam was not imported under TRITON_INTERPRET=1")
     os.environ.pop("TRITON_INTERPRET", None)
+    if args.calibrate:
+        candidates = [Memory(cycles, exponent) for cycles in range(300, 901, 150) for exponent in (1, 4, 8, 16)]
+        for memory, fitted, everywhere in sorted(fit(candidates), key=lambda row: row[1]):
+            print(f"{memory}: largest error {fitted:5.1f} points on the rows fitted on, {everywhere:5.1f} on all")
+        return 0
     predictions = model(configurations)
-    print(format_report(predictions))
+    calibrated = calibration() if args.configuration is None else []
+    print(format_report(predictions, calibrated))
+    if args.calibration_csv:
+        with open(args.calibration_csv, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow([*Measured.__dataclass_fields__, "predicted_pct"])
+            writer.writerows([*row.__dict__.values(), predicted] for row, predicted in calibrated)
     if args.csv:
         with open(args.csv, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=list(Prediction.__dataclass_fields__))

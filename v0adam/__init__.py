@@ -16,4 +16,4 @@ __all__ = [
     "v0_fade_steps",
     "dequantized_state_dict",
 ]
-__version__ = "0.6.0"
+__version__ = "0.7.0"

@@ -1,0 +1,43 @@
+"""The one-scheduler issue simulation of the static model (`bench.issue`), on hand-made instruction streams: what
+it says a pipe, the issue slot, a stall count and a scoreboard cost."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.issue import simulate  # noqa: E402
+from bench.sass import Instruction  # noqa: E402
+
+
+def stream(opcode: str, count: int, stall: int = 1, **control) -> list[Instruction]:
+    return [Instruction(16 * index, "", opcode, "", stall=stall, **control) for index in range(count)]
+
+
+def test_integer_logic_instructions_issue_at_half_a_warp_instruction_per_cycle():
+    result = simulate(stream("LOP3.LUT", 400), warps=8, dram_cycles=500)
+    assert result.issue_pct == pytest.approx(50, rel=0.02)
+    assert result.busiest_pipe == "alu" and result.busiest_pipe_pct == pytest.approx(100, rel=0.02)
+
+
+def test_float32_arithmetic_uses_both_fma_pipes_and_issues_every_cycle():
+    result = simulate(stream("FFMA", 400), warps=8, dram_cycles=500)
+    assert result.issue_pct == pytest.approx(100, rel=0.02)
+
+
+def test_one_warp_waits_out_its_stall_counts_and_more_warps_hide_them():
+    alone = simulate(stream("FFMA", 400, stall=4), warps=1, dram_cycles=500)
+    assert alone.issue_pct == pytest.approx(25, rel=0.02)
+    four = simulate(stream("FFMA", 400, stall=4), warps=4, dram_cycles=500)
+    assert four.issue_pct == pytest.approx(100, rel=0.02)
+
+
+def test_a_data_load_holds_the_instruction_that_waits_for_its_scoreboard():
+    load = Instruction(0, "@!P0", "LDG.E.128", "", stall=1, write_barrier=0)
+    use = Instruction(16, "", "FFMA", "", stall=1, wait_mask=0b1)
+    path = [load, use]
+    slow, fast = (simulate(path, warps=1, dram_cycles=cycles) for cycles in (1000, 200))
+    # One program at a time: a pass takes the load's latency, whatever the few instructions around it.
+    assert 1 / slow.programs_per_cycle == pytest.approx(1000, rel=0.01)
+    assert 1 / fast.programs_per_cycle == pytest.approx(200, rel=0.05)
