@@ -2,7 +2,7 @@
 (the same float32 operations, the same integer operations on the bits). Values travel as [BLOCK] vectors; each
 function works on them as [BLOCK // QBLOCK, QBLOCK], a row per quantization block, with one scale per row.
 
-Every row is a whole block of the segment: 8-bit segments are whole blocks (`Precision.takes_8bit_states`, checked
+Every row is a whole block of the segment: 8-bit segments are whole blocks (`Precision.why_not_8bit`, checked
 when the launch tables are built), so no element of a stored row is masked; rows past a segment's end are
 computed from masked loads and never stored."""
 
