@@ -56,3 +56,15 @@ def test_the_formats_are_logged_once_at_construction_at_debug_level(caplog):
     with caplog.at_level(logging.INFO, logger="v0adam"):
         v0adam.V0AdamW(bf16_model().parameters(), state_dtype=torch.uint8)
     assert not caplog.records
+
+
+def test_float64_params_keep_float64_moments_whatever_float_dtype_is_asked():
+    """Moments narrower than the params would lose what a float64 model keeps; 8-bit ones are another matter,
+    asked for their bytes."""
+    param = torch.nn.Parameter(torch.randn(4, 4, dtype=torch.float64, device=DEVICE))
+    opt = v0adam.V0AdamW([param], state_dtype=torch.bfloat16)
+    param.grad = torch.randn_like(param)
+    opt.step()
+    assert opt.state[param]["exp_avg"].dtype == opt.state[param]["exp_avg_sq"].dtype == torch.float64
+    (state_format,) = opt.state_formats()
+    assert state_format.moments == "float64" and "float64 param" in state_format.reason

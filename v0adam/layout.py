@@ -21,7 +21,6 @@ from v0adam.masters import MASTER_KEYS
 from v0adam.moments import CODES_SUFFIX, MOMENTS, SCALES_SUFFIX
 from v0adam.sharding import local_part
 from v0adam.state_table import StateTable
-from v0adam.work import ParamMoved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +72,6 @@ class StateLayout:
             len(group["params"]) == len(params) and all(map(operator.is_, group["params"], params))
             for group, params in zip(param_groups, lists)
         )
-
-    def follow_moves(self, param_groups, state, action):
-        """action(), after laying the buffers out again if it finds a param moved or converted since they were:
-        states carried."""
-        try:
-            return action()
-        except ParamMoved:
-            self.build(param_groups, state)
-            return action()
 
     def build(self, param_groups, state) -> None:
         """Lay every param out in flat buffers, on its current device and dtype, carrying over the values of any

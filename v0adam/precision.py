@@ -29,12 +29,12 @@ class Precision:
 
     def moments_for(self, param_dtype: torch.dtype, state_dtype: torch.dtype | None):
         """The moments' format of a bucket of `param_dtype` params whose states were asked as `state_dtype` (None:
-        the default, float32, float64 for float64 params)."""
+        the default, float32); float64 params keep float64 moments unless 8-bit ones are asked."""
         if state_dtype == torch.uint8:
             return BlockwiseMoments()
-        if state_dtype is None:
-            return FloatMoments(torch.float64 if param_dtype == torch.float64 else torch.float32)
-        return FloatMoments(state_dtype)
+        if param_dtype == torch.float64:  # whatever float dtype was asked
+            return FloatMoments(torch.float64)
+        return FloatMoments(state_dtype or torch.float32)
 
     def asked_for(self, param: torch.Tensor, group: dict) -> torch.dtype | None:
         """The state dtype asked for `param`: its group's, else the optimizer's; 8-bit only where the whole tensor
