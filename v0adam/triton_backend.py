@@ -25,14 +25,12 @@ def interpreter_enabled() -> bool:
 #   BLOCK 1024, 4 warps: 64M fp32 0.450 ms (98.2% of copy bandwidth), GPT-2 small 0.828 ms (99.1%)
 #   BLOCK 4096, 8 warps: 0.468 ms (94.5%), 0.856 ms;  16 warps or BLOCK 8192 with 4 warps: 82-50%.
 # The interpreter pays ~1 ms per program instance whatever its size, so it gets large blocks.
+# 8-bit states take the same: at 16 elements per thread (BLOCK 2048) their step needs 106 to 128 registers, 4 warps
+# per scheduler, and the static model's issue model predicts 72% of copy with bfloat16 params and 89% with float32
+# ones, against 81% and 91% at 8 (62 to 64 registers, 8 warps); the committed H200 run measured the fp32 step at
+# 94.4% with 16 elements per thread against 98.2% with 8. Predicted, not yet measured with 8-bit states.
 BLOCK = 4096 if interpreter_enabled() else 1024
 NUM_WARPS = 4
-# 8-bit states: twice the elements per thread. Each thread's fixed work (the segment and scalar loads, and per
-# quantization block a maximum across the warp, a reciprocal and the scale's store) is then shared by 16 elements,
-# and 16 elements of 8-bit states (10 bytes each with bfloat16 params) put fewer bytes in flight per thread than
-# the 8 of float32 states (28 bytes) BLOCK was tuned with. Predicted by the static model (`python -m bench.static`,
-# 96% of copy for bfloat16 params against 89% at 1024); not yet measured on a GPU.
-QUANTIZED_BLOCK = BLOCK if interpreter_enabled() else 2048
 # Whether a segment that breaks the alignment promise costs only itself (see SegmentTable). The interpreter has
 # no vector accesses to keep and pays per program: there the tables stay as they were (one launch, aligned only
 # if every segment is), except where a test switches the split on to check it changes nothing.
@@ -136,7 +134,7 @@ class SegmentTable:
         self.device = device
         self.itemsize = dtype.itemsize
         self.quantized = quantized
-        self.block = QUANTIZED_BLOCK if quantized else BLOCK  # elements per program of every launch over it
+        self.block = BLOCK  # elements per program of every launch over it
         self._key = None
         self._addresses = None
         self.segments = None
