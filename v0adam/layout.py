@@ -245,7 +245,7 @@ class StateLayout:
                     if not keys:
                         continue  # max_exp_avg_sq without AMSGrad
                     if name in values:
-                        state_io.write_moment(bucket, index, name, values)
+                        state_io.write_loaded_moment(bucket, index, name, values)
                     else:
                         bucket.zero_moment(name, index)
                     written.update({name, *keys})

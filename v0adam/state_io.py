@@ -41,7 +41,7 @@ def checked_values(param, values: dict, keep_codes: bool) -> dict:
     return {key: _local_value(param, key, value) for key, value in values.items()}
 
 
-def write_moment(bucket, index: int, name: str, values: dict) -> None:
+def write_loaded_moment(bucket, index: int, name: str, values: dict) -> None:
     """Write checked loaded `values`' moment `name` into the bucket's slot for param `index`: 8-bit codes and their
     scales as they are (kept only where the bucket's moments load them), float values in the bucket's format."""
     loaded = torch.as_tensor(values[name])
