@@ -170,6 +170,13 @@ def roofline_pct(instructions_per_element: float, bytes_per_element: float) -> f
     return 100.0 * memory_s / max(memory_s, issue_s)
 
 
+def elements_per_thread(launch: Launch) -> int:
+    """The elements one thread of a program handles: BLOCK, or as many blocks as a grad-norm program reduces at
+    once, over the program's threads."""
+    constexprs = dict(launch.constexprs)
+    return constexprs["BLOCK"] * constexprs.get("BLOCKS_PER_PROGRAM", 1) // (32 * launch.num_warps)
+
+
 @dataclass(frozen=True)
 class Sustained:
     pct_of_copy: float
@@ -181,7 +188,7 @@ def sustained(launch: Launch, result: dict, bytes_per_element: float, memory: Me
     their data loads taking `memory.cycles(u)`, move u of its share of the bandwidth (found by bisection)."""
     warps = resident_warps(result["registers"], launch.num_warps, result["shared"]) // SCHEDULERS
     program_warps = max(1, launch.num_warps // SCHEDULERS)
-    elements_per_program = dict(launch.constexprs)["BLOCK"] // (32 * launch.num_warps) * 32
+    elements_per_program = elements_per_thread(launch) * 32  # of one warp
     share_bytes_per_cycle = COPY_GBPS * 1e9 / (SMS * SCHEDULERS * CLOCK_HZ)
 
     def run(utilisation: float) -> issue.Issue:
@@ -251,13 +258,12 @@ def _bytes(launch: Launch, configuration: Configuration) -> float:
 def predict(launch: Launch, bytes_per_element: float, variant: str, memory: Memory = MEMORY):
     """The prediction for `launch` moving `bytes_per_element`, named `variant`."""
     result = analyse(launch)
-    constexprs = dict(launch.constexprs)
-    elements_per_thread = constexprs["BLOCK"] // (32 * launch.num_warps)
+    per_thread = elements_per_thread(launch)
     path = result["path"]
     late = path.instructions
     if launch.kernel == "_adam_step_kernel":  # its loops were the powers beta ** step: one iteration per bit
         late += sum(path.loop_bodies) * (LATE_STEP.bit_length() - 1)
-    per_element, per_element_late = path.instructions / elements_per_thread, late / elements_per_thread
+    per_element, per_element_late = path.instructions / per_thread, late / per_thread
     reached = sustained(launch, result, bytes_per_element, memory)
 
     def widths(kind):
@@ -273,7 +279,7 @@ def predict(launch: Launch, bytes_per_element: float, variant: str, memory: Memo
         loads=widths("load"),
         stores=widths("store"),
         bfloat16_rounding=result["bfloat16_rounding"],
-        elements_per_thread=elements_per_thread,
+        elements_per_thread=per_thread,
         instructions_per_element=per_element,
         instructions_per_element_late=per_element_late,
         bytes_per_element=bytes_per_element,
