@@ -87,7 +87,7 @@ class _Recorder:
                 signature.append((param.name, "constexpr"))
                 constexprs.append((param.name, _constant(value)))
                 continue
-            kind, specialization = native_specialize_impl(CUDABackend, value, False, True, True)
+            kind, specialization = native_specialize_impl(CUDABackend, value, False, not param.do_not_specialize, True)
             if kind == "constexpr":  # an integer 1
                 constexprs.append((param.name, specialization))
             elif specialization == "D":

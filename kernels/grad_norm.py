@@ -24,7 +24,7 @@ FUSED_NORM_TYPES = (1.0, 2.0, float("inf"))
 BLOCKS_PER_PROGRAM = 4
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_blocks"])  # one compilation whatever the table's size
 def _grad_norm_partials_kernel(
     segments_ptr,  # int64 [num_segments, SEGMENT_FIELDS]: the optimizer's segment table
     block_segment_ptr,  # int32 [num_blocks]: the segment of each block
