@@ -29,7 +29,7 @@ def _grad_norm_partials_kernel(
     segments_ptr,  # int64 [num_segments, SEGMENT_FIELDS]: the optimizer's segment table
     block_segment_ptr,  # int32 [num_blocks]: the segment of each block
     partials_ptr,  # float32 [num_blocks]: each block's sum |g|, sum g^2 or max |g|
-    num_blocks,
+    num_blocks,  # blocks in the table: the last program's rows past them read and write nothing
     PARAM_DTYPE: tl.constexpr,
     NORM_TYPE: tl.constexpr,  # 1, 2 or 0 for inf
     ALIGNED: tl.constexpr,  # the segments keep the step kernel's alignment promise (`v0adam.kernels.adam`)
