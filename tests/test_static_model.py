@@ -130,7 +130,7 @@ def test_every_row_names_what_binds_it(predictions):
 
 
 # bfloat16 params with 8-bit states, at 8 elements per thread (BLOCK 1024, where the issue model predicts 81% of copy
-# against 72% at 16): 89.3% under the roofline, below the 90% target under both models (issue #32, item 2).
+# against 72% at 16): 89.4% under the roofline, below the 90% target under both models (issue #32, item 2).
 BELOW_TARGET = {"bf16 8-bit"}
 
 
