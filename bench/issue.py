@@ -128,10 +128,13 @@ def simulate(path: list[Instruction], warps: int, dram_cycles: int, program_warp
         ready_at[warp] = cycle + max(instruction.stall, 1)
         pipe_free[pipe] = cycle + PIPE_CYCLES[pipe]
         busy[pipe] += PIPE_CYCLES[pipe]
+        # A scoreboard counts what is outstanding on it: it is released when the last of them completes, not the
+        # last issued (a table load sharing one with data loads does not release them).
+        board = scoreboards[warp]
         if instruction.write_barrier != NO_BARRIER:
-            scoreboards[warp][instruction.write_barrier] = cycle + latencies[index]
+            board[instruction.write_barrier] = max(board[instruction.write_barrier], cycle + latencies[index])
         if instruction.read_barrier != NO_BARRIER:
-            scoreboards[warp][instruction.read_barrier] = cycle + READ_CYCLES
+            board[instruction.read_barrier] = max(board[instruction.read_barrier], cycle + READ_CYCLES)
         issued += 1
         cycle += 1
         position[warp] = index + 1

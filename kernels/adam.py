@@ -150,10 +150,10 @@ def _adam_step_kernel(
     param_ptr += block_start
     grad_ptr += block_start
     state_offsets = state_offset + block_start + offsets
-    # Every load before any arithmetic on what they bring, the param's last. ptxas may start a value's arithmetic
-    # right behind its load, ahead of the loads written after it, which then wait for that value: a second DRAM
-    # latency in the program. Loaded first, the exact master's param was joined before the moments were requested
-    # (predicted 93.1% of copy against 96.3%).
+    # Every load is written before any arithmetic on what the loads bring: a load issued after arithmetic that waits
+    # for an earlier load's value adds its DRAM latency to that one. ptxas may still reorder them: in the exact
+    # master's step it joins the param before it requests the moments (the static model sees two round trips there,
+    # and predicts 93.1% of copy).
     g = tl.load(grad_ptr + offsets, mask=mask)
     m = tl.load(exp_avg_ptr + state_offsets, mask=mask)
     v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask)

@@ -41,3 +41,13 @@ def test_a_data_load_holds_the_instruction_that_waits_for_its_scoreboard():
     # One program at a time: a pass takes the load's latency, whatever the few instructions around it.
     assert 1 / slow.programs_per_cycle == pytest.approx(1000, rel=0.01)
     assert 1 / fast.programs_per_cycle == pytest.approx(200, rel=0.05)
+
+
+def test_a_scoreboard_is_released_by_the_last_of_its_instructions_to_complete():
+    """The compiler lets a table load (an L2 hit) share a scoreboard with data loads (from DRAM): what waits for it
+    waits for them all. The short load issued last must not release the scoreboard before the data arrives."""
+    data = Instruction(0, "@!P0", "LDG.E.128", "", stall=1, write_barrier=0)
+    table = Instruction(16, "", "LDG.E", "", stall=1, write_barrier=0)
+    use = Instruction(32, "", "FFMA", "", stall=1, wait_mask=0b1)
+    result = simulate([data, table, use], warps=1, dram_cycles=1000)
+    assert 1 / result.programs_per_cycle == pytest.approx(1000, rel=0.01)
