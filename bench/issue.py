@@ -76,6 +76,24 @@ class Issue:
     busiest_pipe_pct: float
 
 
+def dram_round_trips(path: list[Instruction]) -> int:
+    """How many DRAM latencies one warp's program waits out in a row: 1 when every data load is issued before the
+    first instruction that waits for one; each wait for a data load issued after the previous such wait adds one
+    (whatever shares its scoreboard: the compiler lets table loads and data loads share one, and an address
+    computed from a table value then waits for the data too)."""
+    trips = 0
+    issued_during = {}  # scoreboard -> the round trip during which its last data load was issued
+    for instruction in path:
+        waited = [barrier for barrier in issued_during if instruction.wait_mask >> barrier & 1]
+        if any(issued_during[barrier] == trips for barrier in waited):
+            trips += 1
+        for barrier in waited:
+            del issued_during[barrier]
+        if is_data_load(instruction) and instruction.write_barrier != NO_BARRIER:
+            issued_during[instruction.write_barrier] = trips
+    return trips
+
+
 def pipe_demand(path: list[Instruction]) -> dict[str, int]:
     """Cycles of each pipe one pass of the path takes (float32 arithmetic split over the two FMA pipes)."""
     demand = dict.fromkeys(PIPE_CYCLES, 0)

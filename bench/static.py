@@ -89,6 +89,7 @@ class Prediction:
     busiest_pipe: str
     busiest_pipe_pct: float  # the share of cycles the busiest pipe is busy
     binding: str  # what limits the launch: "bytes", "pipe alu", "issue" or "latency"
+    dram_round_trips: int  # DRAM latencies a program waits out in a row (`bench.issue.dram_round_trips`)
     roofline_pct: float  # the earlier model: bytes against issue at every cycle, at step 1e6
     pct_of_copy: float  # predicted, at step 1
     pct_of_copy_late: float  # predicted, at step 1e6
@@ -287,6 +288,7 @@ def predict(launch: Launch, bytes_per_element: float, variant: str, memory: Memo
         busiest_pipe=reached.issue.busiest_pipe,
         busiest_pipe_pct=reached.issue.busiest_pipe_pct,
         binding=binding_limit(launch, result, bytes_per_element, reached),
+        dram_round_trips=issue.dram_round_trips(result["issued"]),
         roofline_pct=roofline_pct(per_element_late, bytes_per_element),
         pct_of_copy=reached.pct_of_copy,
         # A loop on the main path (none in the step) runs more at step 1e6: the issue-bound share shrinks with it.
@@ -388,14 +390,15 @@ def calibration(memory: Memory = MEMORY) -> list[tuple[Measured, float]]:
 def format_report(predictions: list[Prediction], calibrated: list[tuple[Measured, float]]) -> str:
     header = (
         f"{'variant':<46} {'regs':>4} {'spill':>5} {'w/s':>3} {'loads':<24} {'stores':<14} {'ins/el':>6} "
-        f"{'B/el':>6} {'issue%':>6} {'pipe':<13} {'roof%':>6} {'pred%':>6} {'binds':<12} {'target':>6}"
+        f"{'B/el':>6} {'issue%':>6} {'pipe':<13} {'roof%':>6} {'pred%':>6} {'binds':<12} {'trips':>5} {'target':>6}"
     )
     lines = [
         f"Predicted for an H200 (sm_90; {SMS} SMs, {CLOCK_HZ / 1e9:.2f} GHz, copy {COPY_GBPS:.0f} GB/s as measured, "
         f"DRAM latency {MEMORY.unloaded_cycles} / (1 - u^{MEMORY.exponent}) cycles at utilisation u), "
         f"triton {triton.__version__}: nothing below was run on a GPU.",
         "w/s: warps per scheduler; issue%: cycles a scheduler issues; pipe: the busiest, % of cycles busy; roof%: "
-        "the earlier roofline (issue at every cycle); pred%: this model, at step 1e6.",
+        "the earlier roofline (issue at every cycle); pred%: this model, at step 1e6; trips: DRAM latencies a "
+        "program waits out in a row.",
         header,
     ]
     for p in predictions:
@@ -407,7 +410,7 @@ def format_report(predictions: list[Prediction], calibrated: list[tuple[Measured
             f"{p.variant:<46} {p.registers:>4} {p.spills:>5} {p.warps_per_scheduler:>3} {p.loads:<24} {p.stores:<14} "
             f"{p.instructions_per_element_late:>6.1f} {p.bytes_per_element:>6.2f} {p.issue_pct:>6.0f} "
             f"{p.busiest_pipe:<8} {p.busiest_pipe_pct:>3.0f}% {p.roofline_pct:>6.1f} {p.pct_of_copy_late:>6.1f} "
-            f"{p.binding:<12} {target}"
+            f"{p.binding:<12} {p.dram_round_trips:>5} {target}"
         )
     if calibrated:
         sources = f"{H200_RESULTS.name}, {H200_TUNING.name}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.issue import simulate  # noqa: E402
+from bench.issue import dram_round_trips, simulate  # noqa: E402
 from bench.sass import Instruction  # noqa: E402
 
 
@@ -51,3 +51,21 @@ def test_a_scoreboard_is_released_by_the_last_of_its_instructions_to_complete():
     use = Instruction(32, "", "FFMA", "", stall=1, wait_mask=0b1)
     result = simulate([data, table, use], warps=1, dram_cycles=1000)
     assert 1 / result.programs_per_cycle == pytest.approx(1000, rel=0.01)
+
+
+def test_dram_round_trips_count_the_data_waits_in_a_row():
+    """Loads issued together are one round trip however they are waited for; a load issued after a wait for data
+    is another, also when what waits for it only shares its scoreboard (a table value sharing one with data)."""
+
+    def data(barrier):
+        return Instruction(0, "@!P0", "LDG.E.128", "", write_barrier=barrier)
+
+    def wait(mask):
+        return Instruction(0, "", "FFMA", "", wait_mask=mask)
+
+    table = Instruction(0, "", "LDG.E", "", write_barrier=1)
+    assert dram_round_trips([data(0), data(1), wait(0b1), wait(0b10)]) == 1
+    assert dram_round_trips([data(0), wait(0b1), data(1), wait(0b10)]) == 2
+    assert dram_round_trips([data(0), table, wait(0b10), data(2), wait(0b100)]) == 1
+    assert dram_round_trips([data(1), table, wait(0b10), data(2), wait(0b100)]) == 2
+    assert dram_round_trips([table, wait(0b10)]) == 0
