@@ -140,13 +140,16 @@ def _adam_step_kernel(
     decoupled = tl.load(scalars + DECOUPLED_FLAG) != 0
 
     block_start = (pid - first_block).to(tl.int64) * BLOCK
+    block_numel = tl.minimum(numel - block_start, BLOCK)  # from 1 to BLOCK: the program's elements
     if HAS_FOUND_INF:
-        # An empty segment reads and writes nothing: the step is skipped without a branch on the host.
-        numel = tl.where(tl.load(found_inf_ptr) != 0, 0, numel)
+        # An empty program reads and writes nothing: the step is skipped without a branch on the host. (Not an
+        # empty segment: the count of a program 2**31 elements into it would become negative, and wrap to a
+        # positive one in 32 bits.)
+        block_numel = tl.where(tl.load(found_inf_ptr) != 0, 0, block_numel)
     # The program's elements as 32-bit lanes from its own base addresses. With a 64-bit offset per element, the
     # unaligned launch (an access per element) kept a 64-bit address per element: 103 registers for fp32, 63 so.
     offsets = tl.arange(0, BLOCK)
-    mask = offsets < tl.minimum(numel - block_start, BLOCK).to(tl.int32)
+    mask = offsets < block_numel.to(tl.int32)
     param_ptr += block_start
     grad_ptr += block_start
     state_offsets = state_offset + block_start + offsets
@@ -168,7 +171,7 @@ def _adam_step_kernel(
         # This program's quantization blocks: whole ones (BLOCK, the state offset and the segment's numel are
         # multiples of QBLOCK), those past the segment's end masked; one scale each, no other program writes them.
         quantization_block = tl.arange(0, BLOCK // QBLOCK)
-        scale_mask = quantization_block * QBLOCK < numel - block_start
+        scale_mask = quantization_block * QBLOCK < block_numel
         # A shift, not `// QBLOCK`: the offset is never negative, and a signed division would round towards zero.
         scale_offsets = ((state_offset + block_start) >> QBLOCK_BITS) + quantization_block
         m_scales = tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask)

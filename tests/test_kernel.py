@@ -223,3 +223,46 @@ def test_step_scalars_are_the_values_torch_computes_on_the_host(algorithm):
             torch.testing.assert_close(
                 scalars[index, column].cpu(), torch.tensor(value, dtype=torch.float32), rtol=2**-23, atol=0
             )
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_a_skipped_step_writes_nothing_two_billion_elements_into_a_segment(aligned):
+    """With found_inf set, a program's count of elements is negative; 3 * 2**30 elements into a segment, narrowed
+    to 32 bits without a clamp, it would wrap to a positive one and the program would step its block. The same
+    table without found_inf does step it (the addresses reach real memory)."""
+    block, start = 1024, 3 * 2**30  # the program's block begins `start` elements into its segment
+    param = torch.randn(block, device=DEVICE)
+    grad = torch.randn_like(param)
+    exp_avg, exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
+    row = SegmentRow(param.data_ptr() - 4 * start, grad.data_ptr() - 4 * start, -start, start + block, 0, 0, 0)
+    segments = torch.tensor([row._replace(first_block=-(start // block))], dtype=torch.int64, device=DEVICE)
+    scalars = torch.zeros(1, tables.SCALAR_FIELDS.value, device=DEVICE)
+    for column, value in ((tables.STEP_SIZE, 1e-3), (tables.BETA1_F32, 0.9), (tables.ONE_MINUS_BETA1, 0.1)):
+        scalars[0, column.value] = value
+    for column, value in ((tables.BETA2_F32, 0.999), (tables.ONE_MINUS_BETA2, 1e-3), (tables.EPS_F32, 1e-8)):
+        scalars[0, column.value] = value
+    for column in (tables.BIAS_CORRECTION2_SQRT, tables.BIAS_CORRECTION2_SQRT_RECIPROCAL, tables.DECAY_FACTOR):
+        scalars[0, column.value] = 1.0
+    before = param.clone()
+
+    def step(found_inf: float) -> None:
+        adam_kernel.adam_step(
+            segments,
+            torch.zeros(1, dtype=torch.int32, device=DEVICE),
+            scalars,
+            torch.ones(1, device=DEVICE),
+            exp_avg,
+            exp_avg_sq,
+            None,
+            None,
+            param_dtype=torch.float32,
+            aligned=aligned,
+            block=block,
+            num_warps=4,
+            found_inf=torch.full((1,), found_inf, device=DEVICE),
+        )
+
+    step(found_inf=1.0)
+    assert torch.equal(param, before) and not exp_avg.any() and not exp_avg_sq.any()
+    step(found_inf=0.0)
+    assert not torch.equal(param, before) and exp_avg_sq.all()
