@@ -131,8 +131,8 @@ def test_every_row_names_what_binds_it(predictions):
 
 def test_the_headline_steps_wait_for_dram_once_a_program(predictions):
     """Every data load of the fp32, bf16, float32-master and 8-bit steps is issued before the first instruction
-    that waits for one. (Two in a row is what holds the exact master's step at 93% and the unaligned launches
-    below their target: `bench.issue.dram_round_trips`.)"""
+    that waits for one. (The exact master's step and the unaligned launches wait twice or more; the second wait
+    is what holds the exact master's step at 93%: `bench.issue.dram_round_trips`.)"""
     rows = {row["variant"]: row for row in predictions}
     headline = [
         "fp32 / step aligned",
