@@ -76,6 +76,7 @@ class Prediction:
     kernel: str
     registers: int
     spills: int  # local-memory instructions: registers spilled or saved to the stack
+    barriers: int  # program-wide barriers on the main path: values that cross warps, through shared memory
     occupancy_pct: float
     warps_per_scheduler: int
     loads: str  # global loads by width: "128b x24, 32b x9"
@@ -275,6 +276,7 @@ def predict(launch: Launch, bytes_per_element: float, variant: str, memory: Memo
         kernel=_describe(launch),
         registers=result["registers"],
         spills=result["spills"],
+        barriers=sum(instruction.base == "BAR" for instruction in result["issued"]),
         occupancy_pct=occupancy_pct(result["registers"], launch.num_warps, result["shared"]),
         warps_per_scheduler=resident_warps(result["registers"], launch.num_warps, result["shared"]) // SCHEDULERS,
         loads=widths("load"),
@@ -389,16 +391,16 @@ def calibration(memory: Memory = MEMORY) -> list[tuple[Measured, float]]:
 
 def format_report(predictions: list[Prediction], calibrated: list[tuple[Measured, float]]) -> str:
     header = (
-        f"{'variant':<46} {'regs':>4} {'spill':>5} {'w/s':>3} {'loads':<24} {'stores':<14} {'ins/el':>6} "
+        f"{'variant':<46} {'regs':>4} {'spill':>5} {'bar':>3} {'w/s':>3} {'loads':<24} {'stores':<14} {'ins/el':>6} "
         f"{'B/el':>6} {'issue%':>6} {'pipe':<13} {'roof%':>6} {'pred%':>6} {'binds':<12} {'trips':>5} {'target':>6}"
     )
     lines = [
         f"Predicted for an H200 (sm_90; {SMS} SMs, {CLOCK_HZ / 1e9:.2f} GHz, copy {COPY_GBPS:.0f} GB/s as measured, "
         f"DRAM latency {MEMORY.unloaded_cycles} / (1 - u^{MEMORY.exponent}) cycles at utilisation u), "
         f"triton {triton.__version__}: nothing below was run on a GPU.",
-        "w/s: warps per scheduler; issue%: cycles a scheduler issues; pipe: the busiest, % of cycles busy; roof%: "
-        "the earlier roofline (issue at every cycle); pred%: this model, at step 1e6; trips: DRAM latencies a "
-        "program waits out in a row.",
+        "bar: barriers a program waits at (values crossing warps through shared memory); w/s: warps per scheduler; "
+        "issue%: cycles a scheduler issues; pipe: the busiest, % of cycles busy; roof%: the earlier roofline (issue "
+        "at every cycle); pred%: this model, at step 1e6; trips: DRAM latencies a program waits out in a row.",
         header,
     ]
     for p in predictions:
@@ -407,7 +409,8 @@ def format_report(predictions: list[Prediction], calibrated: list[tuple[Measured
         else:
             target = f"{p.target_pct:>4.0f} {'ok' if p.pct_of_copy_late >= p.target_pct and not p.spills else 'MISS'}"
         lines.append(
-            f"{p.variant:<46} {p.registers:>4} {p.spills:>5} {p.warps_per_scheduler:>3} {p.loads:<24} {p.stores:<14} "
+            f"{p.variant:<46} {p.registers:>4} {p.spills:>5} {p.barriers:>3} {p.warps_per_scheduler:>3} "
+            f"{p.loads:<24} {p.stores:<14} "
             f"{p.instructions_per_element_late:>6.1f} {p.bytes_per_element:>6.2f} {p.issue_pct:>6.0f} "
             f"{p.busiest_pipe:<8} {p.busiest_pipe_pct:>3.0f}% {p.roofline_pct:>6.1f} {p.pct_of_copy_late:>6.1f} "
             f"{p.binding:<12} {p.dram_round_trips:>5} {target}"

@@ -109,7 +109,9 @@ def test_nothing_a_step_program_does_grows_with_the_step_count(predictions):
 def test_the_model_agrees_with_every_committed_h200_measurement_it_is_fitted_on(calibrated):
     """Calibration: the aligned step's prediction within 4 points of each committed row of the launch shapes it is
     fitted on (v0adam's, 8 elements per thread, and 16 per thread); the tuning run's other shapes are reported.
-    Issue #32 asks for 3: the model reaches 3.6 (it predicts 96.8% where 98 to 100% were measured)."""
+    Issue #32 asks for 3: the model reaches 3.1 (it predicts 97.5% with 16 elements per thread where 94.4% was
+    measured, 97.1% where 98 to 100% were; 3.6 against the kernel the AMSGrad row measured, which read max v after
+    the update)."""
     rows = calibrated
     assert len(rows) == len(static.measured_rows()) > len(static.CALIBRATION)
     fitted = [row for row in rows if (int(row["block"]), int(row["num_warps"])) in static.FITTED_ON]
@@ -129,6 +131,17 @@ def test_every_row_names_what_binds_it(predictions):
     assert eight_bit["binding"] != "bytes" and eight_bit["busiest_pipe"] == "alu"
 
 
+def test_an_aligned_step_stores_each_tensor_from_the_layout_it_computes_in(predictions):
+    """No barrier in an aligned step (a barrier is a value crossing warps through shared memory): float32 tensors
+    beside 16- or 8-bit ones are stored as two rows of 4 a thread (`kernels/wide_stores.py`), where they were
+    converted to 4 a thread through shared memory (3 to 5 barriers a program). The 8-bit steps keep theirs: the
+    per-block scales a warp computes are stored by other threads (2 stores, 3 barriers on the main path)."""
+    steps = [row for row in predictions if row["kernel"] in ("step aligned", "step 8-bit aligned")]
+    assert len(steps) > 20
+    for row in steps:
+        assert int(row["barriers"]) == (3 if "8-bit" in row["kernel"] else 0), row
+
+
 def test_the_headline_steps_wait_for_dram_once_a_program(predictions):
     """Every data load of the fp32, bf16, float32-master and 8-bit steps is issued before the first instruction
     that waits for one. (The exact master's step and the unaligned launches wait twice or more; the second wait
@@ -145,8 +158,8 @@ def test_the_headline_steps_wait_for_dram_once_a_program(predictions):
     assert set(trips.values()) == {1}, trips
 
 
-# bfloat16 params with 8-bit states, at 8 elements per thread (BLOCK 1024, where the issue model predicts 82% of copy
-# against 72% at 16): 89.2% under the roofline, below the 90% target under both models (issue #32, item 2).
+# bfloat16 params with 8-bit states, at 8 elements per thread (BLOCK 1024, where the issue model predicts 83% of copy
+# against 72% at 16): 87.3% under the roofline, below the 90% target under both models (issue #32, item 2).
 BELOW_TARGET = {"bf16 8-bit"}
 
 
