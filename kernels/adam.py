@@ -125,8 +125,8 @@ def _adam_step_kernel(
     # Everything but the elements was computed once for this step (`v0adam.kernels.step_scalars`). The scalars are
     # loaded here, not where they are used: ptxas issues a load written after the arithmetic on the elements there,
     # once they have arrived, and every program waits one more L2 round trip (bfloat16 + 8-bit states: 81.0% of copy
-    # predicted, 82.3% with the reciprocal loaded here). RAdam's stay where they are used: loaded here, they make
-    # ptxas defer the exact master's moment loads to a second DRAM round trip (95.9% -> 93.5% predicted).
+    # predicted, 82.3% with the reciprocal loaded here). RAdam's stay where they are used: loaded here, they leave
+    # its step with float32 params and 8-bit states waiting for DRAM twice (91.2% -> 85.9% predicted).
     scalars = scalars_ptr + step_index * SCALAR_FIELDS
     step_size = tl.load(scalars + STEP_SIZE)
     bias_correction2_sqrt = tl.load(scalars + BIAS_CORRECTION2_SQRT)
@@ -166,19 +166,25 @@ def _adam_step_kernel(
         PARAM_DTYPE.primitive_bitwidth < 32 or exp_avg_ptr.dtype.element_ty.primitive_bitwidth < 32
     )
     # Every load is written before any arithmetic on what the loads bring: a load issued after arithmetic that waits
-    # for an earlier load's value adds its DRAM latency to that one. ptxas may still reorder them: in the exact
-    # master's step it joins the param before it requests the moments (the static model sees two round trips there,
-    # and predicts 93.8% of copy).
-    g = tl.load(grad_ptr + offsets, mask=mask)
-    m = tl.load(exp_avg_ptr + state_offsets, mask=mask)
-    v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask)
+    # for an earlier load's value adds its DRAM latency to that one. Aligned, they are volatile so that ptxas issues
+    # them in that order, the first wait after the last: left to itself, it would join the exact master's param
+    # before it requests the moments, or decode 8-bit m before it requests float32 params, and a program would wait
+    # for DRAM twice (the exact master: 93.9% of copy predicted, 96.7% so). Each element is read once a step: the
+    # L1 cache volatile loads go around had nothing to keep. The unaligned launch's loads, one element each, are
+    # left to ptxas's order, which volatile made worse (15 of its 20 variants waited for DRAM twice, against 7).
+    g = tl.load(grad_ptr + offsets, mask=mask, volatile=ALIGNED)
+    m = tl.load(exp_avg_ptr + state_offsets, mask=mask, volatile=ALIGNED)
+    v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask, volatile=ALIGNED)
     if HAS_MASTER:
         if master_ptr.dtype.element_ty == tl.int16:  # the remainder of a bfloat16 param
-            p, remainder = tl.load(param_ptr + offsets, mask=mask), tl.load(master_ptr + state_offsets, mask=mask)
+            p, remainder = (
+                tl.load(param_ptr + offsets, mask=mask, volatile=ALIGNED),
+                tl.load(master_ptr + state_offsets, mask=mask, volatile=ALIGNED),
+            )
         else:
-            p = tl.load(master_ptr + state_offsets, mask=mask)
+            p = tl.load(master_ptr + state_offsets, mask=mask, volatile=ALIGNED)
     else:
-        p = tl.load(param_ptr + offsets, mask=mask)
+        p = tl.load(param_ptr + offsets, mask=mask, volatile=ALIGNED)
     if QUANTIZED:
         # This program's quantization blocks: whole ones (BLOCK, the state offset and the segment's numel are
         # multiples of QBLOCK), those past the segment's end masked; one scale each, no other program writes them.
@@ -186,16 +192,21 @@ def _adam_step_kernel(
         scale_mask = quantization_block * QBLOCK < block_numel
         # A shift, not `// QBLOCK`: the offset is never negative, and a signed division would round towards zero.
         scale_offsets = ((state_offset + block_start) >> QBLOCK_BITS) + quantization_block
-        m_scales = tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask)
-        v_scales = tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask)
+        m_scales = tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask, volatile=ALIGNED)
+        v_scales = tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, volatile=ALIGNED)
     if HAS_AMSGRAD:
         # Read with the others, but only where the group has AMSGrad. (Where it was used, after the update, the
         # load made each program wait for DRAM twice: 95.3% of copy predicted for float32, 97.2% here.)
         v_max_numel = tl.where(amsgrad, block_numel, 0)
-        v_max = tl.load(max_exp_avg_sq_ptr + state_offsets, mask=offsets < v_max_numel.to(tl.int32), other=0)
+        v_max = tl.load(
+            max_exp_avg_sq_ptr + state_offsets, mask=offsets < v_max_numel.to(tl.int32), other=0, volatile=ALIGNED
+        )
         if QUANTIZED:
             v_max_scales = tl.load(
-                max_exp_avg_sq_scales_ptr + scale_offsets, mask=quantization_block * QBLOCK < v_max_numel, other=0.0
+                max_exp_avg_sq_scales_ptr + scale_offsets,
+                mask=quantization_block * QBLOCK < v_max_numel,
+                other=0.0,
+                volatile=ALIGNED,
             )
 
     if HAS_MASTER:

@@ -142,24 +142,21 @@ def test_an_aligned_step_stores_each_tensor_from_the_layout_it_computes_in(predi
         assert int(row["barriers"]) == (3 if "8-bit" in row["kernel"] else 0), row
 
 
-def test_the_headline_steps_wait_for_dram_once_a_program(predictions):
-    """Every data load of the fp32, bf16, float32-master and 8-bit steps is issued before the first instruction
-    that waits for one. (The exact master's step and the unaligned launches wait twice or more; the second wait
-    is what holds the exact master's step at 93%: `bench.issue.dram_round_trips`.)"""
-    rows = {row["variant"]: row for row in predictions}
-    headline = [
-        "fp32 / step aligned",
-        "bf16 / step aligned",
-        "bf16 fp32 master / step aligned",
-        "fp32 8-bit / step 8-bit aligned",
-        "bf16 8-bit / step 8-bit aligned",
-    ]
-    trips = {variant: int(rows[variant]["dram_round_trips"]) for variant in headline}
-    assert set(trips.values()) == {1}, trips
+def test_every_aligned_step_waits_for_dram_once_a_program(predictions):
+    """Every data load of an aligned step is issued before the first instruction that waits for one (the loads are
+    volatile there, so that ptxas keeps them in order: the exact master's step waited twice without, 93.9% of copy
+    against 96.7%). The unaligned launches, one element an access, still wait twice in some variants:
+    `bench.issue.dram_round_trips`."""
+    trips = {
+        row["variant"]: int(row["dram_round_trips"])
+        for row in predictions
+        if row["kernel"] in ("step aligned", "step 8-bit aligned")
+    }
+    assert len(trips) > 20 and set(trips.values()) == {1}, trips
 
 
 # bfloat16 params with 8-bit states, at 8 elements per thread (BLOCK 1024, where the issue model predicts 83% of copy
-# against 72% at 16): 87.3% under the roofline, below the 90% target under both models (issue #32, item 2).
+# against 72% at 16): 86.7% under the roofline, below the 90% target under both models (issue #32, item 2).
 BELOW_TARGET = {"bf16 8-bit"}
 
 
