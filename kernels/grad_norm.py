@@ -19,9 +19,53 @@ from v0adam.kernels.tables import (
 # Norm types computed in the kernel; the reduction of the partials is sum for 1 and 2, max for inf.
 FUSED_NORM_TYPES = (1.0, 2.0, float("inf"))
 # Blocks a program reduces at once. One block's grads are a few bytes per thread (8 elements), too few to keep DRAM
-# busy while programs wait for them: the static model predicts the bfloat16 2-norm's partials at 84% of copy with
-# 4 blocks per program against 73% with one (python -m bench.static; predicted, not measured).
+# busy while programs wait for them. The static model predicts the bfloat16 2-norm's partials at 92.8% of copy
+# with 4 blocks a program; with 8, 89.9%: ptxas then reduces some blocks before it loads the others, to save
+# registers, and programs wait for DRAM two or three times (python -m bench.static; predicted, not measured).
 BLOCKS_PER_PROGRAM = 4
+
+
+@triton.jit
+def _block_extent(
+    segments_ptr, block_segment_ptr, block, num_blocks, PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK
+):
+    """(address of the first grad, count) of one block of the table: at most BLOCK, none for a block past the
+    table's end (which reads the last block's entries: every address read is the table's). The table's loads are
+    volatile, as the grads' are: ptxas keeps them in the order written, before every grad's."""
+    entry = block_segment_ptr + tl.minimum(block, num_blocks - 1)
+    row = segments_ptr + tl.load(entry, volatile=True).to(tl.int64) * SEGMENT_FIELDS
+    grad_ptr = tl.load(row + GRAD_ADDR, volatile=True).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
+    numel = tl.where(block < num_blocks, tl.load(row + NUMEL, volatile=True), 0)
+    start = (block - tl.load(row + FIRST_BLOCK, volatile=True)).to(tl.int64) * BLOCK
+    if ALIGNED:
+        grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
+        numel = tl.multiple_of(numel, ALIGN_ELEMENTS)
+    return grad_ptr + start, tl.minimum(numel - start, BLOCK).to(tl.int32)
+
+
+@triton.jit
+def _block_grads(first_grad, count, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """The `count` grads from `first_grad` as BLOCK values, zeros past them. Volatile where aligned, so that ptxas
+    issues the program's loads in the order written, all before the first wait for one (as the step's,
+    `v0adam.kernels.adam`; each grad is read once a pass)."""
+    offsets = tl.arange(0, BLOCK)
+    return tl.load(first_grad + offsets, mask=offsets < count, other=0.0, volatile=ALIGNED)
+
+
+@triton.jit
+def _partials(stored, PARAM_DTYPE: tl.constexpr, NORM_TYPE: tl.constexpr):
+    """Each column's partial of `stored` [BLOCK, blocks] grads: sum |g|, sum g^2 or max |g|."""
+    if NORM_TYPE == 0:
+        # max |g| on the bit patterns: with the sign bit cleared their integer order is that of the magnitudes, and
+        # every NaN lies above inf, so that a NaN gradient makes the norm non-finite (NaN counts as infinitely
+        # large). Two integer instructions per element instead of a widening, an abs, a NaN test and a select.
+        bits_dtype = tl.int16 if PARAM_DTYPE.primitive_bitwidth == 16 else tl.int32
+        magnitude_mask = 0x7FFF if PARAM_DTYPE.primitive_bitwidth == 16 else 0x7FFFFFFF
+        largest = tl.max(stored.to(bits_dtype, bitcast=True) & magnitude_mask, axis=0)
+        partials = widen_to_float32(largest.to(bits_dtype).to(PARAM_DTYPE, bitcast=True))
+        return tl.where(partials != partials, float("inf"), partials)
+    g = widen_to_float32(stored)
+    return tl.sum(tl.abs(g), axis=0) if NORM_TYPE == 1 else tl.sum(g * g, axis=0)
 
 
 @triton.jit(do_not_specialize=["num_blocks"])  # one compilation whatever the table's size
@@ -29,39 +73,28 @@ def _grad_norm_partials_kernel(
     segments_ptr,  # int64 [num_segments, SEGMENT_FIELDS]: the optimizer's segment table
     block_segment_ptr,  # int32 [num_blocks]: the segment of each block
     partials_ptr,  # float32 [num_blocks]: each block's sum |g|, sum g^2 or max |g|
-    num_blocks,  # blocks in the table: the last program's rows past them read and write nothing
+    num_blocks,  # blocks in the table: the last program's blocks past them read their grads as empty
     PARAM_DTYPE: tl.constexpr,
     NORM_TYPE: tl.constexpr,  # 1, 2 or 0 for inf
     ALIGNED: tl.constexpr,  # the segments keep the step kernel's alignment promise (`v0adam.kernels.adam`)
     BLOCK: tl.constexpr,  # elements per block of the table
-    BLOCKS_PER_PROGRAM: tl.constexpr,
+    BLOCKS_PER_PROGRAM: tl.constexpr,  # 4: the blocks are named below
 ):
-    """The partials of BLOCKS_PER_PROGRAM consecutive blocks, a row each: every row's loads are issued before
-    any is reduced, so that a program keeps that many blocks' bytes in flight (a block's reduction ends in a
-    barrier, which later loads cannot pass)."""
-    blocks = tl.program_id(0) * BLOCKS_PER_PROGRAM + tl.arange(0, BLOCKS_PER_PROGRAM)
-    in_table = blocks < num_blocks
-    rows = segments_ptr + tl.load(block_segment_ptr + blocks, mask=in_table, other=0).to(tl.int64) * SEGMENT_FIELDS
-    grad_ptrs = tl.load(rows + GRAD_ADDR).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
-    numels = tl.where(in_table, tl.load(rows + NUMEL), 0)
-    if ALIGNED:
-        grad_ptrs = tl.multiple_of(grad_ptrs, ALIGN_BYTES)
-        numels = tl.multiple_of(numels, ALIGN_ELEMENTS)
-    offsets = ((blocks - tl.load(rows + FIRST_BLOCK)).to(tl.int64) * BLOCK)[:, None] + tl.arange(0, BLOCK)[None, :]
-    stored = tl.load(grad_ptrs[:, None] + offsets, mask=offsets < numels[:, None], other=0.0)
-    if NORM_TYPE == 0:
-        # max |g| on the bit patterns: with the sign bit cleared their integer order is that of the magnitudes, and
-        # every NaN lies above inf, so that a NaN gradient makes the norm non-finite (NaN counts as infinitely
-        # large). Two integer instructions per element instead of a widening, an abs, a NaN test and a select.
-        bits_dtype = tl.int16 if PARAM_DTYPE.primitive_bitwidth == 16 else tl.int32
-        magnitude_mask = 0x7FFF if PARAM_DTYPE.primitive_bitwidth == 16 else 0x7FFFFFFF
-        largest = tl.max(stored.to(bits_dtype, bitcast=True) & magnitude_mask, axis=1)
-        partials = widen_to_float32(largest.to(bits_dtype).to(PARAM_DTYPE, bitcast=True))
-        partials = tl.where(partials != partials, float("inf"), partials)
-    else:
-        g = widen_to_float32(stored)
-        partials = tl.sum(tl.abs(g), axis=1) if NORM_TYPE == 1 else tl.sum(g * g, axis=1)
-    tl.store(partials_ptr + blocks, partials, mask=in_table)
+    """The partials of BLOCKS_PER_PROGRAM consecutive blocks. Every block's table entries are read, then every
+    block's grads, then they are reduced together, so that a program waits for DRAM once with that many blocks'
+    bytes in flight. Each block's grads stay in the registers of the threads that load them (joined as columns of
+    one tensor), and one reduction over the rows gives the program's partials."""
+    first = tl.program_id(0) * BLOCKS_PER_PROGRAM
+    tl.static_assert(BLOCKS_PER_PROGRAM == 4)
+    a0, n0 = _block_extent(segments_ptr, block_segment_ptr, first, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    a1, n1 = _block_extent(segments_ptr, block_segment_ptr, first + 1, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    a2, n2 = _block_extent(segments_ptr, block_segment_ptr, first + 2, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    a3, n3 = _block_extent(segments_ptr, block_segment_ptr, first + 3, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    g0, g1 = _block_grads(a0, n0, ALIGNED, BLOCK), _block_grads(a1, n1, ALIGNED, BLOCK)
+    g2, g3 = _block_grads(a2, n2, ALIGNED, BLOCK), _block_grads(a3, n3, ALIGNED, BLOCK)
+    stored = tl.reshape(tl.join(tl.join(g0, g2), tl.join(g1, g3)), (BLOCK, BLOCKS_PER_PROGRAM))
+    blocks = first + tl.arange(0, BLOCKS_PER_PROGRAM)
+    tl.store(partials_ptr + blocks, _partials(stored, PARAM_DTYPE, NORM_TYPE), mask=blocks < num_blocks)
 
 
 def grad_norm_partials(

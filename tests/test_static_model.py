@@ -120,6 +120,18 @@ def test_the_model_agrees_with_every_committed_h200_measurement_it_is_fitted_on(
         assert abs(float(row["predicted_pct"]) - float(row["pct_of_copy"])) <= 4.0, row
 
 
+def test_a_grad_norm_program_reads_its_tables_before_its_grads(predictions):
+    """Each grad-norm program reads the table entries of its 4 blocks, then the 4 blocks' grads, then reduces
+    them: it waits for DRAM once, twice for float32's aligned launch, where ptxas reduces the first blocks' grads
+    before it loads the last ones to save registers. (It went through the chain entry -> segment row -> grads
+    block after block, and waited 2 to 5 times.)"""
+    norms = [row for row in predictions if row["kernel"].startswith("grad norm")]
+    assert len(norms) == 8
+    for row in norms:
+        limit = 2 if row["variant"].startswith("fp32") and row["kernel"].endswith(" aligned") else 1
+        assert int(row["dram_round_trips"]) <= limit, row
+
+
 def test_every_row_names_what_binds_it(predictions):
     """bytes where the step keeps up with DRAM; the bfloat16 step with 8-bit states is held below it, its
     integer/logic pipe the busiest (issue #32's finding); the float32 step by nothing but its bytes."""
