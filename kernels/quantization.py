@@ -19,6 +19,7 @@ SIGNED_SHIFT, SIGNED_ROUNDING, SIGNED_OFFSET = (tl.constexpr(value) for value in
 UNSIGNED_SHIFT, UNSIGNED_ROUNDING, UNSIGNED_OFFSET = (
     tl.constexpr(value) for value in quantization.bit_constants(False)
 )
+UNSIGNED_CODE_ONE = tl.constexpr(1 << UNSIGNED_SHIFT.value)  # code 1 of v's format, shifted into place
 
 
 @triton.jit
@@ -58,10 +59,11 @@ def _scales(magnitude_bits):
 
 
 @triton.jit
-def _round(magnitudes, inverse, SHIFT: tl.constexpr, ROUNDING: tl.constexpr):
-    """Codes, before any clamping, of `magnitudes` over their row's scale."""
-    normalized = magnitudes * inverse[:, None]
-    return (normalized.to(tl.int32, bitcast=True) + ROUNDING) >> SHIFT
+def _rounded(magnitude_bits, inverse, ROUNDING: tl.constexpr):
+    """The bits of each magnitude over its row's scale, plus `ROUNDING`: the code is what lies above the format's
+    shift, once clamped."""
+    normalized = magnitude_bits.to(tl.float32, bitcast=True) * inverse[:, None]
+    return normalized.to(tl.int32, bitcast=True) + ROUNDING
 
 
 @triton.jit
@@ -70,15 +72,21 @@ def quantize_m(m, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
     bits = _rows(m.to(tl.int32, bitcast=True), BLOCK, QBLOCK)
     magnitude_bits = bits & MAGNITUDE_BITS
     scales, inverse = _scales(magnitude_bits)
-    codes = tl.maximum(_round(magnitude_bits.to(tl.float32, bitcast=True), inverse, SIGNED_SHIFT, SIGNED_ROUNDING), 0)
-    codes = codes | ((bits >> 24) & SIGN_BIT)
-    return tl.reshape(codes, (BLOCK,)).to(tl.uint8), scales
+    # The code's 8 bits moved to bits 24-31, beside m's own sign: the byte max(rounded >> shift, 0) | sign, in
+    # two integer instructions an element fewer (the clamp folded into the addition, the sign into no shift).
+    rounded = tl.maximum(_rounded(magnitude_bits, inverse, SIGNED_ROUNDING), 0)
+    top = (rounded << (24 - SIGNED_SHIFT)) | (bits & FLOAT_SIGN_BIT)
+    return tl.reshape(top.to(tl.uint32, bitcast=True) >> 24, (BLOCK,)).to(tl.uint8), scales
 
 
 @triton.jit
 def quantize_v_root(v_root, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
-    """The same for v, from its square root `v_root`: a positive v never becomes 0."""
+    """The same for v, from its square root `v_root`: a positive v never becomes 0. The code is at least 1 where
+    v_root is not 0: a square root of a float32 is 0 or at least 2^-74.5 (its bits far above 1 << shift), so that
+    the reference's max(code, min(bits, 1)) is max(rounded, min(bits, 1 << shift)) >> shift, one instruction an
+    element fewer."""
     magnitude_bits = _rows(v_root.to(tl.int32, bitcast=True), BLOCK, QBLOCK) & MAGNITUDE_BITS
     scales, inverse = _scales(magnitude_bits)
-    codes = _round(magnitude_bits.to(tl.float32, bitcast=True), inverse, UNSIGNED_SHIFT, UNSIGNED_ROUNDING)
-    return tl.reshape(tl.maximum(codes, tl.minimum(magnitude_bits, 1)), (BLOCK,)).to(tl.uint8), scales
+    smallest = tl.minimum(magnitude_bits, UNSIGNED_CODE_ONE)
+    codes = tl.maximum(_rounded(magnitude_bits, inverse, UNSIGNED_ROUNDING), smallest) >> UNSIGNED_SHIFT
+    return tl.reshape(codes, (BLOCK,)).to(tl.uint8), scales
