@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # One run on a lent GPU: install offline, run the test suite natively on CUDA, then the benchmark table.
 # Output is printed and, when $OUT is set (the device tool), saved there; well inside 8 minutes on an H100.
-# Usage: bash bench/device_check.sh [--tune] [--no-bench] [--no-training] [--no-memory] [--evidence]
+# Usage: bash bench/device_check.sh [--tune] [--counters] [--no-bench] [--no-training] [--no-memory] [--evidence]
 #   --tune         also time each block size / warp count (python -m bench.tune)
+#   --counters     also read the step's issue and DRAM counters with Nsight Compute, beside the static model's
+#                  prediction (python -m bench.counters; up to 3.5 minutes: a second run, with --no-bench
+#                  --no-training --no-memory, fits in the device tool's 10 minutes)
 #   --no-bench     skip the benchmark table (its rows include 8-bit and bf16 states)
 #   --no-training  skip whole training iterations (python -m bench --training --quick: GPT-2 small)
 #   --no-memory    skip the memory table (python -m bench --memory --quick: GPT-2 small)
 #   --evidence     also run examples/warmup_free.py's GPU-sized sweep (2 seeds, 400 steps, within five minutes)
 # After the table, the static model's predictions (python -m bench.static) for comparison with what was measured.
 set -uo pipefail
-tune=0 bench=1 training=1 memory=1 evidence=0
+tune=0 counters=0 bench=1 training=1 memory=1 evidence=0
 for option in "$@"; do
   case "$option" in
     --tune) tune=1 ;;
+    --counters) counters=1 ;;
     --no-bench) bench=0 ;;
     --no-training) training=0 ;;
     --no-memory) memory=0 ;;
@@ -53,6 +57,22 @@ export PYTHONUNBUFFERED=1
   # The configurations the benchmark measures (the whole model and its calibration take minutes).
   timeout 60 python3 -m bench.static --csv "$out_dir/static_model.csv" --configuration fp32 \
     --configuration "fp32 AMSGrad" --configuration bf16 --configuration "fp32 8-bit" --configuration "bf16 8-bit"
+  if [ "$counters" = 1 ]; then
+    echo "== hardware counters of the step (ncu) $(date -u +%H:%M:%S)"
+    # ncu's CSVs stay in /tmp: $OUT brings back 8 files at most. Without counters, the timings above stand.
+    if command -v ncu >/dev/null; then
+      profiled=()
+      for case in "GPT-2 small fp32" "GPT-2 small fp32 8-bit" "GPT-2 bf16 8-bit"; do
+        profiled+=("/tmp/ncu_${case// /_}.csv")
+        timeout 60 ncu --profile-from-start off --clock-control none --print-units base --csv \
+          --metrics "$(python3 -m bench.counters --metrics)" --log-file "${profiled[-1]}" \
+          python3 -m bench.counters --step "$case" >/dev/null 2>&1
+      done
+      timeout 30 python3 -m bench.counters --report "$out_dir/static_model.csv" "${profiled[@]}"
+    else
+      echo "ncu is not on this machine's PATH: the timings above are what was measured"
+    fi
+  fi
   if [ "$training" = 1 ]; then
     echo "== training iterations $(date -u +%H:%M:%S)"
     timeout 90 python3 -m bench --training --quick --out "$out_dir"
