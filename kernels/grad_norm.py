@@ -19,14 +19,14 @@ from v0adam.kernels.tables import (
 # Norm types computed in the kernel; the reduction of the partials is sum for 1 and 2, max for inf.
 FUSED_NORM_TYPES = (1.0, 2.0, float("inf"))
 # Blocks a program reduces at once. One block's grads are a few bytes per thread (8 elements), too few to keep DRAM
-# busy while programs wait for them. The static model predicts the bfloat16 2-norm's partials at 92.8% of copy
-# with 4 blocks a program; with 8, 89.9%: ptxas then reduces some blocks before it loads the others, to save
+# busy while programs wait for them. The static model predicts the bfloat16 2-norm's partials at 92.9% of copy
+# with 4 blocks a program; with 8, about 90%: ptxas then reduces some blocks before it loads the others, to save
 # registers, and programs wait for DRAM two or three times (python -m bench.static; predicted, not measured).
 BLOCKS_PER_PROGRAM = 4
 
 
 @triton.jit
-def _block_extent(
+def block_extent(
     segments_ptr, block_segment_ptr, block, num_blocks, PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK
 ):
     """(address of the first grad, count) of one block of the table: at most BLOCK, none for a block past the
@@ -35,12 +35,14 @@ def _block_extent(
     entry = block_segment_ptr + tl.minimum(block, num_blocks - 1)
     row = segments_ptr + tl.load(entry, volatile=True).to(tl.int64) * SEGMENT_FIELDS
     grad_ptr = tl.load(row + GRAD_ADDR, volatile=True).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
-    numel = tl.where(block < num_blocks, tl.load(row + NUMEL, volatile=True), 0)
+    numel = tl.load(row + NUMEL, volatile=True)
     start = (block - tl.load(row + FIRST_BLOCK, volatile=True)).to(tl.int64) * BLOCK
     if ALIGNED:
         grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
         numel = tl.multiple_of(numel, ALIGN_ELEMENTS)
-    return grad_ptr + start, tl.minimum(numel - start, BLOCK).to(tl.int32)
+    # 0 past the table (the entries read there are the last block's, whose segment ends before the block). Not
+    # numel 0 there: 0 minus an offset past 2**31 elements, narrowed to 32 bits, would wrap to a positive count.
+    return grad_ptr + start, tl.where(block < num_blocks, tl.minimum(numel - start, BLOCK), 0).to(tl.int32)
 
 
 @triton.jit
@@ -86,10 +88,10 @@ def _grad_norm_partials_kernel(
     one tensor), and one reduction over the rows gives the program's partials."""
     first = tl.program_id(0) * BLOCKS_PER_PROGRAM
     tl.static_assert(BLOCKS_PER_PROGRAM == 4)
-    a0, n0 = _block_extent(segments_ptr, block_segment_ptr, first, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
-    a1, n1 = _block_extent(segments_ptr, block_segment_ptr, first + 1, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
-    a2, n2 = _block_extent(segments_ptr, block_segment_ptr, first + 2, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
-    a3, n3 = _block_extent(segments_ptr, block_segment_ptr, first + 3, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    a0, n0 = block_extent(segments_ptr, block_segment_ptr, first, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    a1, n1 = block_extent(segments_ptr, block_segment_ptr, first + 1, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    a2, n2 = block_extent(segments_ptr, block_segment_ptr, first + 2, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    a3, n3 = block_extent(segments_ptr, block_segment_ptr, first + 3, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
     g0, g1 = _block_grads(a0, n0, ALIGNED, BLOCK), _block_grads(a1, n1, ALIGNED, BLOCK)
     g2, g3 = _block_grads(a2, n2, ALIGNED, BLOCK), _block_grads(a3, n3, ALIGNED, BLOCK)
     stored = tl.reshape(tl.join(tl.join(g0, g2), tl.join(g1, g3)), (BLOCK, BLOCKS_PER_PROGRAM))

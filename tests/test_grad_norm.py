@@ -3,8 +3,10 @@ clipping tests see only their sum, which no placement of the partials changes)."
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conftest import DEVICE
-from v0adam.kernels.grad_norm import BLOCKS_PER_PROGRAM, grad_norm_partials
+from v0adam.kernels.grad_norm import BLOCKS_PER_PROGRAM, block_extent, grad_norm_partials
 from v0adam.kernels.tables import SegmentRow
 
 BLOCK = 256
@@ -44,3 +46,30 @@ def test_each_blocks_partial_is_the_norm_of_its_own_grads(dtype, aligned, norm_t
     )
     expected = torch.stack([EXPECTED[norm_type](block) for block in blocks])
     torch.testing.assert_close(partials, expected, rtol=1e-5, atol=0)
+
+
+@triton.jit
+def _counts_kernel(segments_ptr, block_segment_ptr, counts_ptr, num_blocks, BLOCK: tl.constexpr):
+    for block in tl.static_range(BLOCKS_PER_PROGRAM):
+        count = block_extent(segments_ptr, block_segment_ptr, block, num_blocks, tl.float32, False, BLOCK)[1]
+        tl.store(counts_ptr + block, count)
+
+
+def test_a_block_three_billion_elements_into_a_segment_reads_its_own_grads_and_no_more():
+    """Offsets past 2**31 elements are 64-bit: the table's one block lies 3 * 2**30 elements into its segment (the
+    addresses reach a real tensor), and the program's other blocks, past the table, read nothing: their counts are
+    not positive (a count narrowed to 32 bits from 0 minus such an offset would wrap to a positive one)."""
+    start = 3 * 2**30
+    grad = torch.randn(BLOCK, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    row = SegmentRow(0, grad.data_ptr() - 4 * start, 0, start + BLOCK, -(start // BLOCK), 0, 0)
+    segments = torch.tensor([row], dtype=torch.int64, device=DEVICE)
+    block_segment = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    counts = torch.full((BLOCKS_PER_PROGRAM,), 7, dtype=torch.int32, device=DEVICE)
+    _counts_kernel[(1,)](segments, block_segment, counts, 1, BLOCK=BLOCK)
+    assert counts[0] == BLOCK and (counts[1:] <= 0).all(), counts
+    for aligned in (True, False):
+        partials = torch.full((1,), -1.0, device=DEVICE)
+        grad_norm_partials(
+            segments, block_segment, partials, param_dtype=torch.float32, norm_type=2.0, aligned=aligned, block=BLOCK
+        )
+        torch.testing.assert_close(partials, grad.square().sum()[None], rtol=1e-5, atol=0)
