@@ -62,6 +62,11 @@ def launches(ncu_csv: Path) -> list[dict[str, float]]:
     return [metrics for metrics in by_id.values() if set(metrics) == set(METRICS)]
 
 
+def case_of(ncu_csv: Path) -> str:
+    """The case a CSV holds: device_check.sh names each after its case, spaces as underscores."""
+    return ncu_csv.stem.replace("_", " ")
+
+
 def table(static_csv: Path, ncu_csvs: list[Path], copy_gbps: float) -> list[str]:
     """The report's rows: per case, its largest launch of the step as measured, and the model's prediction."""
     predicted = {row["variant"]: row for row in csv.DictReader(static_csv.open())}
@@ -71,7 +76,7 @@ def table(static_csv: Path, ncu_csvs: list[Path], copy_gbps: float) -> list[str]
         "| --- | --- | --- | --- |",
     ]
     for path in ncu_csvs:
-        case = path.stem.replace("_", " ")
+        case = case_of(path)
         found = launches(path)
         if not found:
             rows.append(f"| {case} | no counters read (see {path.name}) | | |")

@@ -62,8 +62,9 @@ export PYTHONUNBUFFERED=1
     # ncu's CSVs stay in /tmp: $OUT brings back 8 files at most. Without counters, the timings above stand.
     if command -v ncu >/dev/null; then
       profiled=()
+      mkdir -p /tmp/ncu_step
       for case in "GPT-2 small fp32" "GPT-2 small fp32 8-bit" "GPT-2 bf16 8-bit"; do
-        profiled+=("/tmp/ncu_${case// /_}.csv")
+        profiled+=("/tmp/ncu_step/${case// /_}.csv")  # named as the case: the report finds its prediction so
         timeout 60 ncu --profile-from-start off --clock-control none --print-units base --csv \
           --metrics "$(python3 -m bench.counters --metrics)" --log-file "${profiled[-1]}" \
           python3 -m bench.counters --step "$case" >/dev/null 2>&1

@@ -1,6 +1,9 @@
 """bench.counters, the GPU's hardware counters beside the static model (issue #32, item 3): what can be checked
 without a GPU, its reading of Nsight Compute's CSV and the names it joins on."""
 
+import re
+from pathlib import Path
+
 from bench import counters, launches
 from bench.cases import gpu_cases
 
@@ -57,3 +60,14 @@ def test_the_table_puts_each_cases_largest_launch_beside_its_prediction(tmp_path
     rows = counters.table(static_csv, [profiled, missing], copy_gbps=4000.0)
     assert rows[2] == "| GPT-2 bf16 8-bit | 90000 programs, 56 registers | 100, 4000 (100.0%), 80.2, 91 | 84.5, 89 |"
     assert rows[3] == "| GPT-2 small fp32 | no counters read (see GPT-2_small_fp32.csv) | | |"
+
+
+def test_device_check_profiles_each_case_into_a_file_the_report_reads_back_as_that_case():
+    script = (Path(__file__).parent.parent / "bench" / "device_check.sh").read_text()
+    loop = re.search(r"for case in ((?:\"[^\"]+\" ?)+); do\n\s+profiled\+=\(\"([^\"]+)\"\)", script)
+    assert loop, "device_check.sh's ncu loop"
+    profiled = re.findall(r"\"([^\"]+)\"", loop.group(1))
+    assert sorted(profiled) == sorted(counters.PREDICTED_AS)
+    for case in profiled:
+        path = Path(loop.group(2).replace("${case// /_}", case.replace(" ", "_")))
+        assert counters.case_of(path) == case
