@@ -191,7 +191,7 @@ def _adam_step_kernel(
         quantization_block = tl.arange(0, BLOCK // QBLOCK)
         scale_mask = quantization_block * QBLOCK < block_numel
         # A shift, not `// QBLOCK`: the offset is never negative, and a signed division would round towards zero.
-        scale_offsets = ((state_offset + block_start) >> QBLOCK_BITS) + quantization_block
+        scale_offsets = (state_start >> QBLOCK_BITS) + quantization_block
         m_scales = tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask, volatile=ALIGNED)
         v_scales = tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, volatile=ALIGNED)
     if HAS_AMSGRAD:
