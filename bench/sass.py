@@ -46,11 +46,11 @@ class MainPath:
     """What one thread issues from entry to exit, branches taken as laid out for the common case: a conditional
     forward branch falls through, unless what it skips calls a subroutine (the slow paths of correctly rounded
     division and square root, taken only near denormals and infinities); an unconditional one jumps; a loop runs
-    once, and `loop_bodies` are the instructions a further iteration of each loop adds."""
+    once (or as often as asked), and `loop_bodies` are the instructions a further iteration of each loop adds."""
 
     instructions: int
     loop_bodies: tuple[int, ...]
-    indices: tuple[int, ...] = ()  # the instructions issued, in order (a loop once)
+    indices: tuple[int, ...] = ()  # the instructions issued, in order
 
 
 def disassemble(cubin: bytes) -> tuple[str, str]:
@@ -103,10 +103,12 @@ def spill_instructions(instructions: list[Instruction]) -> int:
     return sum(instruction.opcode.split(".")[0] in ("LDL", "STL") for instruction in instructions)
 
 
-def main_path(instructions: list[Instruction]) -> MainPath:
-    """The instructions issued by one thread on the main path (see `MainPath`)."""
+def main_path(instructions: list[Instruction], iterations: int = 1, switches_on: bool = True) -> MainPath:
+    """The instructions issued by one thread on the main path (see `MainPath`). A loop's body runs `iterations`
+    times; with `switches_on` False, a conditional forward branch over global loads (a run-time switch such as an
+    older kernel's AMSGrad flag) is taken instead of falling through."""
     index_of = {instruction.address: index for index, instruction in enumerate(instructions)}
-    count, loop_bodies, seen_at, returns, issued = 0, [], {}, [], []
+    count, loop_bodies, seen_at, returns, issued, repeated = 0, [], {}, [], [], collections.Counter()
     index = 0
     while index < len(instructions):
         instruction = instructions[index]
@@ -126,17 +128,22 @@ def main_path(instructions: list[Instruction]) -> MainPath:
                     returns.append(index + 1)
                 index = index_of[target]
                 continue
-            if target <= instruction.address and target in seen_at:  # a loop's back edge: one more iteration
-                loop_bodies.append(count - seen_at[target] + 1)
-            elif target > instruction.address and _calls_between(instructions, index + 1, index_of[target]):
-                index = index_of[target]  # the branch skips a slow-path call: the common case takes it
-                continue
+            if target <= instruction.address and target in seen_at:  # a loop's back edge
+                if not repeated[index]:
+                    loop_bodies.append(count - seen_at[target] + 1)
+                if repeated[index] < iterations - 1:
+                    repeated[index] += 1
+                    index = index_of[target]
+                    continue
+            elif target > instruction.address:
+                skipped = instructions[index + 1 : index_of[target]]
+                slow_path = any(skip.base == "CALL" for skip in skipped)  # the common case skips it
+                switched_off = not switches_on and any(skip.base == "LDG" for skip in skipped)
+                if slow_path or switched_off:
+                    index = index_of[target]
+                    continue
         index += 1
     return MainPath(count, tuple(loop_bodies), tuple(issued))
-
-
-def _calls_between(instructions: list[Instruction], start: int, end: int) -> bool:
-    return any(instruction.opcode.startswith("CALL") for instruction in instructions[start:end])
 
 
 def _branch_target(instruction: Instruction) -> int | None:
