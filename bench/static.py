@@ -363,6 +363,15 @@ class Measured:
     def name(self) -> str:
         return f"{self.case}, BLOCK {self.block}, {self.num_warps} warps"
 
+    @property
+    def dtype(self) -> str:
+        """The params' dtype, as `bench.measured` names it: "fp32" or "bf16"."""
+        return self.configuration.split()[0]
+
+    @property
+    def amsgrad(self) -> bool:
+        return self.configuration.endswith("AMSGrad")
+
 
 def measured_rows() -> list[Measured]:
     """Every committed H200 row of the step: the benchmark's (BLOCK 1024, 4 warps) and the tuning run's."""
@@ -393,8 +402,7 @@ def analyse_measured(dtype: str, block: int, num_warps: int, amsgrad: bool) -> d
 
 def _measured_job(job) -> list[float]:
     row, candidates = job
-    dtype, *amsgrad = row.configuration.split()
-    result = analyse_measured(dtype, row.block, row.num_warps, bool(amsgrad))
+    result = analyse_measured(row.dtype, row.block, row.num_warps, row.amsgrad)
     per_thread = row.block // (32 * row.num_warps)
     return [
         sustained(result, row.num_warps, per_thread, row.bytes_per_element, memory).pct_of_copy for memory in candidates

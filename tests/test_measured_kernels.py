@@ -54,7 +54,7 @@ def test_every_committed_row_has_the_binary_it_measured():
     from bench import static
 
     rows = static.measured_rows()
-    shapes = {(row.configuration.split()[0], row.block, row.num_warps) for row in rows}
+    shapes = {(row.dtype, row.block, row.num_warps) for row in rows}
     assert shapes == {(dtype, *shape) for dtype, listed in measured.SHAPES.items() for shape in listed}
     for dtype, block, num_warps in shapes:
         binary = measured.cubin(dtype, block, num_warps)
