@@ -169,26 +169,37 @@ def test_every_aligned_step_waits_for_dram_once_a_program(predictions):
 # bfloat16 params with 8-bit states, at 8 elements per thread (BLOCK 1024, where the issue model predicts 86.4% of
 # copy): 88.7% under the roofline, below the 90% target under both models (issue #32, item 2).
 BELOW_TARGET = {"bf16 8-bit"}
+# Configurations with a launch below its target under the issue model (issue #32): the grad norms (latency: few
+# bytes in flight), the unaligned launches of bf16 params (one element an access; the tails of odd-sized tensors),
+# bf16 states with stochastic rounding, and bf16 with 8-bit states (issue). The rows: docs/benchmarks.md.
+BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {
+    "fp32 clip + nonfinite guard", "fp32 nonfinite guard", "bf16 clip", "bf16 clip inf-norm", "bf16 master",
+    "bf16 bf16-states", "bf16 bf16-states stochastic", "bf16 8-bit", "bf16 stochastic RAdam",
+    "bf16 stochastic AdaBound", "bf16 master RAdam", "bf16 master AdaBelief", "bf16 master AdaBound",
+}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "configuration",
-    [
-        pytest.param(
-            c.name,
-            marks=[pytest.mark.xfail(reason="issue #32: below its target", strict=True)]
-            if c.name in BELOW_TARGET
-            else [],
-        )
-        for c in static.CONFIGURATIONS
-    ],
-)
+def _each_configuration(below: set) -> list:
+    """Every configuration's name, those in `below` expected to miss their target (strictly: one that meets it
+    fails, until it leaves the set)."""
+    miss = pytest.mark.xfail(reason="issue #32: below its target", strict=True)
+    return [pytest.param(c.name, marks=[miss] if c.name in below else []) for c in static.CONFIGURATIONS]
+
+
+@pytest.mark.parametrize("configuration", _each_configuration(BELOW_TARGET))
 def test_each_step_variant_meets_its_target_under_the_roofline_at_step_1e6(predictions, configuration):
     """>= 95% of copy bandwidth for its bytes (8-bit states: 90%) under the roofline (issue at every cycle), no
     spills, for the step and grad-norm launches; the one-off v0 initialisations and the per-param step scalars are
-    reported, not held to it. The issue model's predictions (pct_of_copy) are reported beside: issue #32 holds the
-    targets to them once the 8-bit steps fit it."""
+    reported, not held to it. The issue model's predictions are held to the same targets below."""
     for prediction in map(static.Prediction.from_row, _of(predictions, configuration)):
         if prediction.target_pct is not None:
             assert prediction.roofline_pct >= prediction.target_pct, prediction
             assert prediction.spills == 0, prediction
+
+
+@pytest.mark.parametrize("configuration", _each_configuration(BELOW_TARGET_UNDER_THE_ISSUE_MODEL))
+def test_each_step_variant_meets_its_target_under_the_issue_model_at_step_1e6(predictions, configuration):
+    """The same targets under the issue model (`bench.issue`), which issue #32 holds the launches to."""
+    for prediction in map(static.Prediction.from_row, _of(predictions, configuration)):
+        if prediction.target_pct is not None:
+            assert prediction.pct_of_copy_late >= prediction.target_pct, prediction
