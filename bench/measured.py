@@ -6,7 +6,9 @@ would be fitted on code that never ran on the GPU that measured the rows.
 
 Rebuild them with `python -m bench.measured`, in a git checkout that holds the revision, with triton 3.6.0
 installed (torch's CPU build is enough; no GPU): Triton compiles with the ptxas it ships, so the cubins are the
-bytes the H200 loaded. The launches specialised as the runtime did: every argument a pointer divisible by 16.
+binaries the H200 ran, unless its image pointed Triton at another ptxas (TRITON_PTXAS_PATH; nothing says it did).
+The launches are specialised as the runtime did: every argument a pointer divisible by 16. Two rebuilds give the
+same bytes.
 """
 
 import gzip
