@@ -19,9 +19,10 @@ from v0adam.kernels.tables import (
 # Norm types computed in the kernel; the reduction of the partials is sum for 1 and 2, max for inf.
 FUSED_NORM_TYPES = (1.0, 2.0, float("inf"))
 # Blocks a program reduces at once. One block's grads are a few bytes per thread (8 elements), too few to keep DRAM
-# busy while programs wait for them. The static model predicts the bfloat16 2-norm's partials at 92.9% of copy
-# with 4 blocks a program; with 8, about 90%: ptxas then reduces some blocks before it loads the others, to save
-# registers, and programs wait for DRAM two or three times (python -m bench.static; predicted, not measured).
+# busy while programs wait for them. The static model predicted the bfloat16 2-norm's partials at 92.9% of copy
+# with 4 blocks a program (94.7% since its latency was fitted on the measured binaries); with 8, about 90%: ptxas
+# then reduces some blocks before it loads the others, to save registers, and programs wait for DRAM two or three
+# times (python -m bench.static; predicted, not measured).
 BLOCKS_PER_PROGRAM = 4
 
 

@@ -28,7 +28,8 @@ def interpreter_enabled() -> bool:
 # 8-bit states take the same: at 16 elements per thread (BLOCK 2048) their step needs 106 to 128 registers, 4 warps
 # per scheduler, and the static model's issue model predicts 72% of copy with bfloat16 params and 89% with float32
 # ones, against 81% and 91% at 8 (62 to 71 registers, 7 or 8 warps); the committed H200 run measured the fp32 step at
-# 94.4% with 16 elements per thread against 98.2% with 8. Predicted, not yet measured with 8-bit states.
+# 94.4% with 16 elements per thread against 98.2% with 8. Predicted (with the model's former 450-cycle latency),
+# not yet measured with 8-bit states.
 BLOCK = 4096 if interpreter_enabled() else 1024
 NUM_WARPS = 4
 # Whether a segment that breaks the alignment promise costs only itself (see SegmentTable). The interpreter has
