@@ -111,14 +111,17 @@ def _adam_step_kernel(
     and every value is rounded once, on store. 8-bit states are
     dequantized on load, the step computed in float32, and m, v (and max v) quantized with fresh scales on store.
     """
+    # Unaligned, the loads of the table and of the scalars below are volatile too, as the elements' are: ptxas issues
+    # them in the order written (why: the elements' loads).
+    ORDERED: tl.constexpr = not ALIGNED
     pid = tl.program_id(0)
-    row = segments_ptr + tl.load(block_segment_ptr + pid).to(tl.int64) * SEGMENT_FIELDS
-    param_ptr = tl.load(row + PARAM_ADDR).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
-    grad_ptr = tl.load(row + GRAD_ADDR).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
-    state_offset = tl.load(row + STATE_OFFSET)
-    numel = tl.load(row + NUMEL)
-    first_block = tl.load(row + FIRST_BLOCK)
-    step_index = tl.load(row + STEP_INDEX)
+    row = segments_ptr + tl.load(block_segment_ptr + pid, volatile=ORDERED).to(tl.int64) * SEGMENT_FIELDS
+    param_ptr = tl.load(row + PARAM_ADDR, volatile=ORDERED).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
+    grad_ptr = tl.load(row + GRAD_ADDR, volatile=ORDERED).to(tl.pointer_type(PARAM_DTYPE), bitcast=True)
+    state_offset = tl.load(row + STATE_OFFSET, volatile=ORDERED)
+    numel = tl.load(row + NUMEL, volatile=ORDERED)
+    first_block = tl.load(row + FIRST_BLOCK, volatile=ORDERED)
+    step_index = tl.load(row + STEP_INDEX, volatile=ORDERED)
     if ALIGNED:
         param_ptr = tl.multiple_of(param_ptr, ALIGN_BYTES)
         grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
@@ -129,25 +132,32 @@ def _adam_step_kernel(
     # loaded here, not where they are used: ptxas issues a load written after the arithmetic on the elements there,
     # once they have arrived, and every program waits one more L2 round trip (bfloat16 + 8-bit states: 81.0% of copy
     # predicted, 82.3% with the reciprocal loaded here). RAdam's stay where they are used: loaded here, they leave
-    # its step with float32 params and 8-bit states waiting for DRAM twice (91.2% -> 85.9% predicted).
+    # its step with float32 params and 8-bit states waiting for DRAM twice (91.2% -> 85.9% predicted). Each rule
+    # loads only the scalars it uses: a volatile load stays in the kernel even when nothing uses its value.
     scalars = scalars_ptr + step_index * SCALAR_FIELDS
-    step_size = tl.load(scalars + STEP_SIZE)
-    bias_correction2_sqrt = tl.load(scalars + BIAS_CORRECTION2_SQRT)
-    bias_correction2_sqrt_reciprocal = tl.load(scalars + BIAS_CORRECTION2_SQRT_RECIPROCAL)
-    beta1 = tl.load(scalars + BETA1_F32)
-    one_minus_beta1 = tl.load(scalars + ONE_MINUS_BETA1)
-    beta2 = tl.load(scalars + BETA2_F32)
-    one_minus_beta2 = tl.load(scalars + ONE_MINUS_BETA2)
-    eps = tl.load(scalars + EPS_F32)
-    l2_weight_decay = tl.load(scalars + L2_WEIGHT_DECAY)
-    decay_factor = tl.load(scalars + DECAY_FACTOR)
-    maximize = tl.load(scalars + MAXIMIZE_FLAG) != 0
+    if ALGORITHM == ADAM or ALGORITHM == ADABELIEF:
+        step_size = tl.load(scalars + STEP_SIZE, volatile=ORDERED)
+    if ALGORITHM != ADABOUND:
+        bias_correction2_sqrt = tl.load(scalars + BIAS_CORRECTION2_SQRT, volatile=ORDERED)
+    if ALGORITHM == ADAM or ALGORITHM == ADABELIEF:
+        bias_correction2_sqrt_reciprocal = tl.load(scalars + BIAS_CORRECTION2_SQRT_RECIPROCAL, volatile=ORDERED)
+    beta1 = tl.load(scalars + BETA1_F32, volatile=ORDERED)
+    one_minus_beta1 = tl.load(scalars + ONE_MINUS_BETA1, volatile=ORDERED)
+    beta2 = tl.load(scalars + BETA2_F32, volatile=ORDERED)
+    one_minus_beta2 = tl.load(scalars + ONE_MINUS_BETA2, volatile=ORDERED)
+    eps = tl.load(scalars + EPS_F32, volatile=ORDERED)
+    l2_weight_decay = tl.load(scalars + L2_WEIGHT_DECAY, volatile=ORDERED)
+    decay_factor = tl.load(scalars + DECAY_FACTOR, volatile=ORDERED)
+    maximize = tl.load(scalars + MAXIMIZE_FLAG, volatile=ORDERED) != 0
     if HAS_AMSGRAD:  # some group of the bucket has AMSGrad; if none, neither the flag nor its code is there
-        amsgrad = tl.load(scalars + AMSGRAD_FLAG) != 0
-    decoupled = tl.load(scalars + DECOUPLED_FLAG) != 0
-    # AdaBound's (a rule's kernel leaves out the loads of the scalars it does not use).
-    lower, upper = tl.load(scalars + LOWER_BOUND), tl.load(scalars + UPPER_BOUND)
-    bounded_step = tl.load(scalars + BOUNDED_STEP)
+        amsgrad = tl.load(scalars + AMSGRAD_FLAG, volatile=ORDERED) != 0
+    decoupled = tl.load(scalars + DECOUPLED_FLAG, volatile=ORDERED) != 0
+    if ALGORITHM == ADABOUND:
+        lower, upper = (
+            tl.load(scalars + LOWER_BOUND, volatile=ORDERED),
+            tl.load(scalars + UPPER_BOUND, volatile=ORDERED),
+        )
+        bounded_step = tl.load(scalars + BOUNDED_STEP, volatile=ORDERED)
 
     block_start = (pid - first_block).to(tl.int64) * BLOCK
     block_numel = tl.minimum(numel - block_start, BLOCK)  # from 1 to BLOCK: the program's elements
@@ -169,25 +179,27 @@ def _adam_step_kernel(
         PARAM_DTYPE.primitive_bitwidth < 32 or exp_avg_ptr.dtype.element_ty.primitive_bitwidth < 32
     )
     # Every load is written before any arithmetic on what the loads bring: a load issued after arithmetic that waits
-    # for an earlier load's value adds its DRAM latency to that one. Aligned, they are volatile so that ptxas issues
-    # them in that order, the first wait after the last: left to itself, it would join the exact master's param
-    # before it requests the moments, or decode 8-bit m before it requests float32 params, and a program would wait
-    # for DRAM twice (the exact master: 93.9% of copy predicted, 96.7% so). Each element is read once a step: the
-    # L1 cache volatile loads go around had nothing to keep. The unaligned launch's loads, one element each, are
-    # left to ptxas's order, which volatile made worse (15 of its 20 variants waited for DRAM twice, against 7).
-    g = tl.load(grad_ptr + offsets, mask=mask, volatile=ALIGNED)
-    m = tl.load(exp_avg_ptr + state_offsets, mask=mask, volatile=ALIGNED)
-    v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask, volatile=ALIGNED)
+    # for an earlier load's value adds its DRAM latency to that one. They are volatile so that ptxas issues them in
+    # that order, the first wait after the last: left to itself, it would join the exact master's param before it
+    # requests the moments, or decode 8-bit m before it requests float32 params, and a program would wait for DRAM
+    # twice (the exact master: 93.9% of copy predicted, 96.7% so). Each element is read once a step: the L1 cache
+    # volatile loads go around had nothing to keep. The unaligned launch (one element an access) needs its table's
+    # and scalars' loads in order as well (ORDERED): with only the elements' volatile, ptxas moved one of those among
+    # them and 25 of its 30 variants waited for DRAM twice; with none volatile, 9 did (bfloat16 params with
+    # gradient clipping: 91.7% of copy predicted, 95.4% in order); with all, none.
+    g = tl.load(grad_ptr + offsets, mask=mask, volatile=True)
+    m = tl.load(exp_avg_ptr + state_offsets, mask=mask, volatile=True)
+    v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask, volatile=True)
     if HAS_MASTER:
         if master_ptr.dtype.element_ty == tl.int16:  # the remainder of a bfloat16 param
             p, remainder = (
-                tl.load(param_ptr + offsets, mask=mask, volatile=ALIGNED),
-                tl.load(master_ptr + state_offsets, mask=mask, volatile=ALIGNED),
+                tl.load(param_ptr + offsets, mask=mask, volatile=True),
+                tl.load(master_ptr + state_offsets, mask=mask, volatile=True),
             )
         else:
-            p = tl.load(master_ptr + state_offsets, mask=mask, volatile=ALIGNED)
+            p = tl.load(master_ptr + state_offsets, mask=mask, volatile=True)
     else:
-        p = tl.load(param_ptr + offsets, mask=mask, volatile=ALIGNED)
+        p = tl.load(param_ptr + offsets, mask=mask, volatile=True)
     if QUANTIZED:
         # This program's quantization blocks: whole ones (BLOCK, the state offset and the segment's numel are
         # multiples of QBLOCK), those past the segment's end masked; one scale each, no other program writes them.
@@ -195,21 +207,21 @@ def _adam_step_kernel(
         scale_mask = quantization_block * QBLOCK < block_numel
         # A shift, not `// QBLOCK`: the offset is never negative, and a signed division would round towards zero.
         scale_offsets = (state_start >> QBLOCK_BITS) + quantization_block
-        m_scales = tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask, volatile=ALIGNED)
-        v_scales = tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, volatile=ALIGNED)
+        m_scales = tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask, volatile=True)
+        v_scales = tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, volatile=True)
     if HAS_AMSGRAD:
         # Read with the others, but only where the group has AMSGrad. (Where it was used, after the update, the
         # load made each program wait for DRAM twice: 95.3% of copy predicted for float32, 97.2% here.)
         v_max_numel = tl.where(amsgrad, block_numel, 0)
         v_max = tl.load(
-            max_exp_avg_sq_ptr + state_offsets, mask=offsets < v_max_numel.to(tl.int32), other=0, volatile=ALIGNED
+            max_exp_avg_sq_ptr + state_offsets, mask=offsets < v_max_numel.to(tl.int32), other=0, volatile=True
         )
         if QUANTIZED:
             v_max_scales = tl.load(
                 max_exp_avg_sq_scales_ptr + scale_offsets,
                 mask=quantization_block * QBLOCK < v_max_numel,
                 other=0.0,
-                volatile=ALIGNED,
+                volatile=True,
             )
 
     if HAS_MASTER:

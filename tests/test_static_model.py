@@ -153,17 +153,17 @@ def test_an_aligned_step_stores_each_tensor_from_the_layout_it_computes_in(predi
         assert int(row["barriers"]) == (3 if "8-bit" in row["kernel"] else 0), row
 
 
-def test_every_aligned_step_waits_for_dram_once_a_program(predictions):
-    """Every data load of an aligned step is issued before the first instruction that waits for one (the loads are
-    volatile there, so that ptxas keeps them in order: the exact master's step waited twice without, 93.9% of copy
-    against 96.7%). The unaligned launches, one element an access, still wait twice in some variants:
-    `bench.issue.dram_round_trips`."""
+def test_every_step_waits_for_dram_once_a_program(predictions):
+    """Every data load of a step is issued before the first instruction that waits for one (the loads are volatile,
+    so that ptxas keeps them in order: the exact master's step waited twice without, 93.9% of copy against 96.7%;
+    the unaligned launch, one element an access, needs its table's and scalars' loads in order too, or 25 of its 30
+    variants wait twice): `bench.issue.dram_round_trips`."""
     trips = {
         row["variant"]: int(row["dram_round_trips"])
         for row in predictions
-        if row["kernel"] in ("step aligned", "step 8-bit aligned")
+        if row["kernel"] in ("step aligned", "step 8-bit aligned", "step unaligned")
     }
-    assert len(trips) > 20 and set(trips.values()) == {1}, trips
+    assert len(trips) > 40 and set(trips.values()) == {1}, trips
 
 
 # bfloat16 params with 8-bit states, at 8 elements per thread (BLOCK 1024, where the issue model predicts 86.4% of
@@ -173,9 +173,8 @@ BELOW_TARGET = {"bf16 8-bit"}
 # bytes in flight), the unaligned launches of bf16 params (one element an access; the tails of odd-sized tensors),
 # bf16 states with stochastic rounding, and bf16 with 8-bit states (issue). The rows: docs/benchmarks.md.
 BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {
-    "fp32 clip + nonfinite guard", "fp32 nonfinite guard", "bf16 clip", "bf16 clip inf-norm", "bf16 master",
-    "bf16 bf16-states", "bf16 bf16-states stochastic", "bf16 8-bit", "bf16 stochastic RAdam",
-    "bf16 stochastic AdaBound", "bf16 master RAdam", "bf16 master AdaBelief", "bf16 master AdaBound",
+    "fp32 clip + nonfinite guard", "fp32 nonfinite guard", "bf16 clip", "bf16 clip inf-norm", "bf16 bf16-states",
+    "bf16 bf16-states stochastic", "bf16 8-bit", "bf16 stochastic RAdam",
 }  # fmt: skip
 
 
