@@ -18,12 +18,21 @@ from v0adam.kernels.tables import (
 
 # Norm types computed in the kernel; the reduction of the partials is sum for 1 and 2, max for inf.
 FUSED_NORM_TYPES = (1.0, 2.0, float("inf"))
-# Blocks a program reduces at once. One block's grads are a few bytes per thread (8 elements), too few to keep DRAM
-# busy while programs wait for them. The static model predicted the bfloat16 2-norm's partials at 92.9% of copy
-# with 4 blocks a program (94.7% since its latency was fitted on the measured binaries); with 8, about 90%: ptxas
-# then reduces some blocks before it loads the others, to save registers, and programs wait for DRAM two or three
-# times (python -m bench.static; predicted, not measured).
-BLOCKS_PER_PROGRAM = 4
+
+
+def program_shape(param_dtype: torch.dtype, aligned: bool) -> tuple[int, int]:
+    """(blocks, warps) of a program: the blocks of the table it reduces at once, and its warps. One block's grads
+    are a few bytes a thread (8 elements), too few to keep DRAM busy while programs wait for them. Aligned, a
+    program takes 2 blocks and as many warps as give each thread 64 bytes to load (4 warps for float32 grads, 2 for
+    16-bit ones): with 4 blocks, ptxas reduced float32's first blocks before it loaded the last ones, to save
+    registers (a second DRAM round trip: 93.9% of copy predicted, 95.2% so), and 4-warp programs left bfloat16
+    at 94.7% (95.2% in 2 warps). With 8 blocks ptxas interleaves more (bfloat16 about 90%). The unaligned launch,
+    one element an access, keeps 4 blocks in 4 warps: 96.0% for float32 (95.1% with 2 blocks), 89.0% for the
+    bfloat16 2-norm (84.9% with 2 blocks in 2 warps, 92.9% in 1, still short of 95%). Predicted by
+    `python -m bench.static`, not measured."""
+    if not aligned:
+        return 4, 4
+    return 2, 4 if param_dtype.itemsize == 4 else 2
 
 
 @triton.jit
@@ -81,21 +90,25 @@ def _grad_norm_partials_kernel(
     NORM_TYPE: tl.constexpr,  # 1, 2 or 0 for inf
     ALIGNED: tl.constexpr,  # the segments keep the step kernel's alignment promise (`v0adam.kernels.adam`)
     BLOCK: tl.constexpr,  # elements per block of the table
-    BLOCKS_PER_PROGRAM: tl.constexpr,  # 4: the blocks are named below
+    BLOCKS_PER_PROGRAM: tl.constexpr,  # 2 or 4 (`program_shape`): the blocks are named below
 ):
     """The partials of BLOCKS_PER_PROGRAM consecutive blocks. Every block's table entries are read, then every
     block's grads, then they are reduced together, so that a program waits for DRAM once with that many blocks'
     bytes in flight. Each block's grads stay in the registers of the threads that load them (joined as columns of
     one tensor), and one reduction over the rows gives the program's partials."""
     first = tl.program_id(0) * BLOCKS_PER_PROGRAM
-    tl.static_assert(BLOCKS_PER_PROGRAM == 4)
+    tl.static_assert(BLOCKS_PER_PROGRAM == 2 or BLOCKS_PER_PROGRAM == 4)
     a0, n0 = block_extent(segments_ptr, block_segment_ptr, first, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
     a1, n1 = block_extent(segments_ptr, block_segment_ptr, first + 1, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
-    a2, n2 = block_extent(segments_ptr, block_segment_ptr, first + 2, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
-    a3, n3 = block_extent(segments_ptr, block_segment_ptr, first + 3, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+    if BLOCKS_PER_PROGRAM == 4:
+        a2, n2 = block_extent(segments_ptr, block_segment_ptr, first + 2, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
+        a3, n3 = block_extent(segments_ptr, block_segment_ptr, first + 3, num_blocks, PARAM_DTYPE, ALIGNED, BLOCK)
     g0, g1 = _block_grads(a0, n0, ALIGNED, BLOCK), _block_grads(a1, n1, ALIGNED, BLOCK)
-    g2, g3 = _block_grads(a2, n2, ALIGNED, BLOCK), _block_grads(a3, n3, ALIGNED, BLOCK)
-    stored = tl.reshape(tl.join(tl.join(g0, g2), tl.join(g1, g3)), (BLOCK, BLOCKS_PER_PROGRAM))
+    if BLOCKS_PER_PROGRAM == 4:
+        g2, g3 = _block_grads(a2, n2, ALIGNED, BLOCK), _block_grads(a3, n3, ALIGNED, BLOCK)
+        stored = tl.reshape(tl.join(tl.join(g0, g2), tl.join(g1, g3)), (BLOCK, BLOCKS_PER_PROGRAM))
+    else:
+        stored = tl.join(g0, g1)
     blocks = first + tl.arange(0, BLOCKS_PER_PROGRAM)
     tl.store(partials_ptr + blocks, _partials(stored, PARAM_DTYPE, NORM_TYPE), mask=blocks < num_blocks)
 
@@ -117,7 +130,8 @@ def grad_norm_partials(
     if partials.dtype != torch.float32 or partials.numel() != block_segment.numel():
         raise ValueError("partials must be float32, one per block")
     if block_segment.numel():
-        _grad_norm_partials_kernel[(triton.cdiv(block_segment.numel(), BLOCKS_PER_PROGRAM),)](
+        blocks_per_program, num_warps = program_shape(param_dtype, aligned)
+        _grad_norm_partials_kernel[(triton.cdiv(block_segment.numel(), blocks_per_program),)](
             segments,
             block_segment,
             partials,
@@ -126,7 +140,8 @@ def grad_norm_partials(
             NORM_TYPE=0 if norm_type == float("inf") else int(norm_type),
             ALIGNED=aligned,
             BLOCK=block,
-            BLOCKS_PER_PROGRAM=BLOCKS_PER_PROGRAM,
+            BLOCKS_PER_PROGRAM=blocks_per_program,
+            num_warps=num_warps,
         )
 
 

@@ -6,13 +6,13 @@ import torch
 import triton
 import triton.language as tl
 from conftest import DEVICE
-from v0adam.kernels.grad_norm import BLOCKS_PER_PROGRAM, block_extent, grad_norm_partials
+from v0adam.kernels.grad_norm import block_extent, grad_norm_partials, program_shape
 from v0adam.kernels.tables import SegmentRow
 
 BLOCK = 256
-# Segments of 3 blocks and a part, 1 block and a part: 7 blocks, not a whole number of programs. Aligned, every
-# numel is a multiple of 8 elements; unaligned, not.
-SIZES = {True: (3 * BLOCK + 64, BLOCK, 8), False: (3 * BLOCK + 61, BLOCK, 5)}
+# Segments of 3 blocks and a part, 1 block and a part, and a part: 7 blocks, not a whole number of programs (of 2
+# or 4 blocks). Aligned, every numel is a multiple of 8 elements; unaligned, not.
+SIZES = {True: (3 * BLOCK + 64, BLOCK + 8, 8), False: (3 * BLOCK + 61, BLOCK + 5, 5)}
 EXPECTED = {
     1.0: lambda g: g.abs().sum(),
     2.0: lambda g: g.square().sum(),
@@ -34,7 +34,7 @@ def test_each_blocks_partial_is_the_norm_of_its_own_grads(dtype, aligned, norm_t
         rows.append(SegmentRow(0, grad.data_ptr(), 0, grad.numel(), len(block_segment), 0, 0))
         block_segment += [index] * count
         blocks += [grad[start : start + BLOCK].float() for start in range(0, grad.numel(), BLOCK)]
-    assert len(blocks) % BLOCKS_PER_PROGRAM != 0  # the last program has blocks past the table
+    assert len(blocks) % program_shape(dtype, aligned)[0] != 0  # the last program has blocks past the table
     partials = torch.full((len(blocks),), -1.0, device=DEVICE)
     grad_norm_partials(
         torch.tensor(rows, dtype=torch.int64, device=DEVICE),
@@ -49,9 +49,12 @@ def test_each_blocks_partial_is_the_norm_of_its_own_grads(dtype, aligned, norm_t
     torch.testing.assert_close(partials, expected, rtol=1e-5, atol=0)
 
 
+COUNTED_BLOCKS = 4  # the most a program reduces (`program_shape`)
+
+
 @triton.jit
 def _counts_kernel(segments_ptr, block_segment_ptr, counts_ptr, num_blocks, BLOCK: tl.constexpr):
-    for block in tl.static_range(BLOCKS_PER_PROGRAM):
+    for block in tl.static_range(COUNTED_BLOCKS):
         count = block_extent(segments_ptr, block_segment_ptr, block, num_blocks, tl.float32, False, BLOCK)[1]
         tl.store(counts_ptr + block, count)
 
@@ -65,7 +68,7 @@ def test_a_block_three_billion_elements_into_a_segment_reads_its_own_grads_and_n
     row = SegmentRow(0, grad.data_ptr() - 4 * start, 0, start + BLOCK, -(start // BLOCK), 0, 0)
     segments = torch.tensor([row], dtype=torch.int64, device=DEVICE)
     block_segment = torch.zeros(1, dtype=torch.int32, device=DEVICE)
-    counts = torch.full((BLOCKS_PER_PROGRAM,), 7, dtype=torch.int32, device=DEVICE)
+    counts = torch.full((COUNTED_BLOCKS,), 7, dtype=torch.int32, device=DEVICE)
     _counts_kernel[(1,)](segments, block_segment, counts, 1, BLOCK=BLOCK)
     assert counts[0] == BLOCK and (counts[1:] <= 0).all(), counts
     for aligned in (True, False):
