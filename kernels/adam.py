@@ -310,8 +310,9 @@ def _adam_step_kernel(
             else:
                 p_stored = round_from_float32(p, PARAM_DTYPE)
     elif STOCHASTIC_ROUNDING:
-        # The Philox counter is (flat element index // 4, step): a fresh, reproducible draw for every element and
-        # step. Slots start at multiples of 64 elements, programs at multiples of BLOCK: a multiple of 4 here.
+        # The Philox counter is (flat element index // 8, step): a fresh, reproducible draw for every element and
+        # step. Slots start at multiples of 64 elements, programs at multiples of BLOCK, tails at multiples of 8
+        # past their slot's start: a multiple of 8 here.
         step = tl.load(steps_ptr + step_index).to(tl.int32)
         p_stored = stochastic_round_to_bfloat16(p, tl.load(rounding_seed_ptr), state_start, step, BLOCK)
     else:

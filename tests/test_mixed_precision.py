@@ -5,8 +5,11 @@ import io
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conftest import BACKENDS, DEVICE
 from helpers import MIXED_SHAPES, gradients, make_params
+from v0adam.kernels.precision import stochastic_round_to_bfloat16
 
 import v0adam
 from v0adam.master_remainder import param_of_master
@@ -99,6 +102,36 @@ def test_stochastic_rounding_is_unbiased_and_keeps_tiny_updates(backend):
     assert abs(rounded.mean().item() - (1.0 - lr)) < 5 * standard_error
     torch.manual_seed(1)
     assert torch.equal(first_step_of_ones(backend, True, lr, numel), rounded)  # reproducible for a seed
+
+
+@triton.jit
+def _stochastic_rounding_kernel(x_ptr, rounded_ptr, draws_ptr, seed, first_element, step, BLOCK: tl.constexpr):
+    """The kernel's stochastic rounding of BLOCK values, and the Philox draws of its counters (element index // 8,
+    step), four outputs each."""
+    offsets = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offsets)
+    first_element = first_element.to(tl.int64)  # as the step's flat state offsets
+    tl.store(rounded_ptr + offsets, stochastic_round_to_bfloat16(x, seed, first_element, step, BLOCK))
+    counter = (first_element // 8 + tl.arange(0, BLOCK // 8)).to(tl.uint32)
+    zeros = tl.zeros([BLOCK // 8], dtype=tl.uint32)
+    draws = tl.philox(seed, counter, zeros, zeros + step.to(tl.uint32), zeros)
+    for output in tl.static_range(4):
+        tl.store(draws_ptr + tl.arange(0, BLOCK // 8) * 4 + output, draws[output])
+
+
+def test_stochastic_rounding_gives_each_element_its_own_sixteen_random_bits():
+    """Element 8i + 2j + h adds half h (low, high) of output j of the Philox draw of counter i: eight elements share
+    a draw, none shares its bits."""
+    block, first_element, seed, step = 256, 1024, 12345, 7
+    x = torch.randn(block, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    rounded = torch.empty(block, dtype=torch.bfloat16, device=DEVICE)
+    draws = torch.empty(block // 2, dtype=torch.int32, device=DEVICE)
+    _stochastic_rounding_kernel[(1,)](x, rounded, draws, seed, first_element, step, BLOCK=block)
+    words = draws.cpu().long() & 0xFFFFFFFF
+    random = torch.stack([words & 0xFFFF, words >> 16], dim=1).reshape(block)
+    expected = (((x.cpu().view(torch.int32).long() & 0xFFFFFFFF) + random) >> 16).to(torch.int16)
+    assert torch.equal(rounded.cpu().view(torch.int16), expected)
+    assert len(set(random.tolist())) > 0.99 * block  # no two elements take the same bits
 
 
 STEPS = 300
