@@ -111,8 +111,8 @@ def _adam_step_kernel(
     and every value is rounded once, on store. 8-bit states are
     dequantized on load, the step computed in float32, and m, v (and max v) quantized with fresh scales on store.
     """
-    # Unaligned, the loads of the table and of the scalars below are volatile too, as the elements' are: ptxas issues
-    # them in the order written (why: the elements' loads).
+    # Unaligned, the loads of the table and of the scalars read up front are volatile too, as the elements' are:
+    # ptxas issues them in the order written (why: the elements' loads).
     ORDERED: tl.constexpr = not ALIGNED
     pid = tl.program_id(0)
     row = segments_ptr + tl.load(block_segment_ptr + pid, volatile=ORDERED).to(tl.int64) * SEGMENT_FIELDS
