@@ -19,7 +19,7 @@ from v0adam.kernels.precision import (
     stochastic_round_to_bfloat16,
     widen_to_float32,
 )
-from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root
+from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root, store_scales
 from v0adam.kernels.tables import (  # the kernels' tables; imported here, where callers have found them
     ALIGN_BYTES,
     ALIGN_ELEMENTS,
@@ -240,8 +240,17 @@ def _adam_step_kernel(
 
     if HAS_GRAD_SCALE:
         g = tl.div_rn(g, tl.load(grad_scale_ptr))
-    if maximize:
-        g = -g
+    if ALGORITHM == ADABELIEF or not QUANTIZED:
+        if maximize:
+            g = -g
+    else:
+        # maximize's sign taken into the scalars that multiply the gradient, not into each element: m and the L2 term
+        # come out the same bit for bit (negating a product's factor negates its rounding), and v takes g * g. One
+        # select an element fewer (bfloat16 params with 8-bit states: 86.8% -> 87.9% of copy predicted). AdaBelief's
+        # g - m needs g's own sign; the other steps keep the select, where ptxas allocates worse without it (bf16
+        # states: 40 -> 44 registers, 96.0% -> 95.1%).
+        one_minus_beta1 = tl.where(maximize, -one_minus_beta1, one_minus_beta1)
+        l2_weight_decay = tl.where(maximize, -l2_weight_decay, l2_weight_decay)
     if decoupled:
         p = p * decay_factor
     elif l2_weight_decay != 0.0:  # as torch, no term at all: 0 * p is NaN where p is inf or NaN
@@ -255,18 +264,18 @@ def _adam_step_kernel(
     if QUANTIZED:
         codes, scales = quantize_m(m, BLOCK, QBLOCK)
         store_elements(exp_avg_ptr, state_start, codes, block_numel, EIGHT_PER_THREAD, BLOCK)
-        tl.store(exp_avg_scales_ptr + scale_offsets, scales, mask=scale_mask)
+        store_scales(exp_avg_scales_ptr + scale_offsets, scales, scale_mask)
         # v is kept as sqrt(v), the square root the update takes below (the same value: computed once).
         codes, scales = quantize_v_root(tl.sqrt_rn(v), BLOCK, QBLOCK)
         store_elements(exp_avg_sq_ptr, state_start, codes, block_numel, EIGHT_PER_THREAD, BLOCK)
-        tl.store(exp_avg_sq_scales_ptr + scale_offsets, scales, mask=scale_mask)
+        store_scales(exp_avg_sq_scales_ptr + scale_offsets, scales, scale_mask)
         if HAS_AMSGRAD:
             if amsgrad:
                 v_max_root = dequantize_v_root(v_max, v_max_scales, BLOCK, QBLOCK)
                 v = tl.maximum(v, v_max_root * v_max_root)
                 codes, scales = quantize_v_root(tl.sqrt_rn(v), BLOCK, QBLOCK)
                 store_elements(max_exp_avg_sq_ptr, state_start, codes, block_numel, EIGHT_PER_THREAD, BLOCK)
-                tl.store(max_exp_avg_sq_scales_ptr + scale_offsets, scales, mask=scale_mask)
+                store_scales(max_exp_avg_sq_scales_ptr + scale_offsets, scales, scale_mask)
     else:
         store_elements(
             exp_avg_ptr, state_start, round_from_float32(m, state_dtype), block_numel, EIGHT_PER_THREAD, BLOCK

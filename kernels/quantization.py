@@ -53,8 +53,10 @@ def _scales(magnitude_bits):
     maximum of the bits (so that NaN, above infinity, wins), 0 below float32's smallest normal; reciprocals 0
     where the scale is 0."""
     largest = tl.max(magnitude_bits, axis=1)
-    scales = tl.where(largest < SMALLEST_NORMAL_BITS, 0, largest).to(tl.float32, bitcast=True)
-    inverse = tl.where(scales != 0, tl.div_rn(1.0, tl.where(scales != 0, scales, 1.0)), 0.0)
+    too_small = largest < SMALLEST_NORMAL_BITS
+    scales = tl.where(too_small, 0, largest).to(tl.float32, bitcast=True)
+    # One predicate for all three (it was two: scales != 0 after the first).
+    inverse = tl.where(too_small, 0.0, tl.div_rn(1.0, tl.where(too_small, 1.0, scales)))
     return scales, inverse
 
 
@@ -90,3 +92,18 @@ def quantize_v_root(v_root, BLOCK: tl.constexpr, QBLOCK: tl.constexpr):
     smallest = tl.minimum(magnitude_bits, UNSIGNED_CODE_ONE)
     codes = tl.maximum(_rounded(magnitude_bits, inverse, UNSIGNED_ROUNDING), smallest) >> UNSIGNED_SHIFT
     return tl.reshape(codes, (BLOCK,)).to(tl.uint8), scales
+
+
+@triton.jit
+def store_scales(pointer, scales, mask):
+    """pointer[i] = scales[i] where mask[i], for the [BLOCK // QBLOCK] scales a quantizer returns, from the layout
+    its reduction leaves them in: a quantization block's elements are one warp's (8 a thread), and so is its scale.
+    Stored as a [BLOCK // QBLOCK] vector, Triton would gather the scales into one warp through shared memory, with
+    a barrier over the program's warps, for each of the two (three with AMSGrad) scale stores of a step. As the
+    column of lanes of a [BLOCK // QBLOCK, 32] tensor, contiguous along the lanes (so that Triton lays it out one
+    element a lane, a row a warp: the reduction's own layout), each warp stores its own scale from its first lane;
+    the other lanes' addresses are masked off. (bfloat16 with 8-bit states: 1.2 instructions an element fewer and no
+    barrier, 86.4% -> 86.6% of copy predicted.)"""
+    lanes = tl.arange(0, 32)[None, :]
+    values = scales[:, None] + tl.zeros_like(lanes).to(tl.float32)
+    tl.store(pointer[:, None] + lanes, values, mask=mask[:, None] & (lanes == 0))

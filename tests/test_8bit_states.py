@@ -125,7 +125,7 @@ def test_an_m_below_the_smallest_normal_float_is_stored_as_zero():
     assert bool((quantization.dequantize(codes, scales, signed=True)[256:] > 0).all())
 
 
-def reference_step(param, grad, state, step, reference=adam_step_reference, decoupled=True, **options):
+def reference_step(param, grad, state, step, reference=adam_step_reference, decoupled=True, maximize=False, **options):
     """One step of `reference` on a reference copy: an fp32 param (or master) and its (codes, scales) states."""
     if reference is not radam_step_reference:
         options["amsgrad"] = "max_exp_avg_sq" in state
@@ -143,7 +143,7 @@ def reference_step(param, grad, state, step, reference=adam_step_reference, deco
         lr=1e-2,
         weight_decay=0.1,
         decoupled_weight_decay=decoupled,
-        maximize=False,
+        maximize=maximize,
         **options,
     )
 
@@ -195,6 +195,33 @@ def test_kernel_equals_the_reference_bit_for_bit(flat_grads, amsgrad):
         opt.step()
         step_reference_params(ref_params, ref_states, grads, step)
         assert_matches_reference(opt, params, ref_params, ref_states, PARAM_TOL)
+
+
+@pytest.mark.parametrize("decoupled", [True, False], ids=["decoupled", "L2"])
+def test_maximize_with_8bit_states_is_minimizing_the_negated_gradient_bit_for_bit(decoupled):
+    """The 8-bit steps take maximize's sign into the scalars that multiply the gradient (-(1 - beta1), and -wd for
+    L2 decay) instead of negating each element: codes, scales and params are those of minimizing -grad, bit for
+    bit, and with decoupled decay those of the reference."""
+    params = make_params(SHAPES[:3], device=DEVICE)
+    negated = [torch.nn.Parameter(param.detach().clone()) for param in params]
+    hyper = dict(HYPER, decoupled_weight_decay=decoupled, **EIGHT_BIT, backend="triton")
+    opt = v0adam.V0Adam(params, **hyper, maximize=True)
+    negated_opt = v0adam.V0Adam(negated, **hyper)
+    ref_params, ref_states = reference_copies(opt, params, amsgrad=False)
+    for step in range(1, 4):
+        grads = gradients(params, step)
+        for param, negated_param, grad in zip(params, negated, grads):
+            param.grad, negated_param.grad = grad, -grad
+        opt.step()
+        negated_opt.step()
+        for param, negated_param in zip(params, negated):
+            assert torch.equal(param, negated_param)
+            for key, value in opt.state[param].items():
+                assert torch.equal(value, negated_opt.state[negated_param][key]), key
+        if decoupled:
+            for param, grad, state in zip(ref_params, grads, ref_states):
+                reference_step(param, grad, state, step, maximize=True)
+            assert_matches_reference(opt, params, ref_params, ref_states, PARAM_TOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
