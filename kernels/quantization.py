@@ -55,7 +55,7 @@ def _scales(magnitude_bits):
     largest = tl.max(magnitude_bits, axis=1)
     too_small = largest < SMALLEST_NORMAL_BITS
     scales = tl.where(too_small, 0, largest).to(tl.float32, bitcast=True)
-    # One predicate for all three (it was two: scales != 0 after the first).
+    # One predicate for the scale, the reciprocal's divisor and the reciprocal (the last two tested scales != 0).
     inverse = tl.where(too_small, 0.0, tl.div_rn(1.0, tl.where(too_small, 1.0, scales)))
     return scales, inverse
 
@@ -100,10 +100,10 @@ def store_scales(pointer, scales, mask):
     its reduction leaves them in: a quantization block's elements are one warp's (8 a thread), and so is its scale.
     Stored as a [BLOCK // QBLOCK] vector, Triton would gather the scales into one warp through shared memory, with
     a barrier over the program's warps, for each of the two (three with AMSGrad) scale stores of a step. As the
-    column of lanes of a [BLOCK // QBLOCK, 32] tensor, contiguous along the lanes (so that Triton lays it out one
-    element a lane, a row a warp: the reduction's own layout), each warp stores its own scale from its first lane;
-    the other lanes' addresses are masked off. (bfloat16 with 8-bit states: 1.2 instructions an element fewer and no
-    barrier, 86.4% -> 86.6% of copy predicted.)"""
-    lanes = tl.arange(0, 32)[None, :]
+    first column of a [BLOCK // QBLOCK, 32] tensor whose addresses run on along its columns (so that Triton lays it
+    out one element a lane, a row a warp: the reduction's own layout), each warp stores its own scale from its first
+    lane; the other lanes' addresses are masked off. (bfloat16 with 8-bit states: 1.2 instructions an element fewer
+    and no barrier, 86.4% -> 86.6% of copy predicted.)"""
+    lanes = tl.arange(0, 32)[None, :]  # a warp's; with other warp sizes the layout, not the values, would differ
     values = scales[:, None] + tl.zeros_like(lanes).to(tl.float32)
     tl.store(pointer[:, None] + lanes, values, mask=mask[:, None] & (lanes == 0))
