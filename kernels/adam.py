@@ -207,8 +207,12 @@ def _adam_step_kernel(
         scale_mask = quantization_block * QBLOCK < block_numel
         # A shift, not `// QBLOCK`: the offset is never negative, and a signed division would round towards zero.
         scale_offsets = (state_start >> QBLOCK_BITS) + quantization_block
-        m_scales = tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask, volatile=True)
-        v_scales = tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, volatile=True)
+        # Volatile only with AMSGrad, where ptxas would otherwise issue a data load after the first wait (float32
+        # params: 93.7% -> 89.5% of copy predicted). A volatile scale load is issued twice: Triton's layout pass
+        # loads it again in the reduction's layout and cannot delete the volatile original, unused (bfloat16
+        # params: 87.9% -> 88.2% without it).
+        m_scales = tl.load(exp_avg_scales_ptr + scale_offsets, mask=scale_mask, volatile=HAS_AMSGRAD)
+        v_scales = tl.load(exp_avg_sq_scales_ptr + scale_offsets, mask=scale_mask, volatile=HAS_AMSGRAD)
     if HAS_AMSGRAD:
         # Read with the others, but only where the group has AMSGrad. (Where it was used, after the update, the
         # load made each program wait for DRAM twice: 95.3% of copy predicted for float32, 97.2% here.)
