@@ -6,7 +6,8 @@ common case), or a single tensor reached through its own address (grads replaced
 shards). Program `pid` finds its segment through `block_segment[pid]` and handles `BLOCK` elements of it.
 
 The % of copy in the comments below are the static model's (`python -m bench.static`) on the day each choice was
-made, with its former 450-cycle DRAM latency: up to 3 points under its predictions since 2026-12-07.
+made: until 2026-12-07 with its former 450-cycle DRAM latency (up to 3 points under what it predicts now), since
+then with its 330 cycles.
 """
 
 import torch
