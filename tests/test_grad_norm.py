@@ -6,13 +6,17 @@ import torch
 import triton
 import triton.language as tl
 from conftest import DEVICE
-from v0adam.kernels.grad_norm import block_extent, grad_norm_partials, program_shape
+from v0adam.kernels.grad_norm import block_extent, grad_norm_partials, program_shape, segment_row
 from v0adam.kernels.tables import SegmentRow
 
 BLOCK = 256
 # Segments of 3 blocks and a part, 1 block and a part, and a part: 7 blocks, not a whole number of programs (of 2
-# or 4 blocks). Aligned, every numel is a multiple of 8 elements; unaligned, not.
-SIZES = {True: (3 * BLOCK + 64, BLOCK + 8, 8), False: (3 * BLOCK + 61, BLOCK + 5, 5)}
+# or 4 blocks). Aligned, every numel is a multiple of 8 elements; unaligned, not, and four more segments make 11
+# blocks. Unaligned, the segments start at these offsets into their buffers: 16-bit grads at an odd offset do not
+# start at a 4-byte boundary, as the kernel reads them two at once (their first and, with an odd count from the
+# boundary on, their last grad read alone: 1 or 2 grads from an odd offset, 1 or 3 from an even one).
+SIZES = {True: (3 * BLOCK + 64, BLOCK + 8, 8), False: (3 * BLOCK + 61, BLOCK + 5, 5, 2, 1, 1, 3)}
+OFFSETS = {True: (0, 0, 0), False: (1, 0, 1, 1, 1, 0, 0)}
 EXPECTED = {
     1.0: lambda g: g.abs().sum(),
     2.0: lambda g: g.square().sum(),
@@ -20,12 +24,17 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("norm_type", list(EXPECTED), ids=["l1", "l2", "inf"])
 def test_each_blocks_partial_is_the_norm_of_its_own_grads(dtype, aligned, norm_type):
+    """Each grad lies in a buffer of NaN: a neighbour read into a partial would make it NaN (or inf)."""
     generator = torch.Generator().manual_seed(0)
-    grads = [(torch.randn(n, generator=generator) * (i + 1)).to(dtype).to(DEVICE) for i, n in enumerate(SIZES[aligned])]
+    grads = []
+    for i, (n, offset) in enumerate(zip(SIZES[aligned], OFFSETS[aligned])):
+        buffer = torch.full((n + 2,), float("nan"), dtype=dtype, device=DEVICE)
+        buffer[offset : offset + n] = (torch.randn(n, generator=generator) * (i + 1)).to(dtype).to(DEVICE)
+        grads.append(buffer[offset : offset + n])
     if norm_type == float("inf"):
         grads[0][BLOCK + 3] = float("nan")  # a NaN counts as infinitely large
     rows, block_segment, blocks = [], [], []
@@ -55,7 +64,8 @@ COUNTED_BLOCKS = 4  # the most a program reduces (`program_shape`)
 @triton.jit
 def _counts_kernel(segments_ptr, block_segment_ptr, counts_ptr, num_blocks, BLOCK: tl.constexpr):
     for block in tl.static_range(COUNTED_BLOCKS):
-        count = block_extent(segments_ptr, block_segment_ptr, block, num_blocks, tl.float32, False, BLOCK)[1]
+        row = segment_row(segments_ptr, block_segment_ptr, block, num_blocks)
+        count = block_extent(row, block, num_blocks, tl.float32, False, BLOCK)[1]
         tl.store(counts_ptr + block, count)
 
 
