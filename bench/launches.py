@@ -67,6 +67,7 @@ class Launch:
     constexprs: tuple  # (name, value)
     divisible: tuple  # indices of the arguments Triton's runtime marks divisible by 16
     num_warps: int
+    maxnreg: int | None = None  # the register ceiling the launch asks ptxas for, if any
 
 
 class _Recorder:
@@ -78,7 +79,7 @@ class _Recorder:
     def __getitem__(self, grid):
         return self._record
 
-    def _record(self, *args, num_warps=4, **kwargs):
+    def _record(self, *args, num_warps=4, maxnreg=None, **kwargs):
         from triton.backends.nvidia.compiler import CUDABackend
 
         signature, constexprs, divisible = [], [], []
@@ -94,7 +95,7 @@ class _Recorder:
                 divisible.append(index)
             signature.append((param.name, kind))
         self.launches.add(
-            Launch(self.kernel.__name__, tuple(signature), tuple(constexprs), tuple(divisible), num_warps)
+            Launch(self.kernel.__name__, tuple(signature), tuple(constexprs), tuple(divisible), num_warps, maxnreg)
         )
 
 

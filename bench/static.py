@@ -127,7 +127,10 @@ def _compile(launch: Launch):
     signature = dict(launch.signature)
     attrs = {(index,): CUDABackend.parse_attr("D") for index in launch.divisible}
     source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=launch.num_warps))
+    options = dict(num_warps=launch.num_warps)
+    if launch.maxnreg is not None:
+        options["maxnreg"] = launch.maxnreg
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def read_cubin(cubin: bytes, iterations: int = 1, switches_on: bool = True) -> dict:
