@@ -344,7 +344,7 @@ def register_ceiling(aligned: bool, stochastic: bool, state_dtype: torch.dtype, 
     step allows; None elsewhere. The aligned step with bfloat16 states and stochastic rounding takes 42 (Adam), 44
     (AdaBelief): 10 warps a scheduler. Held to 40, it spills nothing and 12 fit: 94.9% -> 95.9% of copy predicted
     (AdaBelief 94.7% -> 95.9%). RAdam's and AdaBound's steps would spill there (23 and 2 instructions), and the
-    other steps either spill or gain less than half a point. Predicted by `python -m bench.static`, not measured."""
+    other steps either spill or gain at most half a point. Predicted by `python -m bench.static`, not measured."""
     if aligned and stochastic and state_dtype == torch.bfloat16 and algorithm in ("adam", "adabelief"):
         return 40
     return None
