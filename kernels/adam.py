@@ -21,6 +21,7 @@ from v0adam.kernels.precision import (
     widen_to_float32,
 )
 from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root, store_scales
+from v0adam.kernels.square_root import sqrt_rn
 from v0adam.kernels.tables import (  # the kernels' tables; imported here, where callers have found them
     ALIGN_BYTES,
     ALIGN_ELEMENTS,
@@ -234,6 +235,12 @@ def _adam_step_kernel(
                 volatile=True,
             )
 
+    if HAS_GRAD_SCALE:
+        # After the elements' loads, in order where they are: ptxas otherwise divided by it before it had requested
+        # the last params of the unaligned launch (bf16 params with gradient clipping waited for DRAM twice: 91.7%
+        # of copy predicted, 95.6% so).
+        grad_scale = tl.load(grad_scale_ptr, volatile=ORDERED)
+
     if HAS_MASTER:
         if master_ptr.dtype.element_ty == tl.int16:
             p = join_master(p, remainder)
@@ -249,7 +256,7 @@ def _adam_step_kernel(
     state_dtype = exp_avg_ptr.dtype.element_ty
 
     if HAS_GRAD_SCALE:
-        g = tl.div_rn(g, tl.load(grad_scale_ptr))
+        g = tl.div_rn(g, grad_scale)
     if ALGORITHM == ADABELIEF or not QUANTIZED:
         if maximize:
             g = -g
@@ -276,14 +283,14 @@ def _adam_step_kernel(
         store_elements(exp_avg_ptr, state_start, codes, block_numel, EIGHT_PER_THREAD, BLOCK)
         store_scales(exp_avg_scales_ptr + scale_offsets, scales, scale_mask)
         # v is kept as sqrt(v), the square root the update takes below (the same value: computed once).
-        codes, scales = quantize_v_root(tl.sqrt_rn(v), BLOCK, QBLOCK)
+        codes, scales = quantize_v_root(sqrt_rn(v), BLOCK, QBLOCK)
         store_elements(exp_avg_sq_ptr, state_start, codes, block_numel, EIGHT_PER_THREAD, BLOCK)
         store_scales(exp_avg_sq_scales_ptr + scale_offsets, scales, scale_mask)
         if HAS_AMSGRAD:
             if amsgrad:
                 v_max_root = dequantize_v_root(v_max, v_max_scales, BLOCK, QBLOCK)
                 v = tl.maximum(v, v_max_root * v_max_root)
-                codes, scales = quantize_v_root(tl.sqrt_rn(v), BLOCK, QBLOCK)
+                codes, scales = quantize_v_root(sqrt_rn(v), BLOCK, QBLOCK)
                 store_elements(max_exp_avg_sq_ptr, state_start, codes, block_numel, EIGHT_PER_THREAD, BLOCK)
                 store_scales(max_exp_avg_sq_scales_ptr + scale_offsets, scales, scale_mask)
     else:
@@ -308,12 +315,12 @@ def _adam_step_kernel(
     if ALGORITHM == RADAM:
         update = tl.div_rn(m, tl.load(scalars + BIAS_CORRECTION1)) * tl.load(scalars + LR_F32)
         if tl.load(scalars + RECTIFIED) != 0:
-            adaptive = tl.div_rn(bias_correction2_sqrt, tl.sqrt_rn(v) + eps)
+            adaptive = tl.div_rn(bias_correction2_sqrt, sqrt_rn(v) + eps)
             update = update * adaptive * tl.load(scalars + RECTIFICATION)
     elif ALGORITHM == ADABOUND:
-        update = tl.minimum(tl.maximum(tl.div_rn(bounded_step, tl.sqrt_rn(v) + eps), lower), upper) * m
+        update = tl.minimum(tl.maximum(tl.div_rn(bounded_step, sqrt_rn(v) + eps), lower), upper) * m
     else:
-        denom = divide_by_uniform(tl.sqrt_rn(v), bias_correction2_sqrt, bias_correction2_sqrt_reciprocal) + eps
+        denom = divide_by_uniform(sqrt_rn(v), bias_correction2_sqrt, bias_correction2_sqrt_reciprocal) + eps
         update = step_size * tl.div_rn(m, denom)
     p = p - update
 
@@ -339,14 +346,24 @@ def _adam_step_kernel(
     store_elements(param_ptr, 0, p_stored, block_numel, EIGHT_PER_THREAD, BLOCK)
 
 
-def register_ceiling(aligned: bool, stochastic: bool, state_dtype: torch.dtype, algorithm: str) -> int | None:
+def register_ceiling(
+    aligned: bool, stochastic: bool, param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool, algorithm: str
+) -> int | None:
     """The registers a thread of the step may take, where ptxas left to itself takes a few more than an occupancy
-    step allows; None elsewhere. The aligned step with bfloat16 states and stochastic rounding takes 42 (Adam), 44
-    (AdaBelief): 10 warps a scheduler. Held to 40, it spills nothing and 12 fit: 94.9% -> 95.9% of copy predicted
-    (AdaBelief 94.7% -> 95.9%). RAdam's and AdaBound's steps would spill there (23 and 2 instructions), and the
-    other steps either spill or gain at most half a point. Predicted by `python -m bench.static`, not measured."""
-    if aligned and stochastic and state_dtype == torch.bfloat16 and algorithm in ("adam", "adabelief"):
+    step allows; None elsewhere. Predicted by `python -m bench.static`, not measured:
+    - The aligned step with bfloat16 states and stochastic rounding takes 42 (Adam), 44 (AdaBelief): 10 warps a
+      scheduler. Held to 40, it spills nothing and 12 fit: 94.9% -> 95.9% of copy (AdaBelief 94.7% -> 95.9%).
+    - The aligned step with float32 params and 8-bit states takes 64 (AdaBelief 58) since its square roots go four
+      to a branch (`kernels/square_root.py`): 8 warps a scheduler. Held to 56, it spills nothing and 9 fit: 94.6%
+      -> 95.4% of copy (AdaBelief 94.4% -> 95.2%, AdaBound 94.6% -> 95.4%).
+    RAdam's steps would spill there or lose (8-bit: 93.8% -> 90.0%), so would AdaBound's with bf16 states and
+    AMSGrad's with 8-bit states; the other steps either spill or gain at most half a point."""
+    if not aligned or algorithm not in ("adam", "adabelief", "adabound"):
+        return None
+    if stochastic and state_dtype == torch.bfloat16 and algorithm != "adabound":
         return 40
+    if param_dtype == torch.float32 and state_dtype == torch.uint8 and not amsgrad:
+        return 56
     return None
 
 
@@ -424,5 +441,7 @@ def adam_step(
         QUANTIZED=quantized,
         BLOCK=block,
         num_warps=num_warps,
-        maxnreg=register_ceiling(aligned, rounding_seed is not None, exp_avg.dtype, algorithm),
+        maxnreg=register_ceiling(
+            aligned, rounding_seed is not None, param_dtype, exp_avg.dtype, max_exp_avg_sq is not None, algorithm
+        ),
     )
