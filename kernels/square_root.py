@@ -11,8 +11,8 @@ for its comparison, none of them overlapping the others.
 ptxas writes for it (`rsqrt.approx.ftz.f32`, `mul.ftz.f32`, `fma.rn.f32`, so the very values); one test of the four
 together, through the smallest and the largest of their bits as unsigned integers (a negative's sign bit makes it
 the largest); and, only where one of them lies outside the range, `sqrt.rn.f32` on all four. Each result is the
-correctly rounded square root either way. tests/test_static_model.py checks, on the compiled step, that the fast
-path and the range are still ptxas's own.
+correctly rounded square root either way. tests/test_square_root.py checks, compiled for compute capabilities 7.5
+to 10.0, that the fast path and its range are still ptxas's own.
 
 The Triton interpreter runs no PTX: there it is `tl.sqrt_rn` (numpy's, correctly rounded), the same values.
 """

@@ -1,6 +1,7 @@
-"""Prints, as JSON, what ptxas makes of `tl.sqrt_rn` and of `v0adam.kernels.square_root.sqrt_rn` for sm_90: the
-instructions one thread issues on its main path, by opcode, and the range of bits ptxas's own fast path takes.
-Run in a process of its own (tests/test_square_root.py): the kernels must be compiled, not interpreted."""
+"""Prints, as JSON, what ptxas makes of `tl.sqrt_rn` and of `v0adam.kernels.square_root.sqrt_rn` for each compute
+capability given (`python tests/square_root_sass.py 80 90`): the instructions one thread issues on its main path,
+by opcode, and the range of bits ptxas's own fast path takes. Run in a process of its own
+(tests/test_square_root.py): the kernels must be compiled, not interpreted."""
 
 import collections
 import json
@@ -32,11 +33,11 @@ def _packed_square_roots(x_ptr, out_ptr, BLOCK: tl.constexpr):
     tl.store(out_ptr + offsets, sqrt_rn(tl.load(x_ptr + offsets)))
 
 
-def _instructions(kernel) -> list[sass.Instruction]:
+def _instructions(kernel, capability: int) -> list[sass.Instruction]:
     source = triton.compiler.ASTSource(
         fn=kernel, signature={"x_ptr": "*fp32", "out_ptr": "*fp32"}, constexprs={"BLOCK": BLOCK}
     )
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS})
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": NUM_WARPS})
     return sass.parse(sass.disassemble(compiled.asm["cubin"])[0])
 
 
@@ -66,14 +67,14 @@ def _fast_path_range(instructions: list[sass.Instruction]) -> list[int]:
     return list(fast_path_range)
 
 
+def report(capability: int) -> dict:
+    ptxas = _instructions(_ptxas_square_roots, capability)
+    return {
+        "elements_per_thread": BLOCK // (32 * NUM_WARPS),
+        "ptxas": {"main_path": _main_path(ptxas), "fast_path_range": _fast_path_range(ptxas)},
+        "packed": {"main_path": _main_path(_instructions(_packed_square_roots, capability))},
+    }
+
+
 if __name__ == "__main__":
-    ptxas = _instructions(_ptxas_square_roots)
-    print(
-        json.dumps(
-            {
-                "elements_per_thread": BLOCK // (32 * NUM_WARPS),
-                "ptxas": {"main_path": _main_path(ptxas), "fast_path_range": _fast_path_range(ptxas)},
-                "packed": {"main_path": _main_path(_instructions(_packed_square_roots))},
-            }
-        )
-    )
+    print(json.dumps({capability: report(int(capability)) for capability in sys.argv[1:]}))

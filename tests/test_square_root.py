@@ -1,6 +1,6 @@
 """`v0adam.kernels.square_root.sqrt_rn`: the correctly rounded square root, bit for bit, over every class of float32
-and every position in a pack of four (in the interpreter here, natively on a GPU); and, compiled for sm_90, ptxas's
-own fast path behind one branch for four elements."""
+and every position in a pack of four (in the interpreter here, natively on a GPU); and, compiled from Turing to
+Blackwell, ptxas's own fast path behind one branch for four elements."""
 
 import json
 import os
@@ -84,25 +84,32 @@ def test_random_bits_over_every_class_are_rounded_correctly():
     _assert_bitwise(_sqrt(x), x)
 
 
+# Compute capabilities from Turing to Blackwell: ptxas expands sqrt.rn.f32 alike for each.
+CAPABILITIES = (75, 80, 86, 89, 90, 100)
+
+
 def test_compiled_it_is_ptxas_own_fast_path_with_one_branch_a_pack():
-    """sm_90 SASS, on the main path of 8 roots a thread: the packed root issues ptxas's own fast-path instructions
-    (MUFU.RSQ, two FMUL.FTZ and two FFMA a root) for the very range of bits ptxas gives its fast path, with one
-    conditional branch for `PACK` roots where ptxas takes one each. If a ptxas changes its expansion, this fails."""
+    """SASS, on the main path of 8 roots a thread, for each of `CAPABILITIES`: the packed root issues ptxas's own
+    fast-path instructions (MUFU.RSQ, two FMUL.FTZ and two FFMA a root) for the very range of bits ptxas gives its
+    fast path, with one conditional branch for `PACK` roots where ptxas takes one each. If a ptxas changes its
+    expansion, this fails."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "square_root_sass.py")],
+        [sys.executable, str(ROOT / "tests" / "square_root_sass.py"), *map(str, CAPABILITIES)],
         cwd=ROOT,
         env=environment,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    roots = report["elements_per_thread"]
-    ptxas, packed = report["ptxas"]["main_path"], report["packed"]["main_path"]
-    assert report["ptxas"]["fast_path_range"] == [FAST_PATH_LOWEST_BITS, FAST_PATH_HIGHEST_BITS]
-    for opcode, per_root in (("MUFU.RSQ", 1), ("FMUL.FTZ", 2), ("FFMA", 2)):
-        assert ptxas.get(opcode) == packed.get(opcode) == per_root * roots, (opcode, ptxas, packed)
-    assert ptxas["conditional BRA"] == roots and packed["conditional BRA"] == roots // PACK
-    assert "CALL" not in ptxas and "CALL" not in packed  # the slow paths lie off the main path
+    reports = json.loads(result.stdout)
+    assert sorted(map(int, reports)) == sorted(CAPABILITIES)
+    for capability, report in reports.items():
+        roots = report["elements_per_thread"]
+        ptxas, packed = report["ptxas"]["main_path"], report["packed"]["main_path"]
+        assert report["ptxas"]["fast_path_range"] == [FAST_PATH_LOWEST_BITS, FAST_PATH_HIGHEST_BITS], capability
+        for opcode, per_root in (("MUFU.RSQ", 1), ("FMUL.FTZ", 2), ("FFMA", 2)):
+            assert ptxas.get(opcode) == packed.get(opcode) == per_root * roots, (capability, opcode, ptxas, packed)
+        assert ptxas["conditional BRA"] == roots and packed["conditional BRA"] == roots // PACK, capability
+        assert "CALL" not in ptxas and "CALL" not in packed, capability  # the slow paths lie off the main path
