@@ -236,9 +236,9 @@ def _adam_step_kernel(
             )
 
     if HAS_GRAD_SCALE:
-        # After the elements' loads, in order where they are: ptxas otherwise divided by it before it had requested
-        # the last params of the unaligned launch (bf16 params with gradient clipping waited for DRAM twice: 91.7%
-        # of copy predicted, 95.6% so).
+        # Loaded after the elements, in order with them in the unaligned launch (volatile there): ptxas otherwise
+        # began dividing by it before it had requested that launch's last params (bf16 params with gradient
+        # clipping waited for DRAM twice: 91.7% of copy predicted, 95.6% so).
         grad_scale = tl.load(grad_scale_ptr, volatile=ORDERED)
 
     if HAS_MASTER:
