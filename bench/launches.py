@@ -1,7 +1,7 @@
 """What v0adam launches, recorded instead of run: optimizers in each precision mode step GPT-2-shaped params (and
-the same with an odd-sized classifier head) on the CPU, and every Triton launch is kept with the specialization
-Triton's runtime gives its arguments (pointer and integer divisibility by 16, integers equal to 1), ready to be
-compiled ahead of time (`bench.static`)."""
+the same with an odd-sized classifier head, and with that head's grads laid out as DDP's bucket views) on the CPU,
+and every Triton launch is kept with the specialization Triton's runtime gives its arguments (pointer and integer
+divisibility by 16, integers equal to 1), ready to be compiled ahead of time (`bench.static`)."""
 
 from dataclasses import dataclass
 
@@ -51,10 +51,24 @@ CONFIGURATIONS = (
     ),
     *(Configuration(f"fp32 8-bit {name}", options=EIGHT_BIT, optimizer=optimizer) for name, optimizer in FAMILY),
 )
+
+
+@dataclass(frozen=True)
+class Model:
+    """Params of these shapes, each grad a tensor of its own; or, with `bucket_view_grads`, the grads laid out as
+    DDP's bucket views (`gradient_as_bucket_view=True`): one buffer, the params' grads in reverse order (as DDP
+    buckets them), each where the last one ended, so that all after an odd-sized one are at unaligned addresses."""
+
+    shapes: tuple
+    bucket_view_grads: bool = False
+
+
+# Width 256: rows of whole 256-element blocks, as 8-bit states need.
+GPT2_WITH_HEAD = cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2) + ((10, 256), (10,))
 MODELS = {
-    # Width 256: rows of whole 256-element blocks, as 8-bit states need.
-    "GPT-2": cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2),
-    "GPT-2 + 10-class head": cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2) + ((10, 256), (10,)),
+    "GPT-2": Model(cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2)),
+    "GPT-2 + 10-class head": Model(GPT2_WITH_HEAD),
+    "GPT-2 + 10-class head, grads as DDP's bucket views": Model(GPT2_WITH_HEAD, bucket_view_grads=True),
 }
 
 
@@ -120,9 +134,22 @@ def kernel_modules():
     }
 
 
-def record_launches(configuration: Configuration, shapes) -> set[Launch]:
-    """The launches of one optimizer step (and its construction) in `configuration` over params of `shapes`,
-    grads handed over by autograd as in a training loop."""
+def _hand_over(params, grads, bucket_views: bool) -> None:
+    """Each param's grad: a copy of its own (as autograd leaves it), or a view of one bucket (`Model`)."""
+    if not bucket_views:
+        for param, grad in zip(params, grads):
+            param.grad = grad.clone()
+        return
+    bucket = torch.cat([grad.flatten() for grad in reversed(grads)])
+    end = bucket.numel()
+    for param in params:
+        param.grad = bucket[end - param.numel() : end].view_as(param)
+        end -= param.numel()
+
+
+def record_launches(configuration: Configuration, model: Model) -> set[Launch]:
+    """The launches of one optimizer step (and its construction) in `configuration` over the params of `model`,
+    grads handed over as in a training loop."""
     import v0adam
     from v0adam import triton_backend
 
@@ -136,14 +163,14 @@ def record_launches(configuration: Configuration, shapes) -> set[Launch]:
         triton_backend.interpreter_enabled = lambda: True  # the Triton backend on CPU tensors, launches recorded
         generator = torch.Generator().manual_seed(0)
         params = [
-            torch.nn.Parameter(torch.randn(shape, generator=generator).to(configuration.dtype)) for shape in shapes
+            torch.nn.Parameter(torch.randn(shape, generator=generator).to(configuration.dtype))
+            for shape in model.shapes
         ]
         opt = getattr(v0adam, configuration.optimizer)(params, lr=1e-3, backend="triton", **dict(configuration.options))
         grads = [torch.randn(param.shape, generator=generator).to(configuration.dtype) for param in params]
         if dict(configuration.options).get("v0") == "data":
             opt.init_v0_from_data([torch.zeros(2)], lambda batch: sum((p * g).sum() for p, g in zip(params, grads)))
-        for param, grad in zip(params, grads):
-            param.grad = grad.clone()
+        _hand_over(params, grads, model.bucket_view_grads)
         if configuration.clip_norm_type is not None:
             opt.clip_grad_norm_(1.0, configuration.clip_norm_type)
         opt.step()

@@ -2,9 +2,9 @@
 without a GPU.
 
 The variants are not a hand list: they are the launches v0adam makes for GPT-2-shaped parameters, with and
-without an odd-sized tensor, in each precision mode (`bench.launches`). Each distinct launch is compiled for sm_90
-and its SASS read (`bench.sass`): registers, spills, occupancy, global access widths and the instructions one
-thread issues on its main path, with the compiler's scheduling control bits.
+without an odd-sized tensor, and with grads as DDP's bucket views, in each precision mode (`bench.launches`). Each
+distinct launch is compiled for sm_90 and its SASS read (`bench.sass`): registers, spills, occupancy, global access
+widths and the instructions one thread issues on its main path, with the compiler's scheduling control bits.
 
 The prediction is what one SM sub-partition sustains (`bench.issue`): its resident warps (from the occupancy) run
 the main path, each instruction taking an issue slot and its pipe (integer/logic and either FMA pipe at half a
@@ -235,7 +235,9 @@ def _describe(launch: Launch) -> str:
     constexprs = dict(launch.constexprs)
     if launch.kernel == "_adam_step_kernel":
         states = " 8-bit" if constexprs["QUANTIZED"] else ""  # else the tensors that keep float states
-        return f"step{states} {'aligned' if constexprs['ALIGNED'] else 'unaligned'}"
+        if not constexprs["ALIGNED"]:
+            return f"step{states} unaligned"
+        return f"step{states} {'aligned' if constexprs['GRAD_ALIGNED'] else 'aligned but its grads'}"
     if launch.kernel == "_grad_norm_partials_kernel":
         norm = {0: "inf", 1: "1", 2: "2"}[constexprs["NORM_TYPE"]]
         return f"grad norm {norm} {'aligned' if constexprs['ALIGNED'] else 'unaligned'}"
@@ -329,8 +331,8 @@ def model(configurations=CONFIGURATIONS, models=MODELS) -> list[Prediction]:
     configurations share is listed under the first)."""
     jobs, seen = [], set()
     for configuration in configurations:
-        for shapes in models.values():
-            for launch in sorted(record_launches(configuration, shapes), key=repr):
+        for params in models.values():
+            for launch in sorted(record_launches(configuration, params), key=repr):
                 key = (launch, _bytes(launch, configuration))  # AMSGrad is a run-time switch: same code, more bytes
                 if key not in seen:
                     seen.add(key)
@@ -425,7 +427,7 @@ def calibration(memory: Memory = MEMORY) -> list[tuple[Measured, float]]:
 
 def format_report(predictions: list[Prediction], calibrated: list[tuple[Measured, float]]) -> str:
     header = (
-        f"{'variant':<46} {'regs':>4} {'spill':>5} {'bar':>3} {'w/s':>3} {'loads':<24} {'stores':<14} {'ins/el':>6} "
+        f"{'variant':<58} {'regs':>4} {'spill':>5} {'bar':>3} {'w/s':>3} {'loads':<24} {'stores':<14} {'ins/el':>6} "
         f"{'B/el':>6} {'issue%':>6} {'pipe':<13} {'roof%':>6} {'pred%':>6} {'binds':<12} {'trips':>5} {'target':>6}"
     )
     lines = [
@@ -443,7 +445,7 @@ def format_report(predictions: list[Prediction], calibrated: list[tuple[Measured
         else:
             target = f"{p.target_pct:>4.0f} {'ok' if p.pct_of_copy_late >= p.target_pct and not p.spills else 'MISS'}"
         lines.append(
-            f"{p.variant:<46} {p.registers:>4} {p.spills:>5} {p.barriers:>3} {p.warps_per_scheduler:>3} "
+            f"{p.variant:<58} {p.registers:>4} {p.spills:>5} {p.barriers:>3} {p.warps_per_scheduler:>3} "
             f"{p.loads:<24} {p.stores:<14} "
             f"{p.instructions_per_element_late:>6.1f} {p.bytes_per_element:>6.2f} {p.issue_pct:>6.0f} "
             f"{p.busiest_pipe:<8} {p.busiest_pipe_pct:>3.0f}% {p.roofline_pct:>6.1f} {p.pct_of_copy_late:>6.1f} "

@@ -21,6 +21,7 @@ from v0adam.kernels.precision import (
     widen_to_float32,
 )
 from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root, store_scales
+from v0adam.kernels.register_ceiling import register_ceiling
 from v0adam.kernels.square_root import sqrt_rn
 from v0adam.kernels.tables import (  # the kernels' tables; imported here, where callers have found them
     ALIGN_BYTES,
@@ -93,7 +94,8 @@ def _adam_step_kernel(
     HAS_MASTER: tl.constexpr,  # update the fp32 master, store the param as its rounding (and the remainder)
     STOCHASTIC_ROUNDING: tl.constexpr,  # bfloat16 params rounded stochastically (counter-based, seeded per step)
     ALGORITHM: tl.constexpr,  # ADAM, ADABELIEF, RADAM or ADABOUND
-    ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise
+    ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise, grads perhaps excepted:
+    GRAD_ALIGNED: tl.constexpr,  # with ALIGNED, whether the grads keep it too
     QUANTIZED: tl.constexpr,  # 8-bit states: uint8 codes and block scales; state offsets are multiples of QBLOCK
     BLOCK: tl.constexpr,  # elements per program
 ):
@@ -126,7 +128,8 @@ def _adam_step_kernel(
     step_index = tl.load(row + STEP_INDEX, volatile=ORDERED)
     if ALIGNED:
         param_ptr = tl.multiple_of(param_ptr, ALIGN_BYTES)
-        grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
+        if GRAD_ALIGNED:
+            grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
         state_offset = tl.multiple_of(state_offset, ALIGN_ELEMENTS)
         numel = tl.multiple_of(numel, ALIGN_ELEMENTS)
 
@@ -194,7 +197,18 @@ def _adam_step_kernel(
     # and scalars' loads in order as well (ORDERED): with only the elements' volatile, ptxas moved one of those among
     # them and 25 of its 30 variants waited for DRAM twice; with none volatile, 9 did (bfloat16 params with
     # gradient clipping: 91.7% of copy predicted, 95.4% in order); with all, none.
-    g = tl.load(grad_ptr + offsets, mask=mask, volatile=True)
+    if ALIGNED and not GRAD_ALIGNED:
+        # Grads at any address (DDP's bucket views after an odd-sized grad), the rest aligned (8-bit states:
+        # `SegmentTable`): read an element an access, 32 consecutive ones a warp, and moved into the compute's
+        # layout through shared memory (a barrier). Read in that layout, 8 consecutive elements a thread, a warp's
+        # access would span 8 times the bytes it reads. The whole step at unaligned addresses instead: bfloat16
+        # params 61.1% of copy predicted, 85.1% so; float32 88.2% -> 91.1%. First: read after the moments, the
+        # grads' move waits for them, and ptxas takes 80 registers or spills (float32: 89.0%, 93.0% spilling).
+        coalesced = tl.arange(0, BLOCK // 32)[:, None] * 32 + tl.arange(0, 32)[None, :]
+        g = tl.load(grad_ptr + coalesced, mask=coalesced < block_numel.to(tl.int32), volatile=True)
+        g = tl.reshape(g, (BLOCK,))
+    else:
+        g = tl.load(grad_ptr + offsets, mask=mask, volatile=True)
     m = tl.load(exp_avg_ptr + state_offsets, mask=mask, volatile=True)
     v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask, volatile=True)
     if HAS_MASTER:
@@ -346,29 +360,6 @@ def _adam_step_kernel(
     store_elements(param_ptr, 0, p_stored, block_numel, EIGHT_PER_THREAD, BLOCK)
 
 
-def register_ceiling(
-    aligned: bool, stochastic: bool, state_dtype: torch.dtype, amsgrad: bool, algorithm: str
-) -> int | None:
-    """The registers a thread of the step may take, where ptxas left to itself takes a few more than an occupancy
-    step allows; None elsewhere. Predicted by `python -m bench.static`, not measured:
-    - The aligned step with bfloat16 states and stochastic rounding takes 42 (Adam), 44 (AdaBelief): 10 warps a
-      scheduler. Held to 40, it spills nothing and 12 fit: 94.9% -> 95.9% of copy (AdaBelief 94.7% -> 95.9%).
-    - The aligned step with 8-bit states and float32 params takes 64 (AdaBelief 58) since its square roots go four
-      to a branch (`kernels/square_root.py`): 8 warps a scheduler. Held to 56, it spills nothing and 9 fit: 94.6%
-      -> 95.4% of copy (AdaBelief 94.4% -> 95.2%, AdaBound 94.6% -> 95.4%). With bfloat16 params ptxas takes 56
-      itself; compiled by triton 3.6 (torch 2.11's), 64 (88.6%), where 56 holds it at 90.1% (and the float32
-      params' steps, 66 to 68 there, at 95.1% to 95.3%, from 93.3% to 93.5%).
-    RAdam's steps would spill there or lose (8-bit: 93.8% -> 90.0%), so would AdaBound's with bf16 states and
-    AMSGrad's with 8-bit states; the other steps either spill or gain at most half a point."""
-    if not aligned or algorithm not in ("adam", "adabelief", "adabound"):
-        return None
-    if stochastic and state_dtype == torch.bfloat16 and algorithm != "adabound":
-        return 40
-    if state_dtype == torch.uint8 and not amsgrad:
-        return 56
-    return None
-
-
 def adam_step(
     segments: torch.Tensor,
     block_segment: torch.Tensor,
@@ -381,6 +372,7 @@ def adam_step(
     *,
     param_dtype: torch.dtype,
     aligned: bool,
+    grad_aligned: bool,
     block: int,
     num_warps: int,
     grad_scale: torch.Tensor | None = None,
@@ -392,6 +384,7 @@ def adam_step(
     """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`), `scalars` computed for
     this step by `v0adam.kernels.step_scalars.advance_steps`. With `scales` (float32
     [3, blocks]: the block scales of m, v and max v) the states are 8-bit codes (uint8, `v0adam.quantization`).
+    `aligned`: the segments keep the alignment promise of `v0adam.kernels.tables`; `grad_aligned`: their grads too.
 
     The tables are built by `v0adam.buckets`; this checks only what would make the kernel touch wrong memory.
     Nothing here reads a value back to the host.
@@ -440,10 +433,11 @@ def adam_step(
         STOCHASTIC_ROUNDING=rounding_seed is not None,
         ALGORITHM=ALGORITHMS[algorithm],
         ALIGNED=aligned,
+        GRAD_ALIGNED=aligned and grad_aligned,
         QUANTIZED=quantized,
         BLOCK=block,
         num_warps=num_warps,
         maxnreg=register_ceiling(
-            aligned, rounding_seed is not None, exp_avg.dtype, max_exp_avg_sq is not None, algorithm
+            aligned and grad_aligned, rounding_seed is not None, exp_avg.dtype, max_exp_avg_sq is not None, algorithm
         ),
     )

@@ -81,7 +81,8 @@ def test_tables_used_while_capturing_a_cuda_graph_outlive_later_rebuilds(monkeyp
 
 def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     """Segments that keep the alignment promise stay in the aligned launch; an odd numel sends only its tail (from
-    a multiple of 8 elements) to the unaligned launch, an unaligned address only its own segment."""
+    a multiple of 8 elements) to the unaligned launch, an unaligned address (of its param, its grad or both) only
+    its own segment."""
     from v0adam import triton_backend
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
@@ -89,30 +90,34 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32)
     whole, odd = _row(4096, 8192, 0, 1000, 0, 0), _row(16384, 32768, 1024, 10, 1, 1)
     misplaced = _row(65540, 131072, 2048, 64, 0, 2)
-    table.update_rows([whole, odd, misplaced])
+    bucket_view = _row(262144, 524292, 2112, 20, 0, 3)  # its grad 4 bytes past a 16-byte boundary
+    table.update_rows([whole, odd, misplaced, bucket_view])
     aligned_rows = [whole, _row(16384, 32768, 1024, 8, 1, 1)]
-    unaligned_rows = [_row(16384 + 32, 32768 + 32, 1024 + 8, 2, 1, 1), misplaced]
+    unaligned_rows = [_row(16384 + 32, 32768 + 32, 1024 + 8, 2, 1, 1), misplaced, bucket_view]
     rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
     assert rows == aligned_rows + unaligned_rows
-    assert [aligned for _, aligned in table.launches] == [True, False]
-    aligned_blocks, unaligned_blocks = (blocks.numel() for blocks, _ in table.launches)
-    assert aligned_blocks == len(aligned_rows) and unaligned_blocks == len(unaligned_rows)  # one block each here
+    assert [kind for _, *kind in table.launches] == [[True, True], [False, False]]
+    blocks = [block_segment.numel() for block_segment, *_ in table.launches]
+    assert blocks == [len(aligned_rows), len(unaligned_rows)]  # one block a row here
     # Block numbers restart with each launch: its first program is its block 0.
-    assert [SegmentRow(*row).first_block for row in table.segments.tolist()] == list(range(len(aligned_rows))) + [0, 1]
+    first_blocks = [SegmentRow(*row).first_block for row in table.segments.tolist()]
+    assert first_blocks == [0, 1] + [0, 1, 2]
 
 
 def test_8bit_segments_are_whole_blocks_and_only_a_misplaced_one_goes_unaligned(monkeypatch):
-    """8-bit tables: a segment at an unaligned address goes alone to the unaligned launch; one that is not whole
-    256-element blocks, which the kernel's quantizers could not step, is refused when the table is built."""
+    """8-bit tables: a segment whose param is at an unaligned address goes alone to the unaligned launch, one whose
+    grad alone is (DDP's bucket views) to the launch aligned but for its grads; one that is not whole 256-element
+    blocks, which the kernel's quantizers could not step, is refused when the table is built."""
     from v0adam import triton_backend
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
     table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32, quantized=True)
     whole, misplaced = _row(4096, 8192, 0, 1024, 0, 0), _row(65540, 131072, 1024, 256, 0, 1)
-    table.update_rows([whole, misplaced])
+    bucket_view = _row(262144, 524290, 1280, 512, 0, 2)  # its grad alone unaligned: aligned but for its grads
+    table.update_rows([whole, misplaced, bucket_view])
     rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
-    assert rows == [whole, misplaced]
-    assert [aligned for _, aligned in table.launches] == [True, False]
+    assert rows == [whole, bucket_view, misplaced]
+    assert [kind for _, *kind in table.launches] == [[True, True], [True, False], [False, False]]
     with pytest.raises(ValueError, match="whole blocks of 256"):
         table.update_rows([whole, _row(16384, 32768, 1280, 300, 0, 1)])
 
@@ -141,6 +146,61 @@ def test_splitting_off_the_unaligned_tails_changes_nothing(monkeypatch, dtype, o
             set_grads(params, gradients(params, step), "autograd")
             opt.step()
         runs.append((params, opt))
+    (split_params, split_opt), (whole_params, whole_opt) = runs
+    for p, q in zip(split_params, whole_params):
+        assert torch.equal(p, q)
+        for key, value in split_opt.state[p].items():
+            assert torch.equal(value, whole_opt.state[q][key]), key
+
+
+@pytest.mark.parametrize(
+    "dtype, options",
+    [
+        (torch.bfloat16, {}),
+        (torch.float32, {"amsgrad": True}),
+        (torch.bfloat16, {"weight_decay": 0.1, "maximize": True}),
+    ],
+    ids=["bf16", "fp32-amsgrad", "bf16-decay-maximize"],
+)
+def test_8bit_steps_with_grads_at_unaligned_addresses_change_nothing(monkeypatch, dtype, options):
+    """Grads laid out as DDP's bucket views are (`gradient_as_bucket_view=True`): one buffer, each grad where the
+    last one ended, so every grad after an odd-sized one at an unaligned address. 8-bit states stepped by the launch
+    aligned but for its grads (as on a GPU) and by the unaligned launch alone (as the interpreter does by default),
+    clipped by the inf-norm (a max, the same whatever the launches' blocks; a sum's rounding is not): params and
+    every state bitwise equal. The grad norm reads those grads as unaligned (the interpreter would not notice a
+    promise broken: it loads an element at a time whatever the kernel promises)."""
+    from v0adam import triton_backend
+
+    shapes = [(3,), (2, 256), (4, 256), (6,), (3, 256)]  # rows of whole 256-element blocks take 8-bit states
+    runs, kinds, norm_alignments = [], set(), set()
+    step_launch, norm_launch = adam_kernel.adam_step, triton_backend.grad_norm_partials
+
+    def recording_step(*args, **kwargs):
+        kinds.add((kwargs["aligned"], kwargs["grad_aligned"]))
+        return step_launch(*args, **kwargs)
+
+    def recording_norm(*args, **kwargs):
+        norm_alignments.add(kwargs["aligned"])
+        return norm_launch(*args, **kwargs)
+
+    monkeypatch.setattr(adam_kernel, "adam_step", recording_step)
+    monkeypatch.setattr(triton_backend, "grad_norm_partials", recording_norm)
+    for split in (True, False):
+        monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", split)
+        params = make_params(shapes, dtype=dtype, device=DEVICE)
+        opt = v0adam.V0AdamW(params, lr=0.01, backend="triton", state_dtype=torch.uint8, min_8bit_size=1, **options)
+        for step in range(3):
+            bucket = torch.cat([grad.flatten() for grad in gradients(params, step)])
+            offset = 0
+            for param in params:
+                param.grad = bucket[offset : offset + param.numel()].view_as(param)
+                offset += param.numel()
+            opt.clip_grad_norm_(1.0, norm_type=float("inf"))
+            opt.step()
+        runs.append((params, opt))
+        if split:
+            assert (True, False) in kinds, "no launch aligned but for its grads"
+            assert norm_alignments == {False}, "a grad norm promised aligned grads"
     (split_params, split_opt), (whole_params, whole_opt) = runs
     for p, q in zip(split_params, whole_params):
         assert torch.equal(p, q)
@@ -257,6 +317,7 @@ def test_a_skipped_step_writes_nothing_two_billion_elements_into_a_segment(align
             None,
             param_dtype=torch.float32,
             aligned=aligned,
+            grad_aligned=aligned,
             block=block,
             num_warps=4,
             found_inf=torch.full((1,), found_inf, device=DEVICE),

@@ -1,5 +1,6 @@
 """The static sm_90 model (`python -m bench.static`): every launch v0adam makes for GPT-2-shaped params, with and
-without an odd-sized tensor, compiled with the runtime's specialization and read in SASS. Run in a fresh process
+without an odd-sized tensor, and with grads as DDP's bucket views, compiled with the runtime's specialization and
+read in SASS. Run in a fresh process
 (under TRITON_INTERPRET=1 the kernels in this one are not compilable)."""
 
 import csv
@@ -71,7 +72,7 @@ def test_every_configuration_and_kernel_is_modelled(predictions):
         kernels = {row["kernel"] for row in _of(predictions, configuration.name)}
         assert kernels, f"{configuration.name}: no launch recorded that an earlier configuration did not make"
     kernels = {row["kernel"].split(" (")[0] for row in predictions}
-    expected = {"step aligned", "step unaligned", "random v0", "data v0"}
+    expected = {"step aligned", "step unaligned", "step 8-bit aligned but its grads", "random v0", "data v0"}
     expected |= {f"grad norm {norm} {kind}" for norm in ("1", "2", "inf") for kind in ("aligned", "unaligned")}
     assert expected <= kernels
 
@@ -84,10 +85,11 @@ def test_the_model_is_reproducible(predictions, tmp_path):
 
 
 def test_aligned_launches_use_128_bit_accesses_and_unaligned_ones_none(predictions):
+    """Aligned but for their grads, the steps read their params or states 128 bits an access still."""
     for row in predictions:
         if row["kernel"].startswith(("step", "grad norm")):
             vector = "128b" in row["loads"]
-            assert vector == row["kernel"].endswith(" aligned"), row
+            assert vector == row["kernel"].endswith((" aligned", " aligned but its grads")), row
 
 
 def test_bfloat16_is_rounded_to_nearest_even_by_the_hardware(predictions):
@@ -140,7 +142,7 @@ def test_a_grad_norm_program_reads_its_tables_before_its_grads(predictions):
 )
 def test_the_register_ceiling_reaches_the_compiler(predictions, variant, ceiling):
     """The aligned step with bf16 states and stochastic rounding asks for at most 40 registers, with 8-bit states 56
-    (`kernels.adam.register_ceiling`): the launch records carry it to the compile, which holds it without a spill."""
+    (`kernels/register_ceiling.py`): the launch records carry it to the compile, which holds it without a spill."""
     row = {row["variant"]: row for row in predictions}[variant]
     assert int(row["registers"]) == ceiling and int(row["spills"]) == 0, row
 
@@ -168,6 +170,17 @@ def test_an_aligned_step_stores_each_tensor_from_the_layout_it_computes_in(predi
         assert int(row["barriers"]) == 0, row
 
 
+def test_grads_at_unaligned_addresses_cost_one_barrier(predictions):
+    """Aligned but for its grads (8-bit states with grads as DDP's bucket views), a step reads them an element an
+    access, a warp's 32 consecutive, and moves them into the layout it computes in through shared memory: one
+    barrier a program, none other. (Four of the six wait for DRAM twice, the grads' move before the moments'
+    loads: docs/benchmarks.md.)"""
+    steps = [row for row in predictions if row["kernel"] == "step 8-bit aligned but its grads"]
+    assert len(steps) >= 6
+    for row in steps:
+        assert int(row["barriers"]) == 1, row
+
+
 def test_every_step_waits_for_dram_once_a_program(predictions):
     """Every data load of a step is issued before the first instruction that waits for one (the loads are volatile,
     so that ptxas keeps them in order: the exact master's step waited twice without, 93.9% of copy against 96.7%;
@@ -182,10 +195,20 @@ def test_every_step_waits_for_dram_once_a_program(predictions):
 
 
 # Configurations with a launch below its target under the issue model (issue #32): the unaligned launch of bf16
-# states, with and without stochastic rounding (the tails of odd-sized tensors: latency, one element an access).
-# bf16 with 8-bit states left the set on 2026-12-07 (89.2% -> 90.4%: its square roots four to a branch). The rows:
-# docs/benchmarks.md.
-BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {"bf16 bf16-states", "bf16 bf16-states stochastic"}
+# states, with and without stochastic rounding (the tails of odd-sized tensors: latency, one element an access);
+# bf16 with 8-bit states and float32 with 8-bit states and AMSGrad, their launches aligned but for the grads (grads
+# as DDP's bucket views: 85.1% and 89.4%, from 61.1% and 81.7% one element an access). bf16 with 8-bit states left
+# the set on 2026-12-07 (89.2% -> 90.4%: its square roots four to a branch) and came back the same day, when the
+# model first saw grads as DDP's bucket views. The rows: docs/benchmarks.md.
+BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {
+    "bf16 bf16-states",
+    "bf16 bf16-states stochastic",
+    "bf16 8-bit",
+    "fp32 8-bit AMSGrad",
+}
+# The same under the roofline: bf16 with 8-bit states, aligned but for its grads (87.7%: 90.2 instructions an
+# element against 82.5 aligned; 8 a thread go to reading its grads an element an access).
+BELOW_TARGET_UNDER_THE_ROOFLINE = {"bf16 8-bit"}
 
 
 def _each_configuration(below: set) -> list:
@@ -195,12 +218,12 @@ def _each_configuration(below: set) -> list:
     return [pytest.param(c.name, marks=[miss] if c.name in below else []) for c in static.CONFIGURATIONS]
 
 
-@pytest.mark.parametrize("configuration", _each_configuration(below=set()))
+@pytest.mark.parametrize("configuration", _each_configuration(BELOW_TARGET_UNDER_THE_ROOFLINE))
 def test_each_step_variant_meets_its_target_under_the_roofline_at_step_1e6(predictions, configuration):
     """>= 95% of copy bandwidth for its bytes (8-bit states: 90%) under the roofline (issue at every cycle), no
     spills, for the step and grad-norm launches; the one-off v0 initialisations and the per-param step scalars are
-    reported, not held to it. Every configuration meets it (bfloat16 params with 8-bit states since 2026-12-07:
-    93.1%, was 88.7%). The issue model's predictions are held to the same targets below."""
+    reported, not held to it. Every configuration meets it but one (above). The issue model's predictions are held
+    to the same targets below."""
     for prediction in map(static.Prediction.from_row, _of(predictions, configuration)):
         if prediction.target_pct is not None:
             assert prediction.roofline_pct >= prediction.target_pct, prediction
