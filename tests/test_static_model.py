@@ -1,7 +1,6 @@
 """The static sm_90 model (`python -m bench.static`): every launch v0adam makes for GPT-2-shaped params, with and
 without an odd-sized tensor, and with grads as DDP's bucket views, compiled with the runtime's specialization and
-read in SASS. Run in a fresh process
-(under TRITON_INTERPRET=1 the kernels in this one are not compilable)."""
+read in SASS. Run in a fresh process (under TRITON_INTERPRET=1 the kernels in this one are not compilable)."""
 
 import csv
 import os
