@@ -209,9 +209,9 @@ class SegmentTable:
         align_bytes, align_elements = tables.ALIGN_BYTES.value, tables.ALIGN_ELEMENTS.value
         grad_unaligned = row.grad_addr % align_bytes != 0
         # Only 8-bit states take the launch aligned but for the grads: theirs is the step that loses most one
-        # element an access (bfloat16 params: 61.1% of copy predicted, 85.1% so). The others lose little there
-        # (94.3% to 97.6%), and their grads' trip through shared memory costs as much or more (float32 params:
-        # 97.6% -> 95.5%, a second wait for DRAM).
+        # element an access (bfloat16 params: 61.1% of copy predicted, 85.1% so). The others lose less there
+        # (92.1% to 97.6%), and the grads' trip through shared memory costs float32 params as much or more (97.6%
+        # -> 95.5%, a second wait for DRAM); bf16 params with bf16 states would gain (94.3% -> 96.2%).
         if row.param_addr % align_bytes or row.state_offset % align_elements or grad_unaligned and not self.quantized:
             return [(row, UNALIGNED)]
         bulk_kind = GRADS_UNALIGNED if grad_unaligned else ALIGNED
