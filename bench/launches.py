@@ -63,12 +63,16 @@ class Model:
     bucket_view_grads: bool = False
 
 
-# Width 256: rows of whole 256-element blocks, as 8-bit states need.
-GPT2_WITH_HEAD = cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2) + ((10, 256), (10,))
+# Width 256: rows of whole 256-element blocks, as 8-bit states need. As DDP's bucket views, the grads after the
+# 10-class head's bias are 4 (bfloat16) or 8 (float32) bytes past a 16-byte boundary, those after a 7-class one's
+# bias 2 bytes past a 4-byte one (bfloat16).
+GPT2 = cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2)
+GPT2_WITH_HEAD = GPT2 + ((10, 256), (10,))
 MODELS = {
-    "GPT-2": Model(cases.gpt2_shapes(d=256, vocab=512, context=64, layers=2)),
+    "GPT-2": Model(GPT2),
     "GPT-2 + 10-class head": Model(GPT2_WITH_HEAD),
     "GPT-2 + 10-class head, grads as DDP's bucket views": Model(GPT2_WITH_HEAD, bucket_view_grads=True),
+    "GPT-2 + 7-class head, grads as DDP's bucket views": Model(GPT2 + ((7, 256), (7,)), bucket_view_grads=True),
 }
 
 

@@ -237,7 +237,10 @@ def _describe(launch: Launch) -> str:
         states = " 8-bit" if constexprs["QUANTIZED"] else ""  # else the tensors that keep float states
         if not constexprs["ALIGNED"]:
             return f"step{states} unaligned"
-        return f"step{states} {'aligned' if constexprs['GRAD_ALIGNED'] else 'aligned but its grads'}"
+        alignment, grad_bits = constexprs["GRAD_ALIGNMENT"], constexprs["PARAM_DTYPE"].primitive_bitwidth
+        if alignment == 16:
+            return f"step{states} aligned"
+        return f"step{states} aligned but its grads ({'two' if alignment * 8 > grad_bits else 'an element'} an access)"
     if launch.kernel == "_grad_norm_partials_kernel":
         norm = {0: "inf", 1: "1", 2: "2"}[constexprs["NORM_TYPE"]]
         return f"grad norm {norm} {'aligned' if constexprs['ALIGNED'] else 'unaligned'}"

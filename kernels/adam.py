@@ -13,6 +13,7 @@ then with its 330 cycles.
 import torch
 import triton
 import triton.language as tl
+from v0adam.kernels.coalesced_grads import into_step_layout, load_coalesced
 from v0adam.kernels.precision import (
     join_master,
     round_from_float32,
@@ -95,7 +96,8 @@ def _adam_step_kernel(
     STOCHASTIC_ROUNDING: tl.constexpr,  # bfloat16 params rounded stochastically (counter-based, seeded per step)
     ALGORITHM: tl.constexpr,  # ADAM, ADABELIEF, RADAM or ADABOUND
     ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise, grads perhaps excepted:
-    GRAD_ALIGNED: tl.constexpr,  # with ALIGNED, whether the grads keep it too
+    GRAD_ALIGNMENT: tl.constexpr,  # with ALIGNED, the bytes the grads' addresses are a multiple of: ALIGN_BYTES,
+    #   or 4 or 2 where they break the promise; 1 (none) in the unaligned launch
     QUANTIZED: tl.constexpr,  # 8-bit states: uint8 codes and block scales; state offsets are multiples of QBLOCK
     BLOCK: tl.constexpr,  # elements per program
 ):
@@ -128,7 +130,7 @@ def _adam_step_kernel(
     step_index = tl.load(row + STEP_INDEX, volatile=ORDERED)
     if ALIGNED:
         param_ptr = tl.multiple_of(param_ptr, ALIGN_BYTES)
-        if GRAD_ALIGNED:
+        if GRAD_ALIGNMENT == ALIGN_BYTES:
             grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
         state_offset = tl.multiple_of(state_offset, ALIGN_ELEMENTS)
         numel = tl.multiple_of(numel, ALIGN_ELEMENTS)
@@ -197,15 +199,13 @@ def _adam_step_kernel(
     # and scalars' loads in order as well (ORDERED): with only the elements' volatile, ptxas moved one of those among
     # them and 25 of its 30 variants waited for DRAM twice; with none volatile, 9 did (bfloat16 params with
     # gradient clipping: 91.7% of copy predicted, 95.4% in order); with all, none.
-    if ALIGNED and not GRAD_ALIGNED:
-        # Grads at any address (DDP's bucket views after an odd-sized grad), the rest aligned (8-bit states:
-        # `SegmentTable`): read an element an access, 32 consecutive ones a warp, and moved into the compute's
-        # layout through shared memory (a barrier) once every load is issued, below. Read in that layout, 8
-        # consecutive elements a thread, a warp's access would span 8 times the bytes it reads. The whole step at
-        # unaligned addresses instead: bfloat16 params 61.1% of copy predicted, 85.1% so; float32 88.2% -> 95.3%.
-        # Read first: read after the moments, ptxas takes 80 registers or spills (float32 89.0%, 93.0% spilling).
-        coalesced = tl.arange(0, BLOCK // 32)[:, None] * 32 + tl.arange(0, 32)[None, :]
-        grad_rows = tl.load(grad_ptr + coalesced, mask=coalesced < block_numel.to(tl.int32), volatile=True)
+    # Grads off the promise, the rest on it (DDP's bucket views: `SegmentTable`), are read coalesced and moved into
+    # this layout after the last load (`kernels/coalesced_grads.py`). Predicted for bfloat16 params with 8-bit states:
+    # 61.1% of copy in the unaligned launch, 85.1% an element an access, 88.3% two. Read first: read after the
+    # moments, ptxas takes 80 registers or spills (float32 params with 8-bit states 89.0%, 93.0% spilling; 95.3%).
+    GRADS_OFF_PROMISE: tl.constexpr = ALIGNED and GRAD_ALIGNMENT < ALIGN_BYTES
+    if GRADS_OFF_PROMISE:
+        grad_rows = load_coalesced(grad_ptr, block_numel, GRAD_ALIGNMENT, BLOCK)
     else:
         g = tl.load(grad_ptr + offsets, mask=mask, volatile=True)
     m = tl.load(exp_avg_ptr + state_offsets, mask=mask, volatile=True)
@@ -248,10 +248,8 @@ def _adam_step_kernel(
                 volatile=True,
             )
 
-    if ALIGNED and not GRAD_ALIGNED:
-        # Moved here, after the last load: moved where they are read, ptxas waited for the grads before it requested
-        # the moments, and 4 of the 6 8-bit steps waited for DRAM twice (float32 params 91.1%, AMSGrad 89.4%).
-        g = tl.reshape(grad_rows, (BLOCK,))
+    if GRADS_OFF_PROMISE:
+        g = into_step_layout(grad_rows, PARAM_DTYPE, BLOCK)
     if HAS_GRAD_SCALE:
         # Loaded after the elements, in order with them in the unaligned launch (volatile there): ptxas otherwise
         # began dividing by it before it had requested that launch's last params (bf16 params with gradient
@@ -375,7 +373,7 @@ def adam_step(
     *,
     param_dtype: torch.dtype,
     aligned: bool,
-    grad_aligned: bool,
+    grad_alignment: int,
     block: int,
     num_warps: int,
     grad_scale: torch.Tensor | None = None,
@@ -387,7 +385,8 @@ def adam_step(
     """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`), `scalars` computed for
     this step by `v0adam.kernels.step_scalars.advance_steps`. With `scales` (float32
     [3, blocks]: the block scales of m, v and max v) the states are 8-bit codes (uint8, `v0adam.quantization`).
-    `aligned`: the segments keep the alignment promise of `v0adam.kernels.tables`; `grad_aligned`: their grads too.
+    `aligned`: the segments keep the alignment promise of `v0adam.kernels.tables`, their grads perhaps excepted:
+    `grad_alignment` is the bytes the grads' addresses are a multiple of (ALIGN_BYTES, 4, or 2 for 16-bit grads).
 
     The tables are built by `v0adam.buckets`; this checks only what would make the kernel touch wrong memory.
     Nothing here reads a value back to the host.
@@ -412,9 +411,12 @@ def adam_step(
         raise ValueError("stochastic rounding is implemented for bfloat16 params")
     if param_dtype not in TRITON_DTYPES:
         raise ValueError(f"unsupported parameter dtype {param_dtype}; expected one of {list(TRITON_DTYPES)}")
+    if aligned and (grad_alignment not in (ALIGN_BYTES.value, 4, 2) or grad_alignment < param_dtype.itemsize):
+        raise ValueError(f"grads of {param_dtype} cannot be promised an alignment of {grad_alignment} bytes")
     num_blocks = block_segment.numel()
     if num_blocks == 0:
         return
+    grad_aligned = aligned and grad_alignment == ALIGN_BYTES.value
     _adam_step_kernel[(num_blocks,)](
         segments,
         block_segment,
@@ -436,11 +438,11 @@ def adam_step(
         STOCHASTIC_ROUNDING=rounding_seed is not None,
         ALGORITHM=ALGORITHMS[algorithm],
         ALIGNED=aligned,
-        GRAD_ALIGNED=aligned and grad_aligned,
+        GRAD_ALIGNMENT=grad_alignment if aligned else 1,
         QUANTIZED=quantized,
         BLOCK=block,
         num_warps=num_warps,
         maxnreg=register_ceiling(
-            aligned and grad_aligned, rounding_seed is not None, exp_avg.dtype, max_exp_avg_sq is not None, algorithm
+            grad_aligned, rounding_seed is not None, exp_avg.dtype, max_exp_avg_sq is not None, algorithm
         ),
     )

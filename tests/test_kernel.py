@@ -96,7 +96,7 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     unaligned_rows = [_row(16384 + 32, 32768 + 32, 1024 + 8, 2, 1, 1), misplaced, bucket_view]
     rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
     assert rows == aligned_rows + unaligned_rows
-    assert [kind for _, *kind in table.launches] == [[True, True], [False, False]]
+    assert [kind for _, *kind in table.launches] == [[True, 16], [False, 1]]
     blocks = [block_segment.numel() for block_segment, *_ in table.launches]
     assert blocks == [len(aligned_rows), len(unaligned_rows)]  # one block a row here
     # Block numbers restart with each launch: its first program is its block 0.
@@ -104,20 +104,41 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     assert first_blocks == [0, 1] + [0, 1, 2]
 
 
+def test_grads_alone_off_the_promise_stay_in_the_aligned_launch_where_it_reads_them_better(monkeypatch):
+    """A segment whose grad alone breaks the alignment promise (DDP's bucket views) stays in the aligned launch,
+    its grads read in 4-byte words where their address allows, else an element at a time: for 16-bit grads in
+    words, and for 8-bit states at any address; the others go to the unaligned launch."""
+    from v0adam import triton_backend
+
+    monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
+    whole = _row(4096, 8192, 0, 1024, 0, 0)
+    at_words, at_halfwords = _row(16384, 32772, 1024, 256, 0, 1), _row(65536, 131074, 1280, 256, 0, 2)
+    expected = {
+        (torch.bfloat16, False): [[True, 16], [True, 4], [False, 1]],
+        (torch.bfloat16, True): [[True, 16], [True, 4], [True, 2]],
+        (torch.float32, False): [[True, 16], [False, 1]],
+        (torch.float32, True): [[True, 16], [True, 4]],
+    }
+    for (dtype, quantized), kinds in expected.items():
+        table = triton_backend.SegmentTable(torch.device("cpu"), dtype, quantized=quantized)
+        table.update_rows([whole, at_words] if dtype == torch.float32 else [whole, at_words, at_halfwords])
+        assert [kind for _, *kind in table.launches] == kinds, (dtype, quantized)
+
+
 def test_8bit_segments_are_whole_blocks_and_only_a_misplaced_one_goes_unaligned(monkeypatch):
     """8-bit tables: a segment whose param is at an unaligned address goes alone to the unaligned launch, one whose
-    grad alone is (DDP's bucket views) to the launch aligned but for its grads; one that is not whole 256-element
-    blocks, which the kernel's quantizers could not step, is refused when the table is built."""
+    grad alone is (DDP's bucket views) to the aligned launch that reads its grads in words; one that is not whole
+    256-element blocks, which the kernel's quantizers could not step, is refused when the table is built."""
     from v0adam import triton_backend
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
     table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32, quantized=True)
     whole, misplaced = _row(4096, 8192, 0, 1024, 0, 0), _row(65540, 131072, 1024, 256, 0, 1)
-    bucket_view = _row(262144, 524290, 1280, 512, 0, 2)  # its grad alone unaligned: aligned but for its grads
+    bucket_view = _row(262144, 524292, 1280, 512, 0, 2)  # its grad alone unaligned: aligned but for its grads
     table.update_rows([whole, misplaced, bucket_view])
     rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
     assert rows == [whole, bucket_view, misplaced]
-    assert [kind for _, *kind in table.launches] == [[True, True], [True, False], [False, False]]
+    assert [kind for _, *kind in table.launches] == [[True, 16], [True, 4], [False, 1]]
     with pytest.raises(ValueError, match="whole blocks of 256"):
         table.update_rows([whole, _row(16384, 32768, 1280, 300, 0, 1)])
 
@@ -153,42 +174,67 @@ def test_splitting_off_the_unaligned_tails_changes_nothing(monkeypatch, dtype, o
             assert torch.equal(value, whole_opt.state[q][key]), key
 
 
+EIGHT_BIT = {"state_dtype": torch.uint8, "min_8bit_size": 1}
+
+
 @pytest.mark.parametrize(
-    "dtype, options",
+    "dtype, options, first_numel, grads_kind",
     [
-        (torch.bfloat16, {}),
-        (torch.float32, {"amsgrad": True}),
-        (torch.bfloat16, {"weight_decay": 0.1, "maximize": True}),
+        (torch.bfloat16, EIGHT_BIT, 3, (True, 2)),
+        (torch.bfloat16, EIGHT_BIT, 2, (True, 4)),
+        (torch.float32, {**EIGHT_BIT, "amsgrad": True}, 3, (True, 4)),
+        (torch.bfloat16, {**EIGHT_BIT, "weight_decay": 0.1, "maximize": True}, 2, (True, 4)),
+        (torch.bfloat16, {"state_dtype": torch.bfloat16, "stochastic_rounding": True}, 2, (True, 4)),
+        (torch.bfloat16, {"master_weights": "fp32"}, 2, (True, 4)),
+        (torch.bfloat16, {}, 3, None),
     ],
-    ids=["bf16", "fp32-amsgrad", "bf16-decay-maximize"],
+    ids=[
+        "bf16-8bit-halfwords",
+        "bf16-8bit-words",
+        "fp32-8bit-amsgrad",
+        "bf16-8bit-decay-maximize",
+        "bf16-states-stochastic-words",
+        "bf16-fp32-master-words",
+        "bf16-halfwords",
+    ],
 )
-def test_8bit_steps_with_grads_at_unaligned_addresses_change_nothing(monkeypatch, dtype, options):
+def test_steps_with_grads_at_unaligned_addresses_change_nothing(monkeypatch, dtype, options, first_numel, grads_kind):
     """Grads laid out as DDP's bucket views are (`gradient_as_bucket_view=True`): one buffer, each grad where the
-    last one ended, so every grad after an odd-sized one at an unaligned address. 8-bit states stepped by the launch
-    aligned but for its grads (as on a GPU) and by the unaligned launch alone (as the interpreter does by default),
-    clipped by the inf-norm (a max, the same whatever the launches' blocks; a sum's rounding is not): params and
-    every state bitwise equal. The grad norm reads those grads as unaligned (the interpreter would not notice a
-    promise broken: it loads an element at a time whatever the kernel promises)."""
+    last one ended, so every grad after one of a size not a multiple of 8 off the alignment promise: at 4-byte
+    boundaries after an even-sized one, 2-byte ones after an odd-sized bfloat16 one. Stepped by the aligned launch
+    with its grads read in words or an element at a time where the table sends them there (`grads_kind`; None:
+    nowhere, the unaligned launch steps them), as on a GPU, and by the unaligned launch alone, as the interpreter
+    does by default; clipped by the inf-norm (a max, the same whatever the launches' blocks; a sum's rounding is
+    not): params and every state bitwise equal. No launch, step or grad norm, is promised an alignment its grads do
+    not keep (the interpreter would not notice a promise broken: it loads an element at a time whatever the kernel
+    promises)."""
     from v0adam import triton_backend
 
-    shapes = [(3,), (2, 256), (4, 256), (6,), (3, 256)]  # rows of whole 256-element blocks take 8-bit states
-    runs, kinds, norm_alignments = [], set(), set()
+    # Rows of whole 256-element blocks take 8-bit states; the last grad lands 16-byte aligned again (bfloat16).
+    shapes = [(first_numel,), (2, 256), (4, 256), (6,), (3, 256)]
+    runs, kinds = [], set()
     step_launch, norm_launch = adam_kernel.adam_step, triton_backend.grad_norm_partials
 
-    def recording_step(*args, **kwargs):
-        kinds.add((kwargs["aligned"], kwargs["grad_aligned"]))
-        return step_launch(*args, **kwargs)
+    def grad_addresses(segments, block_segment):
+        return segments[block_segment.unique().long(), tables.GRAD_ADDR.value].tolist()
 
-    def recording_norm(*args, **kwargs):
-        norm_alignments.add(kwargs["aligned"])
-        return norm_launch(*args, **kwargs)
+    def recording_step(segments, block_segment, *args, **kwargs):
+        kind = (kwargs["aligned"], kwargs["grad_alignment"])
+        kinds.add(kind)
+        assert not kind[0] or all(address % kind[1] == 0 for address in grad_addresses(segments, block_segment))
+        return step_launch(segments, block_segment, *args, **kwargs)
+
+    def recording_norm(segments, block_segment, *args, **kwargs):
+        alignment = tables.ALIGN_BYTES.value if kwargs["aligned"] else 1
+        assert all(address % alignment == 0 for address in grad_addresses(segments, block_segment))
+        return norm_launch(segments, block_segment, *args, **kwargs)
 
     monkeypatch.setattr(adam_kernel, "adam_step", recording_step)
     monkeypatch.setattr(triton_backend, "grad_norm_partials", recording_norm)
     for split in (True, False):
         monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", split)
         params = make_params(shapes, dtype=dtype, device=DEVICE)
-        opt = v0adam.V0AdamW(params, lr=0.01, backend="triton", state_dtype=torch.uint8, min_8bit_size=1, **options)
+        opt = v0adam.V0AdamW(params, lr=0.01, backend="triton", **options)
         for step in range(3):
             bucket = torch.cat([grad.flatten() for grad in gradients(params, step)])
             offset = 0
@@ -199,8 +245,8 @@ def test_8bit_steps_with_grads_at_unaligned_addresses_change_nothing(monkeypatch
             opt.step()
         runs.append((params, opt))
         if split:
-            assert (True, False) in kinds, "no launch aligned but for its grads"
-            assert norm_alignments == {False}, "a grad norm promised aligned grads"
+            off_promise = {kind for kind in kinds if kind[0] and kind[1] < tables.ALIGN_BYTES.value}
+            assert off_promise == ({grads_kind} if grads_kind else set()), kinds
     (split_params, split_opt), (whole_params, whole_opt) = runs
     for p, q in zip(split_params, whole_params):
         assert torch.equal(p, q)
@@ -305,7 +351,7 @@ def test_a_skipped_step_writes_nothing_two_billion_elements_into_a_segment(align
         scalars[0, column.value] = 1.0
     before = param.clone()
 
-    def step(found_inf: float) -> None:
+    def step(found_inf: float, grad_alignment: int = tables.ALIGN_BYTES.value if aligned else 1) -> None:
         adam_kernel.adam_step(
             segments,
             torch.zeros(1, dtype=torch.int32, device=DEVICE),
@@ -317,7 +363,7 @@ def test_a_skipped_step_writes_nothing_two_billion_elements_into_a_segment(align
             None,
             param_dtype=torch.float32,
             aligned=aligned,
-            grad_aligned=aligned,
+            grad_alignment=grad_alignment,
             block=block,
             num_warps=4,
             found_inf=torch.full((1,), found_inf, device=DEVICE),
@@ -327,3 +373,8 @@ def test_a_skipped_step_writes_nothing_two_billion_elements_into_a_segment(align
     assert torch.equal(param, before) and not exp_avg.any() and not exp_avg_sq.any()
     step(found_inf=0.0)
     assert not torch.equal(param, before) and exp_avg_sq.all()
+    if aligned:  # float32 grads are never 2 bytes past a 4-byte boundary: a launch promising it is refused
+        stepped = param.clone()
+        with pytest.raises(ValueError, match="cannot be promised an alignment of 2 bytes"):
+            step(found_inf=0.0, grad_alignment=2)
+        assert torch.equal(param, stepped)

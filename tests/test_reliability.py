@@ -158,7 +158,7 @@ def test_addressing_past_two_to_the_31_elements():
         None,
         param_dtype=torch.float32,
         aligned=False,
-        grad_aligned=False,
+        grad_alignment=1,
         block=block,
         num_warps=4,
     )

@@ -71,7 +71,8 @@ def test_every_configuration_and_kernel_is_modelled(predictions):
         kernels = {row["kernel"] for row in _of(predictions, configuration.name)}
         assert kernels, f"{configuration.name}: no launch recorded that an earlier configuration did not make"
     kernels = {row["kernel"].split(" (")[0] for row in predictions}
-    expected = {"step aligned", "step unaligned", "step 8-bit aligned but its grads", "random v0", "data v0"}
+    expected = {"step aligned", "step unaligned", "step aligned but its grads", "random v0", "data v0"}
+    expected |= {f"step 8-bit aligned{grads}" for grads in ("", " but its grads")}
     expected |= {f"grad norm {norm} {kind}" for norm in ("1", "2", "inf") for kind in ("aligned", "unaligned")}
     assert expected <= kernels
 
@@ -88,7 +89,7 @@ def test_aligned_launches_use_128_bit_accesses_and_unaligned_ones_none(predictio
     for row in predictions:
         if row["kernel"].startswith(("step", "grad norm")):
             vector = "128b" in row["loads"]
-            assert vector == row["kernel"].endswith((" aligned", " aligned but its grads")), row
+            assert vector == (" aligned" in row["kernel"]), row
 
 
 def test_bfloat16_is_rounded_to_nearest_even_by_the_hardware(predictions):
@@ -126,7 +127,8 @@ def test_a_grad_norm_program_reads_its_tables_before_its_grads(predictions):
     block after block, and waited 2 to 5 times; with 4 blocks of float32 grads, ptxas reduced the first blocks'
     grads before it loaded the last ones, to save registers, and waited twice.)"""
     norms = [row for row in predictions if row["kernel"].startswith("grad norm")]
-    assert len(norms) == 8
+    # 8 kinds, the unaligned ones compiled twice: their block table's view starts 16-byte aligned or not.
+    assert len({row["variant"] for row in norms}) == 8
     for row in norms:
         assert int(row["dram_round_trips"]) == 1, row
 
@@ -169,14 +171,16 @@ def test_an_aligned_step_stores_each_tensor_from_the_layout_it_computes_in(predi
         assert int(row["barriers"]) == 0, row
 
 
-def test_grads_at_unaligned_addresses_cost_one_barrier(predictions):
-    """Aligned but for its grads (8-bit states with grads as DDP's bucket views), a step reads them an element an
-    access, a warp's 32 consecutive, and moves them into the layout it computes in through shared memory: one
-    barrier a program, none other."""
-    steps = [row for row in predictions if row["kernel"] == "step 8-bit aligned but its grads"]
-    assert len(steps) >= 6
+def test_grads_at_unaligned_addresses_cost_a_barrier_or_two(predictions):
+    """Aligned but for its grads (grads as DDP's bucket views), a step reads them two or one an access, a warp's 32
+    consecutive accesses, and moves them into the layout it computes in through shared memory: a barrier a program,
+    and one more for 16-bit grads two an access, which keeps ptxas from beginning the move before the last load;
+    none other."""
+    steps = [row for row in predictions if " aligned but its grads" in row["kernel"]]
+    kinds = {row["kernel"] for row in steps}
+    assert len(steps) >= 20 and len(kinds) == 3, kinds  # two an access, 8-bit two or one an access
     for row in steps:
-        assert int(row["barriers"]) == 1, row
+        assert int(row["barriers"]) == (2 if "(two an access)" in row["kernel"] else 1), row
 
 
 def test_every_step_waits_for_dram_once_a_program(predictions):
@@ -184,23 +188,20 @@ def test_every_step_waits_for_dram_once_a_program(predictions):
     so that ptxas keeps them in order: the exact master's step waited twice without, 93.9% of copy against 96.7%;
     the unaligned launch, one element an access, needs its table's and scalars' loads in order too, or 25 of its 30
     variants wait twice): `bench.issue.dram_round_trips`."""
-    trips = {
-        row["variant"]: int(row["dram_round_trips"])
-        for row in predictions
-        if row["kernel"] in ("step aligned", "step 8-bit aligned", "step unaligned", "step 8-bit aligned but its grads")
-    }
+    trips = {row["variant"]: int(row["dram_round_trips"]) for row in predictions if row["kernel"].startswith("step")}
     assert len(trips) > 40 and set(trips.values()) == {1}, trips
 
 
 # Configurations with a launch below its target under the issue model (issue #32): the unaligned launch of bf16
-# states, with and without stochastic rounding (the tails of odd-sized tensors: latency, one element an access);
-# bf16 with 8-bit states, its launch aligned but for the grads (grads as DDP's bucket views: 85.1%, from 61.1% one
-# element an access). bf16 with 8-bit states left the set on 2026-12-07 (89.2% -> 90.4%: its square roots four to a
-# branch) and came back the same day, when the model first saw grads as DDP's bucket views. The rows:
-# docs/benchmarks.md.
+# states, with and without stochastic rounding (the tails of odd-sized tensors, and segments whose grads are 2 bytes
+# past a 4-byte boundary: latency, one element an access); bf16 with 8-bit states, its launch aligned but for the
+# grads (grads as DDP's bucket views: 88.3% two an access, 85.1% one, from 61.1% in the unaligned launch). bf16 with
+# 8-bit states left the set on 2026-12-07 (89.2% -> 90.4%: its square roots four to a branch) and came back the same
+# day, when the model first saw grads as DDP's bucket views. The rows: docs/benchmarks.md.
 BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {"bf16 bf16-states", "bf16 bf16-states stochastic", "bf16 8-bit"}
-# The same under the roofline: bf16 with 8-bit states, aligned but for its grads (87.7%: 90.2 instructions an
-# element against 82.5 aligned; 8 a thread go to reading its grads an element an access).
+# The same under the roofline: bf16 with 8-bit states, aligned but for its grads one an access (87.7%: 90.2
+# instructions an element against 82.5 aligned; 8 a thread go to reading its grads an element an access; two an
+# access, 91.8%).
 BELOW_TARGET_UNDER_THE_ROOFLINE = {"bf16 8-bit"}
 
 

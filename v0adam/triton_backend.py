@@ -36,8 +36,10 @@ NUM_WARPS = 4
 # no vector accesses to keep and pays per program: there the tables stay as they were (one launch, aligned only
 # if every segment is), except where a test switches the split on to check it changes nothing.
 SPLIT_UNALIGNED = not interpreter_enabled()
-# The launches over a table, by what their segments promise (`v0adam.kernels.tables`): (aligned, grad_aligned).
-ALIGNED, GRADS_UNALIGNED, UNALIGNED = KINDS = ((True, True), (True, False), (False, False))
+# The launches over a table, by what their segments promise (`v0adam.kernels.tables`): (aligned, the bytes their
+# grads' addresses are a multiple of). The aligned launch takes grads off its promise (DDP's bucket views after a grad
+# of a size not a multiple of 8) in 4-byte words or an element at a time; the unaligned launch promises nothing.
+ALIGNED, GRADS_WORD_ALIGNED, GRADS_HALFWORD_ALIGNED, UNALIGNED = KINDS = ((True, 16), (True, 4), (True, 2), (False, 1))
 # The step scalars: the kernel, or under the interpreter its PyTorch twin, equal bit for bit (tests/test_kernel.py
 # checks the kernel against it): the interpreter takes about 50 ms a step over the kernel's scalar-sized operations.
 ADVANCE_STEPS = advance_steps_reference if interpreter_enabled() else advance_steps
@@ -143,7 +145,7 @@ class SegmentTable:
         self._addresses = None
         self.segments = None
         self.block_segment = None
-        self.launches = []  # (block_segment view, aligned, grad_aligned) per launch, in the order of KINDS
+        self.launches = []  # (block_segment view, aligned, grad_alignment) per launch, in the order of KINDS
 
     @classmethod
     def for_bucket(cls, bucket) -> "SegmentTable":
@@ -207,14 +209,10 @@ class SegmentTable:
         """(row, kind) for the parts of one segment: its bulk, aligned (but perhaps for its grad), and its unaligned
         tail, either maybe empty."""
         align_bytes, align_elements = tables.ALIGN_BYTES.value, tables.ALIGN_ELEMENTS.value
-        grad_unaligned = row.grad_addr % align_bytes != 0
-        # Only 8-bit states take the launch aligned but for the grads: theirs is the step that loses most one
-        # element an access (bfloat16 params: 61.1% of copy predicted, 85.1% so). The others lose less there
-        # (92.1% to 97.6%), and the grads' trip through shared memory costs float32 params as much or more (97.6%
-        # -> 95.5%, a second wait for DRAM); bf16 params with bf16 states would gain (94.3% -> 96.2%).
-        if row.param_addr % align_bytes or row.state_offset % align_elements or grad_unaligned and not self.quantized:
+        grad_alignment = next(bytes for bytes in (align_bytes, 4, 2, 1) if row.grad_addr % bytes == 0)
+        if row.param_addr % align_bytes or row.state_offset % align_elements or not self._takes_grads(grad_alignment):
             return [(row, UNALIGNED)]
-        bulk_kind = GRADS_UNALIGNED if grad_unaligned else ALIGNED
+        bulk_kind = (True, grad_alignment)
         if row.numel % align_elements == 0:
             return [(row, bulk_kind)]
         bulk = row.numel - row.numel % align_elements
@@ -229,6 +227,17 @@ class SegmentTable:
             )
             pieces.append((tail, UNALIGNED))
         return pieces
+
+    def _takes_grads(self, alignment: int) -> bool:
+        """Whether the aligned launch takes segments whose grads are at addresses multiple of `alignment` bytes,
+        or leaves them to the unaligned launch. 8-bit states, at any address: theirs is the step that loses most
+        in the unaligned launch (bfloat16 params: 61.1% of copy predicted; 88.3% with their grads read in words,
+        85.1% an element at a time). Other steps, 16-bit grads in words (bf16 states 94.3% -> 96.3%, the others
+        0.3 to 1.2 points): an element at a time, or float32 grads, the grads' move through shared memory costs
+        about what it saves, or more (float32 params 97.6% -> 95.5%, a second wait for DRAM)."""
+        if alignment == tables.ALIGN_BYTES.value or self.quantized:
+            return True
+        return alignment == 4 and self.itemsize == 2
 
     @property
     def num_blocks(self) -> int:
@@ -269,7 +278,7 @@ def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, rule) -> Non
 def launch_step(table: SegmentTable, scalars, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
     """The kernel launches over `table` with this backend's block size and warps; `options` as `adam_step`'s."""
     hold_table_if_capturing(table)
-    for block_segment, aligned, grad_aligned in table.launches:
+    for block_segment, aligned, grad_alignment in table.launches:
         adam_kernel.adam_step(
             table.segments,
             block_segment,
@@ -280,7 +289,7 @@ def launch_step(table: SegmentTable, scalars, steps, exp_avg, exp_avg_sq, max_ex
             max_exp_avg_sq,
             master,
             aligned=aligned,
-            grad_aligned=grad_aligned,
+            grad_alignment=grad_alignment,
             block=table.block,
             num_warps=NUM_WARPS,
             **options,
@@ -300,14 +309,14 @@ def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: floa
     hold_table_if_capturing(table)
     partials = torch.zeros(table.num_blocks if capacity is None else capacity, device=table.device)
     start = 0
-    for block_segment, _, grad_aligned in table.launches:  # the grads are all it reads
+    for block_segment, _, grad_alignment in table.launches:  # the grads are all it reads
         grad_norm_partials(
             table.segments,
             block_segment,
             partials[start : start + block_segment.numel()],
             param_dtype=param_dtype,
             norm_type=norm_type,
-            aligned=grad_aligned,
+            aligned=grad_alignment == tables.ALIGN_BYTES.value,
             block=table.block,
         )
         start += block_segment.numel()
