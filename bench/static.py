@@ -238,6 +238,8 @@ def _describe(launch: Launch) -> str:
         if not constexprs["ALIGNED"]:
             return f"step{states} unaligned"
         alignment, grad_bits = constexprs["GRAD_ALIGNMENT"], constexprs["PARAM_DTYPE"].primitive_bitwidth
+        if not constexprs["WHOLE_VECTORS"]:
+            return f"step{states} tails"
         if alignment == 16:
             return f"step{states} aligned"
         return f"step{states} aligned but its grads ({'two' if alignment * 8 > grad_bits else 'an element'} an access)"

@@ -22,6 +22,7 @@ from v0adam.kernels.precision import (
     widen_to_float32,
 )
 from v0adam.kernels.quantization import dequantize_m, dequantize_v_root, quantize_m, quantize_v_root, store_scales
+from v0adam.kernels.reads import load_elements, read_mask
 from v0adam.kernels.register_ceiling import register_ceiling
 from v0adam.kernels.square_root import sqrt_rn
 from v0adam.kernels.tables import (  # the kernels' tables; imported here, where callers have found them
@@ -98,6 +99,7 @@ def _adam_step_kernel(
     ALIGNED: tl.constexpr,  # the table keeps the ALIGN_BYTES / ALIGN_ELEMENTS promise, grads perhaps excepted:
     GRAD_ALIGNMENT: tl.constexpr,  # with ALIGNED, the bytes the grads' addresses are a multiple of: ALIGN_BYTES,
     #   or 4 or 2 where they break the promise; 1 (none) in the unaligned launch
+    WHOLE_VECTORS: tl.constexpr,  # with ALIGNED, the counts keep the promise too; else each segment is a tail
     QUANTIZED: tl.constexpr,  # 8-bit states: uint8 codes and block scales; state offsets are multiples of QBLOCK
     BLOCK: tl.constexpr,  # elements per program
 ):
@@ -133,7 +135,8 @@ def _adam_step_kernel(
         if GRAD_ALIGNMENT == ALIGN_BYTES:
             grad_ptr = tl.multiple_of(grad_ptr, ALIGN_BYTES)
         state_offset = tl.multiple_of(state_offset, ALIGN_ELEMENTS)
-        numel = tl.multiple_of(numel, ALIGN_ELEMENTS)
+        if WHOLE_VECTORS:
+            numel = tl.multiple_of(numel, ALIGN_ELEMENTS)
 
     # Everything but the elements was computed once for this step (`v0adam.kernels.step_scalars`). The scalars are
     # loaded here, not where they are used: ptxas issues a load written after the arithmetic on the elements there,
@@ -181,7 +184,7 @@ def _adam_step_kernel(
     # The program's elements as 32-bit lanes from its own base addresses. With a 64-bit offset per element, the
     # unaligned launch (an access per element) kept a 64-bit address per element: 103 registers for fp32, 63 so.
     offsets = tl.arange(0, BLOCK)
-    mask = offsets < block_numel.to(tl.int32)
+    ROUND_UP: tl.constexpr = ALIGNED and not WHOLE_VECTORS
     param_ptr += block_start
     grad_ptr += block_start
     state_start = state_offset + block_start
@@ -190,36 +193,27 @@ def _adam_step_kernel(
     EIGHT_PER_THREAD: tl.constexpr = ALIGNED and (
         PARAM_DTYPE.primitive_bitwidth < 32 or exp_avg_ptr.dtype.element_ty.primitive_bitwidth < 32
     )
-    # Every load is written before any arithmetic on what the loads bring: a load issued after arithmetic that waits
-    # for an earlier load's value adds its DRAM latency to that one. They are volatile so that ptxas issues them in
-    # that order, the first wait after the last: left to itself, it would join the exact master's param before it
-    # requests the moments, or decode 8-bit m before it requests float32 params, and a program would wait for DRAM
-    # twice (the exact master: 93.9% of copy predicted, 96.7% so). Each element is read once a step: the L1 cache
-    # volatile loads go around had nothing to keep. The unaligned launch (one element an access) needs its table's
-    # and scalars' loads in order as well (ORDERED): with only the elements' volatile, ptxas moved one of those among
-    # them and 25 of its 30 variants waited for DRAM twice; with none volatile, 9 did (bfloat16 params with
-    # gradient clipping: 91.7% of copy predicted, 95.4% in order); with all, none.
-    # Grads off the promise, the rest on it (DDP's bucket views: `SegmentTable`), are read coalesced and moved into
-    # this layout after the last load (`kernels/coalesced_grads.py`). Predicted for bfloat16 params with 8-bit states:
-    # 61.1% of copy in the unaligned launch, 85.1% an element an access, 88.3% two. Read first: read after the
-    # moments, ptxas takes 80 registers or spills (float32 params with 8-bit states 89.0%, 93.0% spilling; 95.3%).
+    # Every load before any arithmetic on what they bring, volatile to keep that order (`kernels/reads.py`).
+    # Grads off the promise, the rest on it (DDP's bucket views), are read coalesced, first (after the moments, ptxas
+    # takes 80 registers or spills: float32 params with 8-bit states 89.0% of copy predicted, 93.0% spilling, 95.3%
+    # first), and moved into this layout after the last load (`kernels/coalesced_grads.py`).
     GRADS_OFF_PROMISE: tl.constexpr = ALIGNED and GRAD_ALIGNMENT < ALIGN_BYTES
     if GRADS_OFF_PROMISE:
         grad_rows = load_coalesced(grad_ptr, block_numel, GRAD_ALIGNMENT, BLOCK)
     else:
-        g = tl.load(grad_ptr + offsets, mask=mask, volatile=True)
-    m = tl.load(exp_avg_ptr + state_offsets, mask=mask, volatile=True)
-    v = tl.load(exp_avg_sq_ptr + state_offsets, mask=mask, volatile=True)
+        g = load_elements(grad_ptr + offsets, offsets, block_numel, ROUND_UP)
+    m = load_elements(exp_avg_ptr + state_offsets, offsets, block_numel, ROUND_UP)
+    v = load_elements(exp_avg_sq_ptr + state_offsets, offsets, block_numel, ROUND_UP)
     if HAS_MASTER:
         if master_ptr.dtype.element_ty == tl.int16:  # the remainder of a bfloat16 param
             p, remainder = (
-                tl.load(param_ptr + offsets, mask=mask, volatile=True),
-                tl.load(master_ptr + state_offsets, mask=mask, volatile=True),
+                load_elements(param_ptr + offsets, offsets, block_numel, ROUND_UP),
+                load_elements(master_ptr + state_offsets, offsets, block_numel, ROUND_UP),
             )
         else:
-            p = tl.load(master_ptr + state_offsets, mask=mask, volatile=True)
+            p = load_elements(master_ptr + state_offsets, offsets, block_numel, ROUND_UP)
     else:
-        p = tl.load(param_ptr + offsets, mask=mask, volatile=True)
+        p = load_elements(param_ptr + offsets, offsets, block_numel, ROUND_UP)
     if QUANTIZED:
         # This program's quantization blocks: whole ones (BLOCK, the state offset and the segment's numel are
         # multiples of QBLOCK), those past the segment's end masked; one scale each, no other program writes them.
@@ -238,7 +232,10 @@ def _adam_step_kernel(
         # load made each program wait for DRAM twice: 95.3% of copy predicted for float32, 97.2% here.)
         v_max_numel = tl.where(amsgrad, block_numel, 0)
         v_max = tl.load(
-            max_exp_avg_sq_ptr + state_offsets, mask=offsets < v_max_numel.to(tl.int32), other=0, volatile=True
+            max_exp_avg_sq_ptr + state_offsets,
+            mask=read_mask(offsets, v_max_numel, max_exp_avg_sq_ptr, ROUND_UP),
+            other=0,
+            volatile=True,
         )
         if QUANTIZED:
             v_max_scales = tl.load(
@@ -374,6 +371,7 @@ def adam_step(
     param_dtype: torch.dtype,
     aligned: bool,
     grad_alignment: int,
+    whole_vectors: bool,
     block: int,
     num_warps: int,
     grad_scale: torch.Tensor | None = None,
@@ -385,8 +383,9 @@ def adam_step(
     """Launch one fused Adam step over every segment of a bucket (see `_adam_step_kernel`), `scalars` computed for
     this step by `v0adam.kernels.step_scalars.advance_steps`. With `scales` (float32
     [3, blocks]: the block scales of m, v and max v) the states are 8-bit codes (uint8, `v0adam.quantization`).
-    `aligned`: the segments keep the alignment promise of `v0adam.kernels.tables`, their grads perhaps excepted:
-    `grad_alignment` is the bytes the grads' addresses are a multiple of (ALIGN_BYTES, 4, or 2 for 16-bit grads).
+    `aligned`: the segments' addresses keep the alignment promise of `v0adam.kernels.tables`, their grads perhaps
+    excepted: `grad_alignment` is the bytes the grads' addresses are a multiple of (ALIGN_BYTES, 4, or 2 for 16-bit
+    grads); `whole_vectors`: their counts keep it too, else each is a tail (fewer than ALIGN_ELEMENTS).
 
     The tables are built by `v0adam.buckets`; this checks only what would make the kernel touch wrong memory.
     Nothing here reads a value back to the host.
@@ -411,12 +410,14 @@ def adam_step(
         raise ValueError("stochastic rounding is implemented for bfloat16 params")
     if param_dtype not in TRITON_DTYPES:
         raise ValueError(f"unsupported parameter dtype {param_dtype}; expected one of {list(TRITON_DTYPES)}")
+    grad_aligned = aligned and grad_alignment == ALIGN_BYTES.value
     if aligned and (grad_alignment not in (ALIGN_BYTES.value, 4, 2) or grad_alignment < param_dtype.itemsize):
         raise ValueError(f"grads of {param_dtype} cannot be promised an alignment of {grad_alignment} bytes")
+    if aligned and not (whole_vectors or grad_aligned):
+        raise ValueError("a launch of tails takes grads that keep the alignment promise")
     num_blocks = block_segment.numel()
     if num_blocks == 0:
         return
-    grad_aligned = aligned and grad_alignment == ALIGN_BYTES.value
     _adam_step_kernel[(num_blocks,)](
         segments,
         block_segment,
@@ -438,6 +439,7 @@ def adam_step(
         STOCHASTIC_ROUNDING=rounding_seed is not None,
         ALGORITHM=ALGORITHMS[algorithm],
         ALIGNED=aligned,
+        WHOLE_VECTORS=aligned and whole_vectors,
         GRAD_ALIGNMENT=grad_alignment if aligned else 1,
         QUANTIZED=quantized,
         BLOCK=block,

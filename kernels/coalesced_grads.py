@@ -5,7 +5,8 @@ the 16-byte promise: at a 4-byte boundary after an even-sized grad, at a 2-byte 
 Such grads are read coalesced, a warp's 32 consecutive accesses at once, in 4-byte words where their addresses
 allow (two 16-bit grads an access), else an element an access, and moved into the step's layout (8 consecutive
 elements a thread) through shared memory once every load of the step is issued. Read in that layout instead, a
-warp's access would span 8 times the bytes it reads.
+warp's access would span 8 times the bytes it reads. Predicted for bfloat16 params with 8-bit states: 61.1% of copy
+in the unaligned launch, 85.1% an element an access, 88.3% two.
 """
 
 import triton

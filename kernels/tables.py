@@ -73,7 +73,7 @@ SCALAR_FIELDS = tl.constexpr(20)
 # ALIGN_ELEMENTS. Without the promise, addresses read from memory have unknown alignment and Triton emits 32-bit
 # loads; with it, 128-bit ones (ld.global.v4, checked in the PTX for sm_90). A step launch may keep it for all but
 # the grads (GRAD_ALIGNMENT 4 or 2): those of DDP's bucket views after a grad of a size not a multiple of 8 are at
-# any multiple of their element size.
+# any multiple of their element size; or for all but the counts (WHOLE_VECTORS false: a launch of tails).
 ALIGN_BYTES = tl.constexpr(16)
 ALIGN_ELEMENTS = tl.constexpr(8)
 

@@ -87,7 +87,7 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
 
-    table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32)
+    table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32)  # float32 tails: the unaligned launch
     whole, odd = _row(4096, 8192, 0, 1000, 0, 0), _row(16384, 32768, 1024, 10, 1, 1)
     misplaced = _row(65540, 131072, 2048, 64, 0, 2)
     bucket_view = _row(262144, 524292, 2112, 20, 0, 3)  # its grad 4 bytes past a 16-byte boundary
@@ -96,7 +96,7 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     unaligned_rows = [_row(16384 + 32, 32768 + 32, 1024 + 8, 2, 1, 1), misplaced, bucket_view]
     rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
     assert rows == aligned_rows + unaligned_rows
-    assert [kind for _, *kind in table.launches] == [[True, 16], [False, 1]]
+    assert [tuple(kind) for _, *kind in table.launches] == [triton_backend.ALIGNED, triton_backend.UNALIGNED]
     blocks = [block_segment.numel() for block_segment, *_ in table.launches]
     assert blocks == [len(aligned_rows), len(unaligned_rows)]  # one block a row here
     # Block numbers restart with each launch: its first program is its block 0.
@@ -104,25 +104,44 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     assert first_blocks == [0, 1] + [0, 1, 2]
 
 
+def test_the_tail_of_a_16_bit_tensor_at_aligned_addresses_is_read_in_whole_vectors(monkeypatch):
+    """bfloat16 params: the tail of an odd-sized tensor whose addresses keep the promise goes to the launch of
+    tails (whole 16-byte vectors read, its own elements written); one whose grad breaks it, to the unaligned
+    launch with the rest of its segment."""
+    from v0adam import triton_backend
+
+    monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
+    table = triton_backend.SegmentTable(torch.device("cpu"), torch.bfloat16)
+    odd, odd_bucket_view = _row(16384, 32768, 0, 10, 0, 0), _row(65536, 131074, 64, 11, 0, 1)
+    table.update_rows([odd, odd_bucket_view])
+    rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
+    assert rows == [_row(16384, 32768, 0, 8, 0, 0), _row(16384 + 16, 32768 + 16, 8, 2, 0, 0), odd_bucket_view]
+    kinds = [tuple(kind) for _, *kind in table.launches]
+    assert kinds == [triton_backend.ALIGNED, triton_backend.TAILS, triton_backend.UNALIGNED]
+
+
 def test_grads_alone_off_the_promise_stay_in_the_aligned_launch_where_it_reads_them_better(monkeypatch):
     """A segment whose grad alone breaks the alignment promise (DDP's bucket views) stays in the aligned launch,
-    its grads read in 4-byte words where their address allows, else an element at a time: for 16-bit grads in
-    words, and for 8-bit states at any address; the others go to the unaligned launch."""
+    its grads read in 4-byte words where their address allows, else an element at a time: 16-bit grads in words,
+    and an element at a time beside 16-bit states; 8-bit states at any address; the others go to the unaligned
+    launch."""
     from v0adam import triton_backend
+    from v0adam.triton_backend import ALIGNED, GRADS_HALFWORD_ALIGNED, GRADS_WORD_ALIGNED, UNALIGNED
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
     whole = _row(4096, 8192, 0, 1024, 0, 0)
     at_words, at_halfwords = _row(16384, 32772, 1024, 256, 0, 1), _row(65536, 131074, 1280, 256, 0, 2)
     expected = {
-        (torch.bfloat16, False): [[True, 16], [True, 4], [False, 1]],
-        (torch.bfloat16, True): [[True, 16], [True, 4], [True, 2]],
-        (torch.float32, False): [[True, 16], [False, 1]],
-        (torch.float32, True): [[True, 16], [True, 4]],
+        (torch.bfloat16, torch.float32): [ALIGNED, GRADS_WORD_ALIGNED, UNALIGNED],
+        (torch.bfloat16, torch.bfloat16): [ALIGNED, GRADS_WORD_ALIGNED, GRADS_HALFWORD_ALIGNED],
+        (torch.bfloat16, torch.uint8): [ALIGNED, GRADS_WORD_ALIGNED, GRADS_HALFWORD_ALIGNED],
+        (torch.float32, torch.float32): [ALIGNED, UNALIGNED],
+        (torch.float32, torch.uint8): [ALIGNED, GRADS_WORD_ALIGNED],
     }
-    for (dtype, quantized), kinds in expected.items():
-        table = triton_backend.SegmentTable(torch.device("cpu"), dtype, quantized=quantized)
+    for (dtype, state_dtype), kinds in expected.items():
+        table = triton_backend.SegmentTable(torch.device("cpu"), dtype, state_dtype)
         table.update_rows([whole, at_words] if dtype == torch.float32 else [whole, at_words, at_halfwords])
-        assert [kind for _, *kind in table.launches] == kinds, (dtype, quantized)
+        assert [tuple(kind) for _, *kind in table.launches] == kinds, (dtype, state_dtype)
 
 
 def test_8bit_segments_are_whole_blocks_and_only_a_misplaced_one_goes_unaligned(monkeypatch):
@@ -132,13 +151,14 @@ def test_8bit_segments_are_whole_blocks_and_only_a_misplaced_one_goes_unaligned(
     from v0adam import triton_backend
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
-    table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32, quantized=True)
+    table = triton_backend.SegmentTable(torch.device("cpu"), torch.float32, torch.uint8)
     whole, misplaced = _row(4096, 8192, 0, 1024, 0, 0), _row(65540, 131072, 1024, 256, 0, 1)
     bucket_view = _row(262144, 524292, 1280, 512, 0, 2)  # its grad alone unaligned: aligned but for its grads
     table.update_rows([whole, misplaced, bucket_view])
     rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
     assert rows == [whole, bucket_view, misplaced]
-    assert [kind for _, *kind in table.launches] == [[True, 16], [True, 4], [False, 1]]
+    kinds = [tuple(kind) for _, *kind in table.launches]
+    assert kinds == [triton_backend.ALIGNED, triton_backend.GRADS_WORD_ALIGNED, triton_backend.UNALIGNED]
     with pytest.raises(ValueError, match="whole blocks of 256"):
         table.update_rows([whole, _row(16384, 32768, 1280, 300, 0, 1)])
 
@@ -152,12 +172,19 @@ def test_8bit_segments_are_whole_blocks_and_only_a_misplaced_one_goes_unaligned(
     ids=["fp32", "bf16-stochastic"],
 )
 def test_splitting_off_the_unaligned_tails_changes_nothing(monkeypatch, dtype, options):
-    """The same steps with odd-sized tensors split into an aligned bulk and an unaligned tail (as on a GPU) and
-    stepped whole (as the interpreter does by default): params and every state bitwise equal. (8-bit states have
-    no tail: they go to tensors of whole 256-element rows.)"""
+    """The same steps with odd-sized tensors split into an aligned bulk and a tail (as on a GPU: the tails of
+    bfloat16 params read in whole vectors, of float32 ones one element an access) and stepped whole (as the
+    interpreter does by default): params and every state bitwise equal. (8-bit states have no tail: they go to
+    tensors of whole 256-element rows.)"""
     from v0adam import triton_backend
 
-    runs = []
+    runs, kinds, step_launch = [], set(), adam_kernel.adam_step
+
+    def recording_step(*args, **kwargs):
+        kinds.add((kwargs["aligned"], kwargs["grad_alignment"], kwargs["whole_vectors"]))
+        return step_launch(*args, **kwargs)
+
+    monkeypatch.setattr(adam_kernel, "adam_step", recording_step)
     for split in (True, False):
         monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", split)
         params = make_params(MIXED_SHAPES, dtype=dtype, device=DEVICE)
@@ -167,6 +194,8 @@ def test_splitting_off_the_unaligned_tails_changes_nothing(monkeypatch, dtype, o
             set_grads(params, gradients(params, step), "autograd")
             opt.step()
         runs.append((params, opt))
+        if split:  # a tensor has a tail: the bf16 one in whole vectors, the fp32 one in the unaligned launch
+            assert (triton_backend.TAILS in kinds) == (dtype == torch.bfloat16), kinds
     (split_params, split_opt), (whole_params, whole_opt) = runs
     for p, q in zip(split_params, whole_params):
         assert torch.equal(p, q)
@@ -186,6 +215,7 @@ EIGHT_BIT = {"state_dtype": torch.uint8, "min_8bit_size": 1}
         (torch.bfloat16, {**EIGHT_BIT, "weight_decay": 0.1, "maximize": True}, 2, (True, 4)),
         (torch.bfloat16, {"state_dtype": torch.bfloat16, "stochastic_rounding": True}, 2, (True, 4)),
         (torch.bfloat16, {"master_weights": "fp32"}, 2, (True, 4)),
+        (torch.bfloat16, {"state_dtype": torch.bfloat16}, 3, (True, 2)),
         (torch.bfloat16, {}, 3, None),
     ],
     ids=[
@@ -195,6 +225,7 @@ EIGHT_BIT = {"state_dtype": torch.uint8, "min_8bit_size": 1}
         "bf16-8bit-decay-maximize",
         "bf16-states-stochastic-words",
         "bf16-fp32-master-words",
+        "bf16-states-halfwords",
         "bf16-halfwords",
     ],
 )
@@ -351,7 +382,7 @@ def test_a_skipped_step_writes_nothing_two_billion_elements_into_a_segment(align
         scalars[0, column.value] = 1.0
     before = param.clone()
 
-    def step(found_inf: float, grad_alignment: int = tables.ALIGN_BYTES.value if aligned else 1) -> None:
+    def step(found_inf: float, grad_alignment: int = tables.ALIGN_BYTES.value if aligned else 1, whole=aligned):
         adam_kernel.adam_step(
             segments,
             torch.zeros(1, dtype=torch.int32, device=DEVICE),
@@ -364,6 +395,7 @@ def test_a_skipped_step_writes_nothing_two_billion_elements_into_a_segment(align
             param_dtype=torch.float32,
             aligned=aligned,
             grad_alignment=grad_alignment,
+            whole_vectors=whole,
             block=block,
             num_warps=4,
             found_inf=torch.full((1,), found_inf, device=DEVICE),
@@ -377,4 +409,6 @@ def test_a_skipped_step_writes_nothing_two_billion_elements_into_a_segment(align
         stepped = param.clone()
         with pytest.raises(ValueError, match="cannot be promised an alignment of 2 bytes"):
             step(found_inf=0.0, grad_alignment=2)
+        with pytest.raises(ValueError, match="tails takes grads that keep the alignment promise"):
+            step(found_inf=0.0, grad_alignment=4, whole=False)  # its grads read as words past the tail
         assert torch.equal(param, stepped)

@@ -159,6 +159,7 @@ def test_addressing_past_two_to_the_31_elements():
         param_dtype=torch.float32,
         aligned=False,
         grad_alignment=1,
+        whole_vectors=False,
         block=block,
         num_warps=4,
     )

@@ -71,7 +71,7 @@ def test_every_configuration_and_kernel_is_modelled(predictions):
         kernels = {row["kernel"] for row in _of(predictions, configuration.name)}
         assert kernels, f"{configuration.name}: no launch recorded that an earlier configuration did not make"
     kernels = {row["kernel"].split(" (")[0] for row in predictions}
-    expected = {"step aligned", "step unaligned", "step aligned but its grads", "random v0", "data v0"}
+    expected = {"step aligned", "step tails", "step unaligned", "step aligned but its grads", "random v0", "data v0"}
     expected |= {f"step 8-bit aligned{grads}" for grads in ("", " but its grads")}
     expected |= {f"grad norm {norm} {kind}" for norm in ("1", "2", "inf") for kind in ("aligned", "unaligned")}
     assert expected <= kernels
@@ -85,11 +85,14 @@ def test_the_model_is_reproducible(predictions, tmp_path):
 
 
 def test_aligned_launches_use_128_bit_accesses_and_unaligned_ones_none(predictions):
-    """Aligned but for their grads, the steps read their params or states 128 bits an access still."""
+    """Aligned but for their grads, the steps read their params or states 128 bits an access still; the tails of
+    16-bit params read 128 bits an access and write an element an access."""
     for row in predictions:
         if row["kernel"].startswith(("step", "grad norm")):
             vector = "128b" in row["loads"]
-            assert vector == (" aligned" in row["kernel"]), row
+            assert vector == (" aligned" in row["kernel"] or row["kernel"] == "step tails"), row
+            if row["kernel"] == "step tails":
+                assert "128b" not in row["stores"] and "64b" not in row["stores"], row
 
 
 def test_bfloat16_is_rounded_to_nearest_even_by_the_hardware(predictions):
@@ -160,13 +163,13 @@ def test_every_row_names_what_binds_it(predictions):
 
 
 def test_an_aligned_step_stores_each_tensor_from_the_layout_it_computes_in(predictions):
-    """No barrier in an aligned step (a barrier is a value crossing warps through shared memory): float32 tensors
-    beside 16- or 8-bit ones are stored as two rows of 4 a thread (`kernels/wide_stores.py`), where they were
-    converted to 4 a thread through shared memory (3 to 5 barriers a program). The 8-bit steps store each block's
-    scale from the warp that reduced it (`kernels/quantization.py`, `store_scales`), where other threads stored
-    them (3 barriers on the main path)."""
-    steps = [row for row in predictions if row["kernel"] in ("step aligned", "step 8-bit aligned")]
-    assert len(steps) > 20 and any("8-bit" in row["kernel"] for row in steps)
+    """No barrier in an aligned step or a launch of tails (a barrier is a value crossing warps through shared memory):
+    float32 tensors beside 16- or 8-bit ones are stored as two rows of 4 a thread (`kernels/wide_stores.py`), where
+    they were converted to 4 a thread through shared memory (3 to 5 barriers a program). The 8-bit steps store each
+    block's scale from the warp that reduced it (`kernels/quantization.py`, `store_scales`), where other threads
+    stored them (3 barriers on the main path)."""
+    steps = [row for row in predictions if row["kernel"] in ("step aligned", "step 8-bit aligned", "step tails")]
+    assert len(steps) > 40 and any("8-bit" in row["kernel"] for row in steps)
     for row in steps:
         assert int(row["barriers"]) == 0, row
 
@@ -178,7 +181,7 @@ def test_grads_at_unaligned_addresses_cost_a_barrier_or_two(predictions):
     none other."""
     steps = [row for row in predictions if " aligned but its grads" in row["kernel"]]
     kinds = {row["kernel"] for row in steps}
-    assert len(steps) >= 20 and len(kinds) == 3, kinds  # two an access, 8-bit two or one an access
+    assert len(steps) >= 20 and len(kinds) == 4, kinds  # 8-bit or not, two or one an access
     for row in steps:
         assert int(row["barriers"]) == (2 if "(two an access)" in row["kernel"] else 1), row
 
@@ -192,13 +195,14 @@ def test_every_step_waits_for_dram_once_a_program(predictions):
     assert len(trips) > 40 and set(trips.values()) == {1}, trips
 
 
-# Configurations with a launch below its target under the issue model (issue #32): the unaligned launch of bf16
-# states, with and without stochastic rounding (the tails of odd-sized tensors, and segments whose grads are 2 bytes
-# past a 4-byte boundary: latency, one element an access); bf16 with 8-bit states, its launch aligned but for the
-# grads (grads as DDP's bucket views: 88.3% two an access, 85.1% one, from 61.1% in the unaligned launch). bf16 with
-# 8-bit states left the set on 2026-12-07 (89.2% -> 90.4%: its square roots four to a branch) and came back the same
-# day, when the model first saw grads as DDP's bucket views. The rows: docs/benchmarks.md.
-BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {"bf16 bf16-states", "bf16 bf16-states stochastic", "bf16 8-bit"}
+# Configurations with a launch below its target under the issue model (issue #32): bf16 states with stochastic
+# rounding, its launch aligned but for the grads one an access (grads as DDP's bucket views 2 bytes past a 4-byte
+# boundary: 94.7%, latency; 92.1% in the unaligned launch); bf16 with 8-bit states, its launch aligned but for the
+# grads (88.3% two an access, 85.1% one, from 61.1% in the unaligned launch). bf16 with 8-bit states left the set on
+# 2026-12-07 (89.2% -> 90.4%: its square roots four to a branch) and came back the same day, when the model first saw
+# grads as DDP's bucket views; bf16 states left it later that day (its tails in whole vectors: 94.3% -> 95.3%). The
+# rows: docs/benchmarks.md.
+BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {"bf16 bf16-states stochastic", "bf16 8-bit"}
 # The same under the roofline: bf16 with 8-bit states, aligned but for its grads one an access (87.7%: 90.2
 # instructions an element against 82.5 aligned; 8 a thread go to reading its grads an element an access; two an
 # access, 91.8%).

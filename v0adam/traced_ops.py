@@ -44,9 +44,9 @@ def _numels(flat_layout: list[int]) -> list[int]:
 
 @functools.lru_cache(maxsize=4096)  # a traced step takes one table per re-homed param (see step_bucket)
 def _table_for(
-    device, dtype, quantized: bool, param_addresses: tuple, grad_addresses: tuple, flat_layout: tuple
+    device, dtype, state_dtype, param_addresses: tuple, grad_addresses: tuple, flat_layout: tuple
 ) -> SegmentTable:
-    table = SegmentTable(device, dtype, quantized)
+    table = SegmentTable(device, dtype, state_dtype)
     rows = [
         SegmentRow(param_addr, grad_addr, first_block=0, **dict(zip(COLUMNS, flat_layout[start : start + FIELDS])))
         for start, param_addr, grad_addr in zip(range(0, len(flat_layout), FIELDS), param_addresses, grad_addresses)
@@ -56,7 +56,7 @@ def _table_for(
 
 
 def _table_of(
-    params: list[torch.Tensor], grads: list[torch.Tensor], flat_layout: list[int], quantized: bool
+    params: list[torch.Tensor], grads: list[torch.Tensor], flat_layout: list[int], state_dtype: torch.dtype
 ) -> SegmentTable:
     """The launch tables of a traced layout over these tensors, cached by address: no host-to-device copy while the
     compiled graph hands the ops the same tensors (a CUDA graph replay always does; inductor's temporaries may move
@@ -66,7 +66,7 @@ def _table_of(
     return _table_for(
         grads[0].device if grads else None,
         grads[0].dtype if grads else None,
-        quantized,
+        state_dtype,
         tuple(param.data_ptr() for param in params),
         tuple(grad.data_ptr() for grad in grads),
         tuple(flat_layout),
@@ -97,7 +97,7 @@ def _adam_step_op(
     if not params:
         return
     triton_backend.launch_step(
-        _table_of(params, grads, flat_layout, scales is not None),
+        _table_of(params, grads, flat_layout, exp_avg.dtype),
         scalars,
         steps,
         exp_avg,
@@ -122,7 +122,7 @@ def _(*args) -> None:
 def _grad_norm_partials_op(grads: list[torch.Tensor], flat_layout: list[int], norm_type: float) -> torch.Tensor:
     # The norm kernel reads no param: their addresses are not needed. The tail split depends on addresses, which
     # the fake cannot see: both return as many partials as any split could need.
-    table = _table_of(grads, grads, flat_layout, quantized=False)
+    table = _table_of(grads, grads, flat_layout, torch.float32)  # the grads' alignment is all the norm reads
     capacity = triton_backend.partials_capacity(_numels(flat_layout))
     return triton_backend.partials_over(table, grads[0].dtype, norm_type, capacity)
 

@@ -3,6 +3,7 @@
 
 import os
 import sys
+from typing import NamedTuple
 
 import torch
 
@@ -36,10 +37,27 @@ NUM_WARPS = 4
 # no vector accesses to keep and pays per program: there the tables stay as they were (one launch, aligned only
 # if every segment is), except where a test switches the split on to check it changes nothing.
 SPLIT_UNALIGNED = not interpreter_enabled()
-# The launches over a table, by what their segments promise (`v0adam.kernels.tables`): (aligned, the bytes their
-# grads' addresses are a multiple of). The aligned launch takes grads off its promise (DDP's bucket views after a grad
-# of a size not a multiple of 8) in 4-byte words or an element at a time; the unaligned launch promises nothing.
-ALIGNED, GRADS_WORD_ALIGNED, GRADS_HALFWORD_ALIGNED, UNALIGNED = KINDS = ((True, 16), (True, 4), (True, 2), (False, 1))
+
+
+class LaunchKind(NamedTuple):
+    """What the segments of one launch promise (`v0adam.kernels.tables`): their addresses aligned, the bytes
+    their grads' addresses are a multiple of, their counts whole vectors (multiples of ALIGN_ELEMENTS)."""
+
+    aligned: bool
+    grad_alignment: int
+    whole_vectors: bool
+
+
+# The launches over a table, in this order. The aligned launch takes grads off its promise (DDP's bucket views after
+# a grad of a size not a multiple of 8) two or one an access, and the tails of 16-bit params (`kernels/reads.py`);
+# the unaligned launch, one element an access, promises nothing.
+ALIGNED, GRADS_WORD_ALIGNED, GRADS_HALFWORD_ALIGNED, TAILS, UNALIGNED = KINDS = (
+    LaunchKind(True, 16, True),
+    LaunchKind(True, 4, True),
+    LaunchKind(True, 2, True),
+    LaunchKind(True, 16, False),
+    LaunchKind(False, 1, False),
+)
 # The step scalars: the kernel, or under the interpreter its PyTorch twin, equal bit for bit (tests/test_kernel.py
 # checks the kernel against it): the interpreter takes about 50 ms a step over the kernel's scalar-sized operations.
 ADVANCE_STEPS = advance_steps_reference if interpreter_enabled() else advance_steps
@@ -129,27 +147,28 @@ class SegmentTable:
     """The segment and block tables of one bucket, in device memory, rebuilt only when an address changes.
 
     A segment that breaks the kernel's alignment promise costs only itself: its aligned bulk stays with the
-    others, and what remains (the tail of a segment whose numel is not a multiple of ALIGN_ELEMENTS, or a whole
-    segment whose param or state is at an unaligned address) is stepped by an unaligned launch over the blocks after
-    theirs. 8-bit segments are whole quantization blocks (refused otherwise), so they have no tail and no block is
-    shared by two launches; one whose grad alone is at an unaligned address (DDP's bucket views after an odd-sized
-    grad) is stepped by a launch aligned but for its grads. Without such parts, one launch.
+    others, and what remains is stepped by a launch of its own kind (`KINDS`) over the blocks after theirs: the tail
+    of a segment whose numel is not a multiple of ALIGN_ELEMENTS, a segment whose grad alone is at an unaligned
+    address (DDP's bucket views), or one whose param or state is (the unaligned launch). 8-bit segments are whole
+    quantization blocks (refused otherwise), so they have no tail and no block is shared by two launches. Without
+    such parts, one launch.
     """
 
-    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, quantized: bool = False):
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, state_dtype=torch.float32):
         self.device = device
         self.itemsize = dtype.itemsize
-        self.quantized = quantized
+        self.state_itemsize = state_dtype.itemsize
+        self.quantized = state_dtype == torch.uint8
         self.block = BLOCK  # elements per program of every launch over it
         self._key = None
         self._addresses = None
         self.segments = None
         self.block_segment = None
-        self.launches = []  # (block_segment view, aligned, grad_alignment) per launch, in the order of KINDS
+        self.launches = []  # (block_segment view, *its LaunchKind) per launch, in the order of KINDS
 
     @classmethod
     def for_bucket(cls, bucket) -> "SegmentTable":
-        return cls(bucket.device, bucket.dtype, quantized=bucket.moments.block is not None)
+        return cls(bucket.device, bucket.dtype, bucket.exp_avg.dtype)
 
     def update(self, work) -> None:
         """The tables of a `BucketWork`'s segments; when its addresses are those of the last update (a steady
@@ -205,14 +224,14 @@ class SegmentTable:
         ]
         self._key = rows
 
-    def _pieces(self, row: SegmentRow) -> list[tuple[SegmentRow, tuple]]:
-        """(row, kind) for the parts of one segment: its bulk, aligned (but perhaps for its grad), and its unaligned
-        tail, either maybe empty."""
+    def _pieces(self, row: SegmentRow) -> list[tuple[SegmentRow, LaunchKind]]:
+        """(row, kind) for the parts of one segment: its bulk, aligned (but perhaps for its grad), and its tail,
+        either maybe empty; or the whole segment, unaligned."""
         align_bytes, align_elements = tables.ALIGN_BYTES.value, tables.ALIGN_ELEMENTS.value
         grad_alignment = next(bytes for bytes in (align_bytes, 4, 2, 1) if row.grad_addr % bytes == 0)
         if row.param_addr % align_bytes or row.state_offset % align_elements or not self._takes_grads(grad_alignment):
             return [(row, UNALIGNED)]
-        bulk_kind = (True, grad_alignment)
+        bulk_kind = LaunchKind(True, grad_alignment, True)
         if row.numel % align_elements == 0:
             return [(row, bulk_kind)]
         bulk = row.numel - row.numel % align_elements
@@ -225,7 +244,10 @@ class SegmentTable:
                 state_offset=row.state_offset + bulk,
                 numel=row.numel - bulk,
             )
-            pieces.append((tail, UNALIGNED))
+            # Tails of float32 params gain nothing in whole vectors (97.6% of copy predicted either way), and
+            # RAdam's spills there.
+            tail_aligned = grad_alignment == align_bytes and self.itemsize == 2
+            pieces.append((tail, TAILS if tail_aligned else UNALIGNED))
         return pieces
 
     def _takes_grads(self, alignment: int) -> bool:
@@ -233,11 +255,13 @@ class SegmentTable:
         or leaves them to the unaligned launch. 8-bit states, at any address: theirs is the step that loses most
         in the unaligned launch (bfloat16 params: 61.1% of copy predicted; 88.3% with their grads read in words,
         85.1% an element at a time). Other steps, 16-bit grads in words (bf16 states 94.3% -> 96.3%, the others
-        0.3 to 1.2 points): an element at a time, or float32 grads, the grads' move through shared memory costs
-        about what it saves, or more (float32 params 97.6% -> 95.5%, a second wait for DRAM)."""
+        0.3 to 1.2 points), and an element at a time with 16-bit states (94.3% -> 96.2%, with stochastic rounding
+        92.1% -> 94.7%). Float32 grads, or 16-bit ones an element at a time beside float32 states or masters: the
+        grads' move through shared memory costs about what it saves, or more (float32 params 97.6% -> 95.5%, and 5
+        of 13 bfloat16 steps wait for DRAM twice)."""
         if alignment == tables.ALIGN_BYTES.value or self.quantized:
             return True
-        return alignment == 4 and self.itemsize == 2
+        return self.itemsize == 2 and (alignment == 4 or self.state_itemsize == 2)
 
     @property
     def num_blocks(self) -> int:
@@ -278,7 +302,7 @@ def step_bucket(bucket, work, grad_scale, found_inf, rounding_seed, rule) -> Non
 def launch_step(table: SegmentTable, scalars, steps, exp_avg, exp_avg_sq, max_exp_avg_sq, master, **options) -> None:
     """The kernel launches over `table` with this backend's block size and warps; `options` as `adam_step`'s."""
     hold_table_if_capturing(table)
-    for block_segment, aligned, grad_alignment in table.launches:
+    for block_segment, aligned, grad_alignment, whole_vectors in table.launches:
         adam_kernel.adam_step(
             table.segments,
             block_segment,
@@ -290,6 +314,7 @@ def launch_step(table: SegmentTable, scalars, steps, exp_avg, exp_avg_sq, max_ex
             master,
             aligned=aligned,
             grad_alignment=grad_alignment,
+            whole_vectors=whole_vectors,
             block=table.block,
             num_warps=NUM_WARPS,
             **options,
@@ -309,14 +334,14 @@ def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: floa
     hold_table_if_capturing(table)
     partials = torch.zeros(table.num_blocks if capacity is None else capacity, device=table.device)
     start = 0
-    for block_segment, _, grad_alignment in table.launches:  # the grads are all it reads
+    for block_segment, *kind in table.launches:  # the grads are all it reads
         grad_norm_partials(
             table.segments,
             block_segment,
             partials[start : start + block_segment.numel()],
             param_dtype=param_dtype,
             norm_type=norm_type,
-            aligned=grad_alignment == tables.ALIGN_BYTES.value,
+            aligned=LaunchKind(*kind) == ALIGNED,
             block=table.block,
         )
         start += block_segment.numel()
