@@ -12,9 +12,10 @@ variants waited for DRAM twice; with none volatile, 9 did (bfloat16 params with 
 predicted, 95.4% in order); with all, none.
 
 A tail is the last elements of a segment, fewer than ALIGN_ELEMENTS, when its count breaks the alignment promise
-but its addresses keep it. Read as whole vectors (128-bit accesses, where one an element the unaligned launch reads
-them), the vector that holds the last element holds up to 7 more past it: they lie in the same 16 bytes, hence in a
-page the tensor occupies; nothing uses them, and the tail's stores write only its own elements.
+but its addresses keep it. Its launch reads whole vectors, 128 bits an access (the unaligned launch reads one element
+an access): the vector that holds its last element holds up to 7 more past it, in the same 16 bytes, hence in a
+page the tensor occupies, where no read can fault; nothing uses them, and the tail's stores write only its own
+elements.
 """
 
 import triton
