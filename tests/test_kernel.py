@@ -102,6 +102,9 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
     # Block numbers restart with each launch: its first program is its block 0.
     first_blocks = [SegmentRow(*row).first_block for row in table.segments.tolist()]
     assert first_blocks == [0, 1] + [0, 1, 2]
+    # Each launch's view of the block table is 16-byte aligned: Triton compiles no variant for a view that is not.
+    assert [view.data_ptr() % 16 for view, *_ in table.launches] == [0, 0]
+    assert table.num_blocks == 2 + 2 + 3 + 1  # each launch's programs, padded to 4 entries
 
 
 def test_the_tail_of_a_16_bit_tensor_at_aligned_addresses_is_read_in_whole_vectors(monkeypatch):

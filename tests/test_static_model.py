@@ -130,8 +130,7 @@ def test_a_grad_norm_program_reads_its_tables_before_its_grads(predictions):
     block after block, and waited 2 to 5 times; with 4 blocks of float32 grads, ptxas reduced the first blocks'
     grads before it loaded the last ones, to save registers, and waited twice.)"""
     norms = [row for row in predictions if row["kernel"].startswith("grad norm")]
-    # 8 kinds, the unaligned ones compiled twice: their block table's view starts 16-byte aligned or not.
-    assert len({row["variant"] for row in norms}) == 8
+    assert len(norms) == 8  # one compilation each: every launch's view of the block table starts 16-byte aligned
     for row in norms:
         assert int(row["dram_round_trips"]) == 1, row
 
@@ -169,7 +168,7 @@ def test_an_aligned_step_stores_each_tensor_from_the_layout_it_computes_in(predi
     block's scale from the warp that reduced it (`kernels/quantization.py`, `store_scales`), where other threads
     stored them (3 barriers on the main path)."""
     steps = [row for row in predictions if row["kernel"] in ("step aligned", "step 8-bit aligned", "step tails")]
-    assert len(steps) > 40 and any("8-bit" in row["kernel"] for row in steps)
+    assert len(steps) > 30 and any("8-bit" in row["kernel"] for row in steps)
     for row in steps:
         assert int(row["barriers"]) == 0, row
 

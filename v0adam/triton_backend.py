@@ -201,7 +201,7 @@ class SegmentTable:
                 pieces[kind].append(piece)
         if not SPLIT_UNALIGNED and any(pieces[kind] for kind in KINDS if kind != ALIGNED):
             pieces = {kind: rows if kind == UNALIGNED else [] for kind in KINDS}
-        table, blocks_per_segment, launch_blocks = [], [], []
+        table, blocks_per_segment, launch_blocks, spans = [], [], [], []
         for kind in KINDS:
             first_block = 0  # block numbers count from each launch's first program
             for row in pieces[kind]:
@@ -210,13 +210,20 @@ class SegmentTable:
                 blocks_per_segment.append(blocks)
                 first_block += blocks
             launch_blocks.append(first_block)
+            # Each launch's view of the block table starts at a multiple of 4 entries (16 bytes), as the table does:
+            # Triton specialises a kernel on a pointer's 16-byte alignment, and a view that started elsewhere was a
+            # variant of its own to compile. The entries between launches are no program's.
+            padding = -first_block % 4
+            if padding:
+                blocks_per_segment[-1] += padding
+            spans.append(first_block + padding)
         host_table = torch.tensor(table, dtype=torch.int64).reshape(-1, tables.SEGMENT_FIELDS.value)
         host_blocks = torch.repeat_interleave(
             torch.arange(len(table), dtype=torch.int32), torch.tensor(blocks_per_segment, dtype=torch.int64)
         )
         self.segments = upload(host_table, self.device)
         self.block_segment = upload(host_blocks, self.device)
-        starts = [sum(launch_blocks[:index]) for index in range(len(KINDS))]
+        starts = [sum(spans[:index]) for index in range(len(KINDS))]
         self.launches = [
             (self.block_segment[start : start + count], *kind)
             for start, count, kind in zip(starts, launch_blocks, KINDS)
@@ -265,6 +272,7 @@ class SegmentTable:
 
     @property
     def num_blocks(self) -> int:
+        """The entries of its block table: every launch's programs, and the padding between launches."""
         return self.block_segment.numel()
 
 
@@ -329,12 +337,13 @@ def grad_norm_partials_of(bucket, work, norm_type: float) -> torch.Tensor:
 
 
 def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: float, capacity: int | None = None):
-    """One partial per block of `table`, in a float32 tensor of `capacity` elements (default: as many as blocks),
-    the rest zeros, which neither a sum nor a max of norms changes."""
+    """One partial per block of `table`, where the block table has its entry, in a float32 tensor of `capacity`
+    elements (default: as many as entries), the rest zeros, which neither a sum nor a max of norms changes. (Each
+    launch's partials start 16 bytes in, as its view of the block table: no variant of the kernel to compile.)"""
     hold_table_if_capturing(table)
     partials = torch.zeros(table.num_blocks if capacity is None else capacity, device=table.device)
-    start = 0
     for block_segment, *kind in table.launches:  # the grads are all it reads
+        start = block_segment.storage_offset()
         grad_norm_partials(
             table.segments,
             block_segment,
@@ -344,14 +353,13 @@ def partials_over(table: SegmentTable, param_dtype: torch.dtype, norm_type: floa
             aligned=LaunchKind(*kind) == ALIGNED,
             block=table.block,
         )
-        start += block_segment.numel()
     return partials
 
 
 def partials_capacity(numels) -> int:
-    """An upper bound of the blocks of segments of these sizes, however they are split for alignment (BLOCK is
-    the smallest block of any table)."""
-    return sum(-(-numel // BLOCK) + 1 for numel in numels)
+    """An upper bound of the block-table entries of segments of these sizes, however they are split for alignment
+    (BLOCK is the smallest block of any table), with the padding between launches (fewer than 4 a launch)."""
+    return sum(-(-numel // BLOCK) + 1 for numel in numels) + 3 * len(KINDS)
 
 
 def hold_table_if_capturing(table: SegmentTable) -> None:
