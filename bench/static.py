@@ -242,7 +242,9 @@ def _describe(launch: Launch) -> str:
             return f"step{states} tails"
         if alignment == 16:
             return f"step{states} aligned"
-        return f"step{states} aligned but its grads ({'two' if alignment * 8 > grad_bits else 'an element'} an access)"
+        if grad_bits == 32:
+            return f"step{states} aligned but its grads (an element an access)"
+        return f"step{states} aligned but its grads (two an access{'' if alignment == 4 else ', 2 bytes off'})"
     if launch.kernel == "_grad_norm_partials_kernel":
         norm = {0: "inf", 1: "1", 2: "2"}[constexprs["NORM_TYPE"]]
         return f"grad norm {norm} {'aligned' if constexprs['ALIGNED'] else 'unaligned'}"

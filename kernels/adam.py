@@ -410,10 +410,9 @@ def adam_step(
         raise ValueError("stochastic rounding is implemented for bfloat16 params")
     if param_dtype not in TRITON_DTYPES:
         raise ValueError(f"unsupported parameter dtype {param_dtype}; expected one of {list(TRITON_DTYPES)}")
-    grad_aligned = aligned and grad_alignment == ALIGN_BYTES.value
     if aligned and (grad_alignment not in (ALIGN_BYTES.value, 4, 2) or grad_alignment < param_dtype.itemsize):
         raise ValueError(f"grads of {param_dtype} cannot be promised an alignment of {grad_alignment} bytes")
-    if aligned and not (whole_vectors or grad_aligned):
+    if aligned and not (whole_vectors or grad_alignment == ALIGN_BYTES.value):
         raise ValueError("a launch of tails takes grads that keep the alignment promise")
     num_blocks = block_segment.numel()
     if num_blocks == 0:
@@ -445,6 +444,6 @@ def adam_step(
         BLOCK=block,
         num_warps=num_warps,
         maxnreg=register_ceiling(
-            grad_aligned, rounding_seed is not None, exp_avg.dtype, max_exp_avg_sq is not None, algorithm
+            grad_alignment if aligned else 0, exp_avg.dtype, master, rounding_seed, max_exp_avg_sq, algorithm
         ),
     )

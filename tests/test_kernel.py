@@ -110,7 +110,7 @@ def test_an_odd_sized_tensor_costs_only_itself(monkeypatch):
 def test_the_tail_of_a_16_bit_tensor_at_aligned_addresses_is_read_in_whole_vectors(monkeypatch):
     """bfloat16 params: the tail of an odd-sized tensor whose addresses keep the promise goes to the launch of
     tails (whole 16-byte vectors read, its own elements written); one whose grad breaks it, to the unaligned
-    launch with the rest of its segment."""
+    launch, the rest of its segment to the launch that reads its grads in words."""
     from v0adam import triton_backend
 
     monkeypatch.setattr(triton_backend, "SPLIT_UNALIGNED", True)
@@ -118,16 +118,26 @@ def test_the_tail_of_a_16_bit_tensor_at_aligned_addresses_is_read_in_whole_vecto
     odd, odd_bucket_view = _row(16384, 32768, 0, 10, 0, 0), _row(65536, 131074, 64, 11, 0, 1)
     table.update_rows([odd, odd_bucket_view])
     rows = [SegmentRow(*row)._replace(first_block=0) for row in table.segments.tolist()]
-    assert rows == [_row(16384, 32768, 0, 8, 0, 0), _row(16384 + 16, 32768 + 16, 8, 2, 0, 0), odd_bucket_view]
+    assert rows == [
+        _row(16384, 32768, 0, 8, 0, 0),
+        _row(65536, 131074, 64, 8, 0, 1),
+        _row(16384 + 16, 32768 + 16, 8, 2, 0, 0),
+        _row(65536 + 16, 131074 + 16, 72, 3, 0, 1),
+    ]
     kinds = [tuple(kind) for _, *kind in table.launches]
-    assert kinds == [triton_backend.ALIGNED, triton_backend.TAILS, triton_backend.UNALIGNED]
+    assert kinds == [
+        triton_backend.ALIGNED,
+        triton_backend.GRADS_HALFWORD_ALIGNED,
+        triton_backend.TAILS,
+        triton_backend.UNALIGNED,
+    ]
 
 
 def test_grads_alone_off_the_promise_stay_in_the_aligned_launch_where_it_reads_them_better(monkeypatch):
     """A segment whose grad alone breaks the alignment promise (DDP's bucket views) stays in the aligned launch,
-    its grads read in 4-byte words where their address allows, else an element at a time: 16-bit grads in words,
-    and an element at a time beside 16-bit states; 8-bit states at any address; the others go to the unaligned
-    launch."""
+    its grads read in 4-byte words where their address allows, else an element at a time: 16-bit grads in words
+    (2 bytes past a 4-byte boundary, the two words either side of each pair), whatever the states; 8-bit states at
+    any address; float32 grads beside float states go to the unaligned launch."""
     from v0adam import triton_backend
     from v0adam.triton_backend import ALIGNED, GRADS_HALFWORD_ALIGNED, GRADS_WORD_ALIGNED, UNALIGNED
 
@@ -135,7 +145,7 @@ def test_grads_alone_off_the_promise_stay_in_the_aligned_launch_where_it_reads_t
     whole = _row(4096, 8192, 0, 1024, 0, 0)
     at_words, at_halfwords = _row(16384, 32772, 1024, 256, 0, 1), _row(65536, 131074, 1280, 256, 0, 2)
     expected = {
-        (torch.bfloat16, torch.float32): [ALIGNED, GRADS_WORD_ALIGNED, UNALIGNED],
+        (torch.bfloat16, torch.float32): [ALIGNED, GRADS_WORD_ALIGNED, GRADS_HALFWORD_ALIGNED],
         (torch.bfloat16, torch.bfloat16): [ALIGNED, GRADS_WORD_ALIGNED, GRADS_HALFWORD_ALIGNED],
         (torch.bfloat16, torch.uint8): [ALIGNED, GRADS_WORD_ALIGNED, GRADS_HALFWORD_ALIGNED],
         (torch.float32, torch.float32): [ALIGNED, UNALIGNED],
@@ -220,7 +230,8 @@ EIGHT_BIT = {"state_dtype": torch.uint8, "min_8bit_size": 1}
         (torch.bfloat16, {"master_weights": "fp32"}, 2, (True, 4)),
         (torch.float16, EIGHT_BIT, 2, (True, 4)),
         (torch.bfloat16, {"state_dtype": torch.bfloat16}, 3, (True, 2)),
-        (torch.bfloat16, {}, 3, None),
+        (torch.bfloat16, {}, 3, (True, 2)),
+        (torch.bfloat16, {"master_weights": True}, 3, (True, 2)),
     ],
     ids=[
         "bf16-8bit-halfwords",
@@ -232,14 +243,16 @@ EIGHT_BIT = {"state_dtype": torch.uint8, "min_8bit_size": 1}
         "fp16-8bit-words",
         "bf16-states-halfwords",
         "bf16-halfwords",
+        "bf16-exact-master-halfwords",
     ],
 )
 def test_steps_with_grads_at_unaligned_addresses_change_nothing(monkeypatch, dtype, options, first_numel, grads_kind):
     """Grads laid out as DDP's bucket views are (`gradient_as_bucket_view=True`): one buffer, each grad where the
     last one ended, so every grad after one of a size not a multiple of 8 off the alignment promise: at 4-byte
     boundaries after an even-sized one, 2-byte ones after an odd-sized bfloat16 one. Stepped by the aligned launch
-    with its grads read in words or an element at a time where the table sends them there (`grads_kind`; None:
-    nowhere, the unaligned launch steps them), as on a GPU, and by the unaligned launch alone, as the interpreter
+    with its grads read in words (2 bytes past a 4-byte boundary, the two words either side of each pair), or an
+    element at a time, where the table sends them there (`grads_kind`; None: nowhere, the unaligned launch steps
+    them), as on a GPU, and by the unaligned launch alone, as the interpreter
     does by default; clipped by the inf-norm (a max, the same whatever the launches' blocks; a sum's rounding is
     not): params and every state bitwise equal. No launch, step or grad norm, is promised an alignment its grads do
     not keep (the interpreter would not notice a promise broken: it loads an element at a time whatever the kernel

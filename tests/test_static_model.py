@@ -141,11 +141,13 @@ def test_a_grad_norm_program_reads_its_tables_before_its_grads(predictions):
         ("bf16 bf16-states stochastic / step aligned", 40),
         ("fp32 8-bit / step 8-bit aligned", 56),
         ("bf16 8-bit / step 8-bit aligned", 56),
+        ("bf16 master AdaBound / step aligned but its grads (two an access, 2 bytes off)", 56),
     ],
 )
 def test_the_register_ceiling_reaches_the_compiler(predictions, variant, ceiling):
-    """The aligned step with bf16 states and stochastic rounding asks for at most 40 registers, with 8-bit states 56
-    (`kernels/register_ceiling.py`): the launch records carry it to the compile, which holds it without a spill."""
+    """The aligned step with bf16 states and stochastic rounding asks for at most 40 registers, with 8-bit states 56,
+    AdaBound with an exact master and grads 2 bytes past a 4-byte boundary 56 (`kernels/register_ceiling.py`): the
+    launch records carry it to the compile, which holds it without a spill."""
     row = {row["variant"]: row for row in predictions}[variant]
     assert int(row["registers"]) == ceiling and int(row["spills"]) == 0, row
 
@@ -176,13 +178,13 @@ def test_an_aligned_step_stores_each_tensor_from_the_layout_it_computes_in(predi
 def test_grads_at_unaligned_addresses_cost_a_barrier_or_two(predictions):
     """Aligned but for its grads (grads as DDP's bucket views), a step reads them two or one an access, a warp's 32
     consecutive accesses, and moves them into the layout it computes in through shared memory: a barrier a program,
-    and one more for 16-bit grads two an access, which keeps ptxas from beginning the move before the last load;
-    none other."""
+    and one more for 16-bit grads two an access (at a 4-byte boundary or 2 bytes past one), which keeps ptxas from
+    beginning the move before the last load; none other."""
     steps = [row for row in predictions if " aligned but its grads" in row["kernel"]]
     kinds = {row["kernel"] for row in steps}
-    assert len(steps) >= 20 and len(kinds) == 4, kinds  # 8-bit or not, two or one an access
+    assert len(steps) >= 30 and len(kinds) == 5, kinds  # 8-bit or not, 16-bit grads at either boundary, float32
     for row in steps:
-        assert int(row["barriers"]) == (2 if "(two an access)" in row["kernel"] else 1), row
+        assert int(row["barriers"]) == (2 if "(two an access" in row["kernel"] else 1), row
 
 
 def test_every_step_waits_for_dram_once_a_program(predictions):
@@ -194,18 +196,17 @@ def test_every_step_waits_for_dram_once_a_program(predictions):
     assert len(trips) > 40 and set(trips.values()) == {1}, trips
 
 
-# Configurations with a launch below its target under the issue model (issue #32): bf16 states with stochastic
-# rounding, its launch aligned but for the grads one an access (grads as DDP's bucket views 2 bytes past a 4-byte
-# boundary: 94.7%, latency; 92.1% in the unaligned launch); bf16 with 8-bit states, its launch aligned but for the
-# grads (88.3% two an access, 85.1% one, from 61.1% in the unaligned launch). bf16 with 8-bit states left the set on
-# 2026-12-07 (89.2% -> 90.4%: its square roots four to a branch) and came back the same day, when the model first saw
-# grads as DDP's bucket views; bf16 states left it later that day (its tails in whole vectors: 94.3% -> 95.3%). The
-# rows: docs/benchmarks.md.
-BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {"bf16 bf16-states stochastic", "bf16 8-bit"}
-# The same under the roofline: bf16 with 8-bit states, aligned but for its grads one an access (87.7%: 90.2
-# instructions an element against 82.5 aligned; 8 a thread go to reading its grads an element an access; two an
-# access, 91.8%).
-BELOW_TARGET_UNDER_THE_ROOFLINE = {"bf16 8-bit"}
+# Configurations with a launch below its target under the issue model (issue #32): bf16 with 8-bit states, its
+# launches aligned but for the grads (grads as DDP's bucket views: 88.3% in words, at a 4-byte boundary or 2 bytes
+# past one; 61.1% in the unaligned launch). bf16 with 8-bit states left the set on 2026-12-07 (89.2% -> 90.4%: its
+# square roots four to a branch) and came back the same day, when the model first saw grads as DDP's bucket views;
+# bf16 states left it later that day (its tails in whole vectors: 94.3% -> 95.3%), and so did bf16 states with
+# stochastic rounding (its grads 2 bytes past a 4-byte boundary read in words: 94.7% -> 95.9%). The rows:
+# docs/benchmarks.md.
+BELOW_TARGET_UNDER_THE_ISSUE_MODEL = {"bf16 8-bit"}
+# The same under the roofline: none since the end of 2026-12-07 (bf16 with 8-bit states, its grads 2 bytes past a
+# 4-byte boundary: 87.7% an element an access, 90.3% in words).
+BELOW_TARGET_UNDER_THE_ROOFLINE = set()
 
 
 def _each_configuration(below: set) -> list:

@@ -157,7 +157,6 @@ class SegmentTable:
     def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, state_dtype=torch.float32):
         self.device = device
         self.itemsize = dtype.itemsize
-        self.state_itemsize = state_dtype.itemsize
         self.quantized = state_dtype == torch.uint8
         self.block = BLOCK  # elements per program of every launch over it
         self._key = None
@@ -261,14 +260,13 @@ class SegmentTable:
         """Whether the aligned launch takes segments whose grads are at addresses multiple of `alignment` bytes,
         or leaves them to the unaligned launch. 8-bit states, at any address: theirs is the step that loses most
         in the unaligned launch (bfloat16 params: 61.1% of copy predicted; 88.3% with their grads read in words,
-        85.1% an element at a time). Other steps, 16-bit grads in words (bf16 states 94.3% -> 96.3%, the others
-        0.3 to 1.2 points), and an element at a time with 16-bit states (94.3% -> 96.2%, with stochastic rounding
-        92.1% -> 94.7%). Float32 grads, or 16-bit ones an element at a time beside float32 states or masters: the
-        grads' move through shared memory costs about what it saves, or more (float32 params 97.6% -> 95.5%, and 5
-        of 13 bfloat16 steps wait for DRAM twice)."""
+        88.6% 2 bytes past a 4-byte boundary). 16-bit grads, read in words there too (`kernels/coalesced_grads.py`):
+        bf16 states 94.3% -> 96.2%, with stochastic rounding 92.1% -> 95.9%, the other steps 0.3 to 1.2 points.
+        Float32 grads: their move through shared memory costs about what it saves, or more (float32 params 97.6%
+        -> 95.5%)."""
         if alignment == tables.ALIGN_BYTES.value or self.quantized:
             return True
-        return self.itemsize == 2 and (alignment == 4 or self.state_itemsize == 2)
+        return self.itemsize == 2
 
     @property
     def num_blocks(self) -> int:
