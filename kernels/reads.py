@@ -36,3 +36,10 @@ def read_mask(offsets, count, pointers, ROUND_UP: tl.constexpr):
 def load_elements(pointers, offsets, count, ROUND_UP: tl.constexpr):
     """The elements at `pointers` whose `offsets` in the program are below `count` (see `read_mask`), volatile."""
     return tl.load(pointers, mask=read_mask(offsets, count, pointers, ROUND_UP), volatile=True)
+
+
+@triton.jit
+def load_moments(exp_avg_ptr, exp_avg_sq_ptr, state_offsets, offsets, count, ROUND_UP: tl.constexpr):
+    """(m, v) at the program's `state_offsets`, m's first, as `load_elements` reads them."""
+    m = load_elements(exp_avg_ptr + state_offsets, offsets, count, ROUND_UP)
+    return m, load_elements(exp_avg_sq_ptr + state_offsets, offsets, count, ROUND_UP)

@@ -259,11 +259,10 @@ class SegmentTable:
     def _takes_grads(self, alignment: int) -> bool:
         """Whether the aligned launch takes segments whose grads are at addresses multiple of `alignment` bytes,
         or leaves them to the unaligned launch. 8-bit states, at any address: theirs is the step that loses most
-        in the unaligned launch (bfloat16 params: 61.1% of copy predicted; 88.3% with their grads read in words,
-        88.6% 2 bytes past a 4-byte boundary). 16-bit grads, read in words there too (`kernels/coalesced_grads.py`):
-        bf16 states 94.3% -> 96.2%, with stochastic rounding 92.1% -> 95.9%, the other steps 0.3 to 1.2 points.
-        Float32 grads: their move through shared memory costs about what it saves, or more (float32 params 97.6%
-        -> 95.5%)."""
+        in the unaligned launch (bfloat16 params: 61.1% of copy predicted; 90.1% to 90.2% with their grads read in
+        words). 16-bit grads, read in words there too (`kernels/coalesced_grads.py`): bf16 states 94.3% -> 96.2%,
+        with stochastic rounding 92.1% -> 95.9%, the other steps 0.3 to 1.2 points. Float32 grads: their move
+        through shared memory costs about what it saves, or more (float32 params 97.6% -> 95.5%)."""
         if alignment == tables.ALIGN_BYTES.value or self.quantized:
             return True
         return self.itemsize == 2
