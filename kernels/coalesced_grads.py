@@ -33,7 +33,8 @@ def load_coalesced(grad_ptr, count, GRAD_ALIGNMENT: tl.constexpr, BLOCK: tl.cons
         # a grad before grad 2k and the low half of the next word. The first of those words holds the grad before
         # the tensor's first, the last the one after its last: in the same 4 bytes as one of its own, hence in a
         # page the tensor occupies (no read can fault); never used. Each word is read twice, once from L2.
-        # Both words are returned, joined, and put together in `into_step_layout`, after the step's last load.
+        # Both words are returned, joined, and put together in `into_step_layout`, after the step's last load: put
+        # together here, ptxas did it before it requested an exact master's remainders (AdaBound: two DRAM waits).
         before = (grad_ptr - 1).to(tl.pointer_type(tl.int32), bitcast=True) + accesses
         rows = tl.join(tl.load(before, mask=mask, volatile=True), tl.load(before + 1, mask=mask, volatile=True))
     return rows
