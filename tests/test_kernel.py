@@ -232,6 +232,7 @@ EIGHT_BIT = {"state_dtype": torch.uint8, "min_8bit_size": 1}
         (torch.bfloat16, {"state_dtype": torch.bfloat16}, 3, (True, 2)),
         (torch.bfloat16, {}, 3, (True, 2)),
         (torch.bfloat16, {"master_weights": True}, 3, (True, 2)),
+        (torch.float32, {}, 3, None),
     ],
     ids=[
         "bf16-8bit-halfwords",
@@ -244,6 +245,7 @@ EIGHT_BIT = {"state_dtype": torch.uint8, "min_8bit_size": 1}
         "bf16-states-halfwords",
         "bf16-halfwords",
         "bf16-exact-master-halfwords",
+        "fp32-unaligned-launch",
     ],
 )
 def test_steps_with_grads_at_unaligned_addresses_change_nothing(monkeypatch, dtype, options, first_numel, grads_kind):
@@ -252,7 +254,7 @@ def test_steps_with_grads_at_unaligned_addresses_change_nothing(monkeypatch, dty
     boundaries after an even-sized one, 2-byte ones after an odd-sized bfloat16 one. Stepped by the aligned launch
     with its grads read in words (2 bytes past a 4-byte boundary, the two words either side of each pair), or an
     element at a time, where the table sends them there (`grads_kind`; None: nowhere, the unaligned launch steps
-    them), as on a GPU, and by the unaligned launch alone, as the interpreter
+    them: float32 grads beside float32 states), as on a GPU, and by the unaligned launch alone, as the interpreter
     does by default; clipped by the inf-norm (a max, the same whatever the launches' blocks; a sum's rounding is
     not): params and every state bitwise equal. No launch, step or grad norm, is promised an alignment its grads do
     not keep (the interpreter would not notice a promise broken: it loads an element at a time whatever the kernel
