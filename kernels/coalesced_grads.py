@@ -7,8 +7,8 @@ consecutive elements a thread) through shared memory once every load of the step
 instead, a warp's access would span 8 times the bytes it reads. 16-bit grads are read in 4-byte words, two an
 access; 2 bytes past a 4-byte boundary, each pair from the two words either side of it (the second read from L2:
 DRAM moves each byte once); float32 grads an element an access. Predicted for bfloat16 params with 8-bit states:
-61.1% of copy in the unaligned launch, 90.1% to 90.2% in words (an element an access, 85.1% before m's codes were
-packed by byte permutations).
+61.1% of copy in the unaligned launch, 90.1% to 90.2% in words (85.1% when 2 bytes past a 4-byte boundary were
+read an element an access, before m's codes were packed by byte permutations).
 """
 
 import triton
