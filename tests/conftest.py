@@ -1,7 +1,11 @@
 """Test set-up: without a GPU the Triton kernels run in the interpreter, which must be switched on before the
 kernels are defined (SPEC §5), so before anything imports v0adam."""
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -27,3 +31,15 @@ def device():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def inline_ptx() -> dict:
+    """The PTX Triton writes for sm_90 around v0adam's inline PTX (`tests/inline_ptx_kernels.py`), compiled in a
+    process of its own: {"block", "num_warps", "ptx": {kernel: its PTX}}."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("inline_ptx_kernels.py")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)

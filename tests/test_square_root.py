@@ -1,6 +1,7 @@
 """`v0adam.kernels.square_root.sqrt_rn`: the correctly rounded square root, bit for bit, over every class of float32
-and every position in a pack of four (in the interpreter here, natively on a GPU); and, compiled from Turing to
-Blackwell, ptxas's own fast path behind one branch for four elements."""
+and every position in a pack of four (in the interpreter here, natively on a GPU); compiled from Turing to
+Blackwell, ptxas's own fast path behind one branch for four elements; and compiled for sm_90, run without a GPU
+(`tests/ptx_machine.py`), each root in its own element's place, on either path."""
 
 import json
 import os
@@ -8,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import triton
 import triton.language as tl
 from conftest import DEVICE
+from ptx_machine import Machine
 from v0adam.kernels.square_root import FAST_PATH_HIGHEST_BITS, FAST_PATH_LOWEST_BITS, PACK, sqrt_rn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,3 +116,35 @@ def test_compiled_it_is_ptxas_own_fast_path_with_one_branch_a_pack():
             assert ptxas.get(opcode) == packed.get(opcode) == per_root * roots, (capability, opcode, ptxas, packed)
         assert ptxas["conditional BRA"] == roots and packed["conditional BRA"] == roots // PACK, capability
         assert "CALL" not in ptxas and "CALL" not in packed, capability  # the slow paths lie off the main path
+
+
+def _compiled_roots(inline_ptx: dict, x: torch.Tensor) -> torch.Tensor:
+    """The square roots of `x` (two programs' worth) by the PTX Triton compiles around `sqrt_rn` for sm_90, run on
+    `tests/ptx_machine` (its reciprocal square root the correctly rounded one, not the hardware's approximation)."""
+    block, threads = inline_ptx["block"], 32 * inline_ptx["num_warps"]
+    assert x.numel() == 2 * block
+    x_at, out_at = 1 << 12, (1 << 12) + 4 * x.numel()
+    memory = np.zeros(out_at + 4 * x.numel(), dtype=np.uint8)
+    memory[x_at:out_at] = x.numpy().view(np.uint8)
+    Machine(2, threads, [x_at, out_at, 0, 0], memory).run(inline_ptx["ptx"]["square roots"])
+    return torch.from_numpy(memory[out_at:].view(np.float32).copy())
+
+
+def test_compiled_for_sm90_each_root_is_its_own_elements_on_the_fast_path(inline_ptx):
+    """Every pack on the fast path (x from 2^-101 to the largest float32): root i is x[i]'s, for every i (a pack's
+    elements handed to the PTX, or its results taken back, in another order would move roots between elements)."""
+    generator = torch.Generator().manual_seed(0)
+    size = (2 * inline_ptx["block"],)
+    bits = torch.randint(FAST_PATH_LOWEST_BITS, FAST_PATH_HIGHEST_BITS + 1, size, generator=generator)
+    x = bits.to(torch.int32).view(torch.float32)
+    _assert_bitwise(_compiled_roots(inline_ptx, x), x)
+
+
+def test_compiled_for_sm90_each_root_is_its_own_elements_on_the_slow_path(inline_ptx):
+    """Every pack outside the fast path (zeros, subnormals, the smallest normals, infinities, NaN, negatives, at
+    random): each element's exact root, in its place."""
+    generator = torch.Generator().manual_seed(0)
+    outside = torch.randint(0, FAST_PATH_LOWEST_BITS, (2 * inline_ptx["block"],), generator=generator)
+    outside[::7] = torch.randint(FAST_PATH_HIGHEST_BITS + 1, 1 << 32, outside[::7].shape, generator=generator)
+    x = outside.to(torch.int32).view(torch.float32)
+    _assert_bitwise(_compiled_roots(inline_ptx, x), x)
