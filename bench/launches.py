@@ -3,6 +3,7 @@ the same with an odd-sized classifier head, and with that head's grads laid out 
 and every Triton launch is kept with the specialization Triton's runtime gives its arguments (pointer and integer
 divisibility by 16, integers equal to 1), ready to be compiled ahead of time (`bench.static`)."""
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,25 @@ class Launch:
     maxnreg: int | None = None  # the register ceiling the launch asks ptxas for, if any
 
 
+def launch_of(kernel, args, kwargs, num_warps=4, maxnreg=None) -> Launch:
+    """What `kernel[grid](*args, **kwargs)` compiles to: the specialization Triton's runtime gives its arguments."""
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    signature, constexprs, divisible = [], [], []
+    for index, (param, value) in enumerate(zip(kernel.params, bound(kernel, args, kwargs))):
+        if param.is_constexpr:
+            signature.append((param.name, "constexpr"))
+            constexprs.append((param.name, _constant(value)))
+            continue
+        kind, specialization = native_specialize_impl(CUDABackend, value, False, not param.do_not_specialize, True)
+        if kind == "constexpr":  # an integer 1
+            constexprs.append((param.name, specialization))
+        elif specialization == "D":
+            divisible.append(index)
+        signature.append((param.name, kind))
+    return Launch(kernel.__name__, tuple(signature), tuple(constexprs), tuple(divisible), num_warps, maxnreg)
+
+
 class _Recorder:
     """Stands in for a jitted kernel: `kernel[grid](*args, **kwargs)` records the launch and runs nothing."""
 
@@ -98,26 +118,11 @@ class _Recorder:
         return self._record
 
     def _record(self, *args, num_warps=4, maxnreg=None, **kwargs):
-        from triton.backends.nvidia.compiler import CUDABackend
-
-        signature, constexprs, divisible = [], [], []
-        for index, (param, value) in enumerate(zip(self.kernel.params, _bound(self.kernel, args, kwargs))):
-            if param.is_constexpr:
-                signature.append((param.name, "constexpr"))
-                constexprs.append((param.name, _constant(value)))
-                continue
-            kind, specialization = native_specialize_impl(CUDABackend, value, False, not param.do_not_specialize, True)
-            if kind == "constexpr":  # an integer 1
-                constexprs.append((param.name, specialization))
-            elif specialization == "D":
-                divisible.append(index)
-            signature.append((param.name, kind))
-        self.launches.add(
-            Launch(self.kernel.__name__, tuple(signature), tuple(constexprs), tuple(divisible), num_warps, maxnreg)
-        )
+        self.launches.add(launch_of(self.kernel, args, kwargs, num_warps, maxnreg))
 
 
-def _bound(kernel, args, kwargs) -> list:
+def bound(kernel, args, kwargs) -> list:
+    """The values of a launch's arguments, in the kernel's order."""
     names = [param.name for param in kernel.params]
     return list(args) + [kwargs[name] for name in names[len(args) :]]
 
@@ -151,35 +156,57 @@ def _hand_over(params, grads, bucket_views: bool) -> None:
         end -= param.numel()
 
 
-def record_launches(configuration: Configuration, model: Model) -> set[Launch]:
-    """The launches of one optimizer step (and its construction) in `configuration` over the params of `model`,
-    grads handed over as in a training loop."""
-    import v0adam
+@contextlib.contextmanager
+def kernels_replaced(stand_in):
+    """While the block runs, each of v0adam's kernels is `stand_in(kernel)` (what `kernel[grid](...)` reaches), and
+    the Triton backend takes CPU tensors."""
     from v0adam import triton_backend
 
-    launches = set()
     modules = kernel_modules()
     originals = {name: getattr(module, name) for name, module in modules.items()}
     interpreter_enabled = triton_backend.interpreter_enabled
     try:
         for name, module in modules.items():
-            setattr(module, name, _Recorder(originals[name], launches))
-        triton_backend.interpreter_enabled = lambda: True  # the Triton backend on CPU tensors, launches recorded
-        generator = torch.Generator().manual_seed(0)
-        params = [
-            torch.nn.Parameter(torch.randn(shape, generator=generator).to(configuration.dtype))
-            for shape in model.shapes
-        ]
-        opt = getattr(v0adam, configuration.optimizer)(params, lr=1e-3, backend="triton", **dict(configuration.options))
-        grads = [torch.randn(param.shape, generator=generator).to(configuration.dtype) for param in params]
-        if dict(configuration.options).get("v0") == "data":
-            opt.init_v0_from_data([torch.zeros(2)], lambda batch: sum((p * g).sum() for p, g in zip(params, grads)))
-        _hand_over(params, grads, model.bucket_view_grads)
-        if configuration.clip_norm_type is not None:
-            opt.clip_grad_norm_(1.0, configuration.clip_norm_type)
-        opt.step()
+            setattr(module, name, stand_in(originals[name]))
+        triton_backend.interpreter_enabled = lambda: True
+        yield
     finally:
         for name, module in modules.items():
             setattr(module, name, originals[name])
         triton_backend.interpreter_enabled = interpreter_enabled
+
+
+def seeded_params(configuration: Configuration, model: Model) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        torch.nn.Parameter(torch.randn(shape, generator=generator).to(configuration.dtype)) for shape in model.shapes
+    ]
+
+
+def train(configuration: Configuration, model: Model, params: list, steps: int = 1):
+    """An optimizer in `configuration` on the Triton backend over `params` (of `model`'s shapes), stepped `steps`
+    times, each step's seeded grads handed over as in a training loop (and clipped, if it clips)."""
+    import v0adam
+
+    generator = torch.Generator().manual_seed(1)
+    opt = getattr(v0adam, configuration.optimizer)(params, lr=1e-3, backend="triton", **dict(configuration.options))
+    for step in range(steps):
+        grads = [torch.randn(param.shape, generator=generator).to(configuration.dtype) for param in params]
+        if step == 0 and dict(configuration.options).get("v0") == "data":
+            opt.init_v0_from_data(
+                [torch.zeros(2)], lambda batch, grads=grads: sum(p.mul(g).sum() for p, g in zip(params, grads))
+            )
+        _hand_over(params, grads, model.bucket_view_grads)
+        if configuration.clip_norm_type is not None:
+            opt.clip_grad_norm_(1.0, configuration.clip_norm_type)
+        opt.step()
+    return opt
+
+
+def record_launches(configuration: Configuration, model: Model) -> set[Launch]:
+    """The launches of one optimizer step (and its construction) in `configuration` over the params of `model`,
+    grads handed over as in a training loop."""
+    launches = set()
+    with kernels_replaced(lambda kernel: _Recorder(kernel, launches)):
+        train(configuration, model, seeded_params(configuration, model))
     return launches

@@ -118,16 +118,17 @@ class Prediction:
         return None
 
 
-def _compile(launch: Launch):
+def compile_launch(launch: Launch, kernel=None, fp_fusion: bool = True):
+    """The launch compiled for sm_90, of `kernel` (by default the jitted function of its name); without
+    `fp_fusion`, no multiply and add fused into one rounding but those the source asks for."""
     from triton.backends.nvidia.compiler import CUDABackend
 
-    kernel = kernel_modules()[launch.kernel]
-    kernel = getattr(kernel, launch.kernel)
+    kernel = kernel or getattr(kernel_modules()[launch.kernel], launch.kernel)
     constexprs = dict(launch.constexprs)
     signature = dict(launch.signature)
     attrs = {(index,): CUDABackend.parse_attr("D") for index in launch.divisible}
     source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = dict(num_warps=launch.num_warps)
+    options = dict(num_warps=launch.num_warps, enable_fp_fusion=fp_fusion)
     if launch.maxnreg is not None:
         options["maxnreg"] = launch.maxnreg
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
@@ -152,7 +153,7 @@ def read_cubin(cubin: bytes, iterations: int = 1, switches_on: bool = True) -> d
 @functools.cache
 def analyse(launch: Launch) -> dict:
     """`read_cubin` of one launch compiled for sm_90, and the rounding modes of its bfloat16 conversions."""
-    compiled = _compile(launch)
+    compiled = compile_launch(launch)
     rounding = "+".join(sorted(set(re.findall(r"cvt\.(\w+)\.bf16", compiled.asm["ptx"]))))
     return dict(read_cubin(compiled.asm["cubin"]), bfloat16_rounding=rounding)
 

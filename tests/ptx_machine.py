@@ -1,92 +1,45 @@
-"""Runs the PTX of a Triton kernel without a GPU: every thread of every program in lockstep, a register a numpy
-array over the threads (its bits), global and shared memory as bytes. Only the instructions it knows, the integer
-arithmetic of addresses, byte permutations, float32 arithmetic, loads and stores, the barrier and branches all
-threads take alike: anything else, a divergent branch included, is an error, never skipped. Lockstep makes
-`bar.sync` a no-op: every thread has finished the instructions before it when any thread runs the one after it.
+"""Runs the PTX of a Triton kernel without a GPU: all threads of all programs at once, a register a numpy array over
+the threads (its bits), memory as bytes. Threads that branch apart go on one instruction at a time, the ones
+furthest behind first (each thread's own order is kept; they meet again where their paths join), and a barrier or
+a warp-wide instruction checks that every thread it waits for is there.
 
-Two instructions are modelled, not exact: `rsqrt.approx.f32` returns the correctly rounded reciprocal square root
-(the hardware's approximation is within a relative 2^-22.9 of the exact one, by the PTX ISA), and `fma.rn.f32`
-rounds through float64 (twice: 1 ulp off where the float64 sum lies on a float32 midpoint). Cache hints, which
-change no value, are ignored."""
+It knows the instructions v0adam's kernels compile to (integer and address arithmetic, byte permutations, float32
+and float64 arithmetic, conversions, loads and stores, warp shuffles, reductions and matrix stores, barriers,
+branches) and refuses anything else. Exact, by IEEE 754 and the PTX ISA, but for what is stated here:
+- `rsqrt.approx` and `sqrt.approx` return the correctly rounded result (the hardware's approximations are within a
+  few ulps of it, by the PTX ISA);
+- `mul` and `add` without a rounding modifier are rounded each, as written: ptxas may fuse such a pair into one
+  FMA (the PTX ISA allows it), which this machine never does;
+- `min`/`max` of float zeros of either sign return +0 for max and -0 for min, and NaN for NaN only if both are.
+Cache and eviction hints change no value and are ignored."""
 
+import functools
 import re
 
 import numpy as np
+import ptx_arithmetic as arithmetic
 
-SHARED_BYTES = 1 << 16
-_BITS = {"8": 8, "16": 16, "32": 32, "64": 64}
-
-
-def _width(type_suffix: str) -> int:
-    """Bits of a PTX type: b32, u8, s64, f32, ..."""
-    return _BITS.get(type_suffix[1:], 0) if type_suffix[:1] in "bsuf" else 0
-
-
-def _mask(bits: int) -> np.uint64:
-    return np.uint64((1 << bits) - 1)
-
-
-def _signed(values: np.ndarray, bits: int) -> np.ndarray:
-    """Two's complement values of `bits` bits as int64."""
-    values = values.astype(np.int64) & ((1 << bits) - 1)
-    return np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
-
-
-def _float32(bits: np.ndarray) -> np.ndarray:
-    return (bits & _mask(32)).astype(np.uint32).view(np.float32)
-
-
-def _bits(values: np.ndarray) -> np.ndarray:
-    return values.astype(np.float32).view(np.uint32).astype(np.uint64)
-
-
-def _flushed(bits: np.ndarray) -> np.ndarray:
-    subnormal = (bits & np.uint64(0x7F800000)) == 0
-    return np.where(subnormal, bits & np.uint64(1 << 31), bits)
-
-
-def _prmt(a: np.ndarray, b: np.ndarray, selector: np.ndarray) -> np.ndarray:
-    """prmt.b32 in its default mode: byte i of the result is byte (nibble i of the selector) of b:a, its sign
-    replicated where the nibble's high bit is set."""
-    source = (b.astype(np.uint64) << np.uint64(32)) | (a.astype(np.uint64) & _mask(32))
-    result = np.zeros_like(source)
-    for i in range(4):
-        nibble = (selector >> np.uint64(4 * i)) & np.uint64(0xF)
-        byte = (source >> (np.uint64(8) * (nibble & np.uint64(7)))) & np.uint64(0xFF)
-        signed = (nibble & np.uint64(8)) != 0
-        byte = np.where(signed, np.where(byte & np.uint64(0x80), np.uint64(0xFF), np.uint64(0)), byte)
-        result |= byte << np.uint64(8 * i)
-    return result
-
-
-def _float_operation(operation: str, values: list[np.ndarray]) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = [_float32(value).astype(np.float64) for value in values]
-        if operation == "mul":
-            return _bits(x[0] * x[1])  # exact in float64: one rounding
-        if operation == "neg":
-            return values[0] ^ np.uint64(1 << 31)
-        if operation == "fma":
-            return _bits(x[0] * x[1] + x[2])
-        if operation == "rsqrt":
-            return _bits(1 / np.sqrt(x[0]))
-        if operation == "sqrt":
-            return _bits(np.sqrt(x[0]))  # 53 >= 2 * 24 + 2 bits: rounding twice is rounding once
-    raise AssertionError(operation)
+_WARP = 32
 
 
 def statements(ptx: str) -> list[str]:
-    """PTX's instructions, one a statement (a label heads the statement it marks): without comments, debug lines,
-    declarations and the braces of inline assembly (whose scoped registers are then registers like the others:
-    each block writes them before it reads them)."""
+    """PTX's instructions, one a statement (labels head the statement they mark): without comments, debug lines,
+    declarations, pragmas and the braces of inline assembly (whose scoped registers are then registers like the
+    others: each block writes them before it reads them; its scoped labels may repeat)."""
     lines = []
     for line in re.sub(r"//[^\n]*", "", ptx).splitlines():
-        line = re.sub(r"\$L__\w+:", "", line).strip()
-        line = re.sub(r"(^|;)\s*\}$", r"\1", re.sub(r"^\{\s*", "", line)).strip()  # a scope's braces
-        if line and not line.startswith(".loc"):
+        line = re.sub(r"(^|;)\s*\}$", r"\1", re.sub(r"^\{\s*", "", line.strip())).strip()  # a scope's braces
+        if line and not line.startswith((".loc", ".pragma")):
             lines.append(line)
-    found = [" ".join(statement.split()) for statement in " ".join(lines).split(";")]
-    return [statement for statement in found if statement and not statement.startswith(".reg")]
+    found, pending = [], ""
+    for statement in " ".join(lines).split(";"):
+        heads, body = re.fullmatch(r"((?:[\w$]+:\s*)*)(.*)", " ".join(statement.split())).groups()
+        if not body or body.startswith((".reg", ".local")):  # a label there marks what follows
+            pending += heads
+        else:
+            found.append(" ".join((pending + heads + body).split()))
+            pending = ""
+    return found  # labels left at the function's end: nothing branches there
 
 
 def _entry(ptx: str) -> str:
@@ -95,138 +48,285 @@ def _entry(ptx: str) -> str:
     return body[body.index("{") + 1 : body.index("$L__func_end")]
 
 
+def _local_bytes(ptx: str) -> int:
+    return sum(int(size) for size in re.findall(r"\.local \.align \d+ \.b8 \w+\[(\d+)\]", ptx)) or 16
+
+
+class FlatMemory:
+    """Global memory as one byte array, at address 0."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+
+    def read(self, addresses: np.ndarray) -> np.ndarray:
+        return self.data[addresses]
+
+    def write(self, addresses: np.ndarray, values: np.ndarray):
+        self.data[addresses] = values
+
+
 class Machine:
-    def __init__(self, programs: int, threads: int, params: list[int], memory: np.ndarray):
-        """`memory`: the global bytes, at address 0; `params`: the kernel's arguments (addresses into it)."""
-        self.memory = memory
+    def __init__(self, programs: int, threads: int, params: list[int], memory, shared_bytes: int = 1 << 16):
+        """`memory`: global memory (a `FlatMemory`, a numpy byte array at address 0, or anything with `read` and
+        `write` of byte addresses); `params`: the kernel's arguments, as the integers of their bits."""
+        self.shared_bytes = shared_bytes
+        self.memory = FlatMemory(memory) if isinstance(memory, np.ndarray) else memory
         self.params = params
+        self.programs, self.program_threads = programs, threads
         self.threads = programs * threads
         lane = np.arange(self.threads, dtype=np.uint64)
-        self.special = {"%tid.x": lane % np.uint64(threads), "%ctaid.x": lane // np.uint64(threads)}
-        self.shared = np.zeros((programs, SHARED_BYTES), dtype=np.uint8)
         self.program = (lane // np.uint64(threads)).astype(np.int64)
+        zeros = np.zeros(self.threads, dtype=np.uint64)
+        self.special = {"%tid.x": lane % np.uint64(threads), "%ctaid.x": self.program.astype(np.uint64)}
+        self.special |= {name: zeros for name in ("%tid.y", "%tid.z", "%ctaid.y", "%ctaid.z")}
+        self.special["%nctaid.x"] = np.full(self.threads, programs, dtype=np.uint64)
         self.registers: dict[str, np.ndarray] = {}
+        self.shared = self.local = None
+        self.carry = zeros
+        self.active = np.ones(self.threads, dtype=bool)
+
+    # operands
 
     def value(self, operand: str) -> np.ndarray:
+        if operand in self.registers:
+            return self.registers[operand]
         if operand in self.special:
             return self.special[operand]
-        if operand == "global_smem":
+        if operand in ("global_smem", "__local_depot0"):
             return np.zeros(self.threads, dtype=np.uint64)
         if re.fullmatch(r"0[fF][0-9a-fA-F]{8}", operand):
             return np.full(self.threads, int(operand[2:], 16), dtype=np.uint64)
+        if re.fullmatch(r"0[dD][0-9a-fA-F]{16}", operand):
+            return np.full(self.threads, int(operand[2:], 16), dtype=np.uint64)
         if re.fullmatch(r"-?(0x[0-9a-fA-F]+|\d+)U?", operand):
             return np.full(self.threads, int(operand.rstrip("U"), 0) & ((1 << 64) - 1), dtype=np.uint64)
-        return self.registers[operand]
+        if re.fullmatch(r"%?[A-Za-z_]\w*", operand):  # a register no thread here has written yet
+            return np.zeros(self.threads, dtype=np.uint64)
+        raise AssertionError(f"an operand this machine does not know: {operand}")
+
+    def write(self, register: str, value: np.ndarray):
+        if self.active.all() or register not in self.registers:
+            self.registers[register] = value
+        else:
+            self.registers[register] = np.where(self.active, value, self.registers[register])
+
+    # running
 
     def run(self, ptx: str):
-        kernel = statements(_entry(ptx))
-        labels = [re.match(r"(\w+): ", statement) for statement in kernel]
-        index = 0
-        while index < len(kernel):
-            statement = re.sub(r"^\w+: ", "", kernel[index])
-            if statement == "ret":
+        self.shared = np.zeros((self.programs, max(self.shared_bytes, 16)), dtype=np.uint8)
+        self.local = np.zeros((self.threads, _local_bytes(ptx)), dtype=np.uint8)
+        kernel = [re.match(r"((?:[\w$]+: )*)(.*)", statement).groups() for statement in statements(_entry(ptx))]
+        labels = tuple(frozenset(re.findall(r"([\w$]+): ", heads)) for heads, _ in kernel)
+        position = np.zeros(self.threads, dtype=np.int64)
+        finished = len(kernel)
+        while True:
+            running = position < finished
+            if not running.any():
                 return
-            guard = re.match(r"@(!?)(\S+) ", statement)
-            taken = np.ones(self.threads, dtype=bool)
+            index = position[running].min()
+            self.active = running & (position == index)
+            statement = kernel[index][1]
+            guard = re.match(r"@(!?)(%?\w+) ", statement)
+            taken = self.active
             if guard:
-                taken = self.registers[guard.group(2)].astype(bool) ^ (guard.group(1) == "!")
+                predicate = self.registers.get(guard.group(2), np.zeros(self.threads, dtype=bool)).astype(bool)
+                taken = self.active & (predicate ^ (guard.group(1) == "!"))
                 statement = statement[guard.end() :]
-            opcode, _, target = statement.partition(" ")
-            assert opcode == "bra" or guard is None, f"a predicated instruction this machine does not know: {statement}"
-            if opcode != "bra":
-                self.step(statement)
-            elif taken.all():  # forward to the label's next occurrence: inline assembly's labels repeat
-                index = next(at for at in range(index + 1, len(kernel)) if labels[at] and labels[at][1] == target)
+            opcode, _, operands = statement.partition(" ")
+            following = np.where(self.active, index + 1, position)
+            if opcode in ("ret", "exit"):
+                position = np.where(taken, finished, following)
                 continue
-            else:
-                assert not taken.any(), f"a branch the threads take apart: {statement}"
-            index += 1
-        raise AssertionError("the kernel did not return")
+            if opcode.startswith("bra"):
+                target = self._label(labels, index, operands.strip())
+                position = np.where(taken, target, following)
+                continue
+            position = following
+            if guard and not taken.any():
+                continue
+            if guard:
+                self.active = taken
+            self.step(statement)
+
+    @staticmethod
+    @functools.cache
+    def _label(labels: tuple, index: int, name: str) -> int:
+        """The statement a branch goes to: the label's next occurrence (inline assembly's labels repeat, each in
+        its scope), or its only one."""
+        after = [at for at in range(index + 1, len(labels)) if name in labels[at]]
+        if after:
+            return after[0]
+        (only,) = [at for at in range(len(labels)) if name in labels[at]]
+        return only
+
+    def _warps_whole(self, what: str):
+        lanes = self.active.reshape(-1, _WARP)
+        assert (lanes.all(axis=1) | ~lanes.any(axis=1)).all(), f"{what} with part of a warp"
+
+    # instructions
 
     def step(self, statement: str):
         opcode, _, rest = statement.partition(" ")
         parts = opcode.split(".")
-        operation, bits = parts[0], _width(parts[-1])
+        operation = parts[0]
         if operation in ("ld", "st"):
             return self._memory_access(parts, rest)
         if operation == "bar":
-            return None  # lockstep
-        operands = [operand.strip() for operand in rest.split(",")]
+            running = self.active.reshape(self.programs, -1)
+            assert (running.all(axis=1) | ~running.any(axis=1)).all(), "a barrier some threads do not reach"
+            return None
+        if operation == "stmatrix":
+            return self._store_matrices(parts, rest)
+        operands = [operand.strip() for operand in re.split(r",(?![^{]*\})", rest)]
         destination, sources = operands[0], operands[1:]
+        if operation == "mov" and (destination.startswith("{") or sources[0].startswith("{")):
+            return self._move_vector(parts, destination, sources[0])
         values = [self.value(source) for source in sources]
-        mask = _mask(bits) if bits else None
-        if operation == "mov":
-            result = values[0]
-        elif parts[-1] == "f32":
-            flush = "ftz" in parts  # subnormal inputs and results to zero, their sign kept
-            values = [_flushed(value) for value in values] if flush else values
-            result = _float_operation(operation, values)
-            result = _flushed(result) if flush else result
-        elif operation in ("shl", "shr") and parts[1] != "s32":
-            shift = values[1] & np.uint64(0xFF)
-            result = values[0] << shift if operation == "shl" else (values[0] & mask) >> shift
-        elif operation in ("and", "or", "xor"):
-            result = {"and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor}[operation](*values)
-        elif operation in ("add", "sub"):
-            result = values[0] + values[1] if operation == "add" else values[0] - values[1]
-        elif operation in ("min", "max") and parts[1] == "u32":
-            result = (np.minimum if operation == "min" else np.maximum)(values[0] & mask, values[1] & mask)
-        elif operation == "neg":
-            result = np.uint64(0) - values[0]
-        elif operation in ("mul", "mad") and parts[1] == "wide":
-            product = _signed(values[0], bits) * _signed(values[1], bits)
-            result, mask = product.astype(np.uint64) + (values[2] if operation == "mad" else np.uint64(0)), None
-        elif operation == "cvt" and len(parts) == 3 and "f" not in parts[1][0] + parts[2][0]:  # integers only
-            to, source_bits = parts[1], _width(parts[2])
-            source = _signed(values[0], source_bits) if parts[2].startswith("s") else values[0] & _mask(source_bits)
-            result, mask = source.astype(np.uint64), _mask(_width(to))
-        elif opcode == "prmt.b32":
-            result = _prmt(values[0], values[1], values[2])
-        elif operation == "setp" and parts[-1] == "u32":
-            compare = {"lt": np.less, "gt": np.greater, "le": np.less_equal, "ge": np.greater_equal}[parts[1]]
-            result = compare(values[0] & mask, values[1] & mask)
-            if len(parts) == 4:  # setp.cmp.bool.u32 p, a, b, q
-                result = {"or": np.logical_or, "and": np.logical_and}[parts[2]](result, values[2].astype(bool))
-            mask = None
+        if operation in ("mul", "mad", "madc") and not parts[-1].startswith("f"):
+            result = self._multiply(parts, values, arithmetic.width(parts[-1]))
+        elif operation == "redux":
+            result = self._warp_reduce(parts, values)
+        elif operation == "shfl":
+            result = self._shuffle(parts, values)
         else:
-            raise AssertionError(f"an instruction this machine does not know: {statement}")
-        self.registers[destination] = result & mask if mask is not None else result
+            result = arithmetic.evaluate(opcode, parts, values)
+        if "|" in destination:
+            raise AssertionError(f"two destinations: {statement}")
+        self.write(destination, result)
+
+    def _multiply(self, parts: list[str], values: list[np.ndarray], bits: int) -> np.ndarray:
+        """mul / mad .lo, .hi or .wide, and madc; the carry flag of .cc. Products of 32-bit operands are exact in
+        64 bits; of 64-bit ones only the low half (.lo) is taken, which wraps alike."""
+        signed, half = parts[-1].startswith("s"), parts[1]
+        assert bits == 64 and half == "lo" or bits <= 32, parts
+        if signed:
+            product = (arithmetic.signed(values[0], bits) * arithmetic.signed(values[1], bits)).astype(np.uint64)
+        else:
+            product = (values[0] & arithmetic.mask(bits)) * (values[1] & arithmetic.mask(bits))
+        if half == "hi":
+            product = (
+                product >> np.uint64(bits) if not signed else (arithmetic.signed(product, 64) >> bits).astype(np.uint64)
+            )
+        width = 2 * bits if half == "wide" else bits
+        result = product & arithmetic.mask(width)
+        if parts[0] == "mul":
+            return result
+        total = result + values[2]
+        if parts[0] == "madc":  # with the carry in
+            total = total + self.carry
+        if "cc" in parts:  # with the carry out
+            self.carry = np.where(self.active, (total >> np.uint64(width)) & np.uint64(1), self.carry)
+        return total & arithmetic.mask(width)
+
+    def _warp_reduce(self, parts: list[str], values: list[np.ndarray]) -> np.ndarray:
+        assert parts[1] == "sync" and parts[2] == "max" and parts[3] == "s32", parts
+        assert ((values[1] & arithmetic.mask(32)) == np.uint64(0xFFFFFFFF)).all(), "a reduction over part of a warp"
+        self._warps_whole("redux")
+        lanes = arithmetic.signed(values[0], 32).reshape(-1, _WARP)
+        return np.repeat(lanes.max(axis=1), _WARP).astype(np.uint64) & arithmetic.mask(32)
+
+    def _shuffle(self, parts: list[str], values: list[np.ndarray]) -> np.ndarray:
+        assert parts[1:3] == ["sync", "bfly"], parts
+        whole_warp = (values[3] & arithmetic.mask(32)) == np.uint64(0xFFFFFFFF)
+        assert (values[2] == np.uint64(0x1F)).all() and whole_warp.all(), "a shuffle mode"
+        self._warps_whole("shfl")
+        lane = np.arange(self.threads) % _WARP
+        source = np.arange(self.threads) - lane + (lane ^ (values[1].astype(np.int64) & 31))
+        return values[0][source]
+
+    def _move_vector(self, parts: list[str], destination: str, source: str):
+        """mov.b64 {lo, hi}, d (unpack) or mov.b64 d, {lo, hi} (pack), and the same of two halves of a b32."""
+        bits = arithmetic.width(parts[-1])
+        if destination.startswith("{"):
+            pieces = [piece.strip() for piece in destination.strip("{}").split(",")]
+            width = bits // len(pieces)
+            whole = self.value(source)
+            for index, piece in enumerate(pieces):
+                if piece != "_":
+                    self.write(piece, (whole >> np.uint64(width * index)) & arithmetic.mask(width))
+            return
+        pieces = [piece.strip() for piece in source.strip("{}").split(",")]
+        width = bits // len(pieces)
+        whole = np.zeros(self.threads, dtype=np.uint64)
+        for index, piece in enumerate(pieces):
+            whole |= (self.value(piece) & arithmetic.mask(width)) << np.uint64(width * index)
+        self.write(destination, whole)
+
+    # memory
+
+    def _addresses(self, address: str) -> np.ndarray:
+        base, offset = re.fullmatch(r"\[\s*([%\w]+)\s*(?:\+\s*(-?\d+)\s*)?\]", address).groups()
+        return (self.value(base).astype(np.int64) + int(offset or 0)).astype(np.int64)
+
+    def _bytes_read(self, space: str, addresses: np.ndarray, threads: np.ndarray) -> np.ndarray:
+        if space == "global":
+            return self.memory.read(addresses)
+        store = self.shared if space == "shared" else self.local
+        row = self.program[threads] if space == "shared" else threads
+        return store[row, addresses]
+
+    def _bytes_written(self, space: str, addresses: np.ndarray, threads: np.ndarray, values: np.ndarray):
+        if space == "global":
+            self.memory.write(addresses, values)
+            return
+        store = self.shared if space == "shared" else self.local
+        row = self.program[threads] if space == "shared" else threads
+        store[row, addresses] = values
 
     def _memory_access(self, parts: list[str], rest: str):
-        space, bits = parts[1], _width(parts[-1])
+        space = parts[1] if parts[1] in ("global", "shared", "local", "param") else parts[2]
+        kind = parts[-1]
+        bits = arithmetic.width(kind)
         vector = next((int(part[1:]) for part in parts if re.fullmatch(r"v\d", part)), 1)
         if space == "param":
             destination, source = (operand.strip() for operand in rest.split(",", 1))
             index = int(re.search(r"_param_(\d+)", source).group(1))
-            self.registers[destination] = np.full(self.threads, self.params[index], dtype=np.uint64)
+            self.write(
+                destination, np.full(self.threads, self.params[index] & int(arithmetic.mask(bits)), dtype=np.uint64)
+            )
             return
-        assert space in ("global", "shared"), f"memory space {space}"
         if parts[0] == "ld":
             registers, address = re.fullmatch(r"\{?([^}\[]*?)\}?\s*,\s*(\[.*\])", rest).groups()
         else:
             address, registers = re.fullmatch(r"(\[.*?\])\s*,\s*\{?([^}]*)\}?", rest).groups()
         registers = [register.strip() for register in registers.split(",")]
         assert len(registers) == vector, rest
-        base, offset = re.fullmatch(r"\[\s*([%\w]+)\s*(?:\+\s*(-?\d+)\s*)?\]", address).groups()
-        addresses = self.value(base).astype(np.int64) + int(offset or 0)
+        threads = np.flatnonzero(self.active)
+        addresses = self._addresses(address)[threads]
         for element, register in enumerate(registers):
             at = addresses + element * bits // 8
             if parts[0] == "ld":
-                self.registers[register] = self._load(space, at, bits)
+                value = np.zeros(len(threads), dtype=np.uint64)
+                for byte in range(bits // 8):
+                    value |= self._bytes_read(space, at + byte, threads).astype(np.uint64) << np.uint64(8 * byte)
+                if kind.startswith("s"):
+                    value = arithmetic.signed(value, bits).astype(np.uint64)
+                whole = self.registers.get(register, np.zeros(self.threads, dtype=np.uint64)).copy()
+                whole[threads] = value
+                self.registers[register] = whole
             else:
-                self._store(space, at, bits, self.value(register) & _mask(bits))
+                value = self.value(register)[threads]
+                for byte in range(bits // 8):
+                    piece = ((value >> np.uint64(8 * byte)) & np.uint64(0xFF)).astype(np.uint8)
+                    self._bytes_written(space, at + byte, threads, piece)
 
-    def _bytes(self, space: str, addresses: np.ndarray) -> tuple[np.ndarray, tuple]:
-        return (self.memory, (addresses,)) if space == "global" else (self.shared, (self.program, addresses))
-
-    def _load(self, space: str, addresses: np.ndarray, bits: int) -> np.ndarray:
-        value = np.zeros(self.threads, dtype=np.uint64)
-        for byte in range(bits // 8):
-            memory, index = self._bytes(space, addresses + byte)
-            value |= memory[index].astype(np.uint64) << np.uint64(8 * byte)
-        return value
-
-    def _store(self, space: str, addresses: np.ndarray, bits: int, value: np.ndarray):
-        for byte in range(bits // 8):
-            memory, index = self._bytes(space, addresses + byte)
-            memory[index] = ((value >> np.uint64(8 * byte)) & np.uint64(0xFF)).astype(np.uint8)
+    def _store_matrices(self, parts: list[str], rest: str):
+        """stmatrix.sync.aligned.m8n8.x4.shared.b16 [p], {r0, r1, r2, r3}: row r of matrix i goes to the address
+        lane 8 i + r gives; its 4 words are register i of lanes 4 r to 4 r + 3."""
+        assert parts[1:4] == ["sync", "aligned", "m8n8"] and parts[-2:] == ["shared", "b16"], parts
+        count = int(parts[4][1:])
+        self._warps_whole("stmatrix")
+        address, registers = re.fullmatch(r"(\[.*?\])\s*,\s*\{([^}]*)\}", rest).groups()
+        registers = [register.strip() for register in registers.split(",")]
+        assert len(registers) == count and "trans" not in parts, parts
+        addresses = self._addresses(address)
+        firsts = np.flatnonzero(self.active.reshape(-1, _WARP).any(axis=1)) * _WARP
+        for matrix in range(count):
+            words = self.value(registers[matrix])
+            for row in range(8):
+                for word in range(4):
+                    at = addresses[firsts + 8 * matrix + row] + 4 * word
+                    value = words[firsts + 4 * row + word]
+                    for byte in range(4):
+                        piece = ((value >> np.uint64(8 * byte)) & np.uint64(0xFF)).astype(np.uint8)
+                        self._bytes_written("shared", at + byte, firsts, piece)

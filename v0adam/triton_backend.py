@@ -31,7 +31,8 @@ def interpreter_enabled() -> bool:
 # ones, against 81% and 91% at 8 (62 to 71 registers, 7 or 8 warps); the committed H200 run measured the fp32 step at
 # 94.4% with 16 elements per thread against 98.2% with 8. Predicted (with the model's former 450-cycle latency),
 # not yet measured with 8-bit states.
-BLOCK = 4096 if interpreter_enabled() else 1024
+GPU_BLOCK, INTERPRETER_BLOCK = 1024, 4096
+BLOCK = INTERPRETER_BLOCK if interpreter_enabled() else GPU_BLOCK
 NUM_WARPS = 4
 # Whether a segment that breaks the alignment promise costs only itself (see SegmentTable). The interpreter has
 # no vector accesses to keep and pays per program: there the tables stay as they were (one launch, aligned only
