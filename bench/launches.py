@@ -58,10 +58,12 @@ CONFIGURATIONS = (
 class Model:
     """Params of these shapes, each grad a tensor of its own; or, with `bucket_view_grads`, the grads laid out as
     DDP's bucket views (`gradient_as_bucket_view=True`): one buffer, the params' grads in reverse order (as DDP
-    buckets them), each where the last one ended, so that all after an odd-sized one are at unaligned addresses."""
+    buckets them), each where the last one ended, so that all after an odd-sized one are at unaligned addresses.
+    With `param_views`, the params themselves are views of one buffer of the user's, each where the last ended."""
 
     shapes: tuple
     bucket_view_grads: bool = False
+    param_views: bool = False
 
 
 # Width 256: rows of whole 256-element blocks, as 8-bit states need. As DDP's bucket views, the grads after the
@@ -178,9 +180,14 @@ def kernels_replaced(stand_in):
 
 def seeded_params(configuration: Configuration, model: Model) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(0)
-    return [
-        torch.nn.Parameter(torch.randn(shape, generator=generator).to(configuration.dtype)) for shape in model.shapes
-    ]
+    values = [torch.randn(shape, generator=generator).to(configuration.dtype) for shape in model.shapes]
+    if model.param_views:
+        buffer, start, views = torch.cat([value.flatten() for value in values]), 0, []
+        for value in values:
+            views.append(buffer[start : start + value.numel()].view_as(value))
+            start += value.numel()
+        values = views
+    return [torch.nn.Parameter(value) for value in values]
 
 
 def train(configuration: Configuration, model: Model, params: list, steps: int = 1):

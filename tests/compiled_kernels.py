@@ -19,12 +19,14 @@ from bench import launches, static  # noqa: E402
 POISON = 0xFF  # what a read outside every tensor of the launch returns: NaN in every float format
 # A small GPT-2-like set of params: two tensors with 8-bit states (4096 elements or more), one too small for them,
 # an odd-sized head; with the grads as DDP's bucket views, those after the head's bias 4 (bfloat16) or 8 (float32)
-# bytes past a 16-byte boundary, or, after a 7-class head's, 2 bytes past a 4-byte one.
+# bytes past a 16-byte boundary, or, after a 7-class head's, 2 bytes past a 4-byte one; with the params as views of
+# one buffer, a 7-element bias first, every param after it at an unaligned address (the unaligned launch).
 SHAPES = ((40, 256), (24, 256), (256,), (10, 256), (10,))
 MODELS = {
     "own grads": launches.Model(SHAPES),
     "grads as DDP's bucket views": launches.Model(SHAPES, bucket_view_grads=True),
     "grads as bucket views, 2 bytes off": launches.Model(SHAPES[:3] + ((7, 256), (7,)), bucket_view_grads=True),
+    "params as views of one buffer, unaligned": launches.Model(((7,),) + SHAPES[:4], param_views=True),
 }
 
 

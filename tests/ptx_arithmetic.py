@@ -170,10 +170,16 @@ def _integer(parts: list[str], values: list[np.ndarray], bits: int) -> np.ndarra
         assert parts[1:3] == ["l", "wrap"], parts
         wide = (values[1] & ones) << np.uint64(32) | a
         return (wide << (values[2] & np.uint64(31))) >> np.uint64(32) & ones
-    if operation == "bfe" and not is_signed:
-        start, length = values[1] & np.uint64(0xFF), values[2] & np.uint64(0xFF)
-        field = np.where(start >= bits, np.uint64(0), a >> (start & np.uint64(63)))
-        return np.where(length >= 64, field, field & ((np.uint64(1) << (length & np.uint64(63))) - np.uint64(1)))
+    if operation == "bfe":  # the field of c bits from bit b, zero- or sign-extended (from a's top bit past it)
+        start, length = (values[1] & np.uint64(0xFF)).astype(np.int64), (values[2] & np.uint64(0xFF)).astype(np.int64)
+        top = np.minimum(start + length - 1, bits - 1)
+        field = np.zeros_like(a)
+        for bit in range(bits):
+            inside = (bit < length) & (start + bit < bits)
+            source = np.where(inside, start + bit, top) if is_signed else start + bit
+            taken = (a >> np.clip(source, 0, bits - 1).astype(np.uint64)) & np.uint64(1)
+            field |= np.where(inside | (is_signed & (length > 0)), taken, np.uint64(0)) << np.uint64(bit)
+        return np.where(length == 0, np.uint64(0), field)
     raise AssertionError(f"an instruction this machine does not know: {'.'.join(parts)}")
 
 

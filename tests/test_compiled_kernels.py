@@ -1,10 +1,11 @@
 """The kernels as a GPU runs them, without a GPU: every configuration of the static model (`bench.launches`), over
-params with 8-bit and float states, an odd-sized head, and grads of their own or as DDP's bucket views, stepped
-twice with every Triton kernel compiled for sm_90 as the runtime would launch it and its PTX run on
-`tests/ptx_machine` (`tests/compiled_kernels.py`), against the same steps in the interpreter: params and every state
-bit for bit. The compiled code paths the interpreter never takes (the inline PTX, hardware bfloat16 rounding, the
-step scalars' kernel, 16-byte accesses, words of grads read across a boundary, warp shuffles and reductions,
-stores through shared memory) are the ones this checks; a write outside the tensors a launch reaches fails it.
+params with 8-bit and float states, an odd-sized head, grads of their own or as DDP's bucket views, and params as
+views of one buffer at unaligned addresses, stepped twice with every Triton kernel compiled for sm_90 as the
+runtime would launch it and its PTX run on `tests/ptx_machine` (`tests/compiled_kernels.py`), against the same
+steps in the interpreter: params and every state bit for bit. The compiled code paths the interpreter never takes
+(the inline PTX, hardware bfloat16 rounding, the step scalars' kernel, 16-byte accesses, warp shuffles and
+reductions, stores through shared memory) are the ones this checks; a write outside the tensors a launch reaches
+fails it.
 
 Compiled without FP fusion: the one difference from the launched kernels, which may round a multiply and an add
 once where the interpreter rounds twice (a last-bit difference, which the tests against the reference tolerate)."""

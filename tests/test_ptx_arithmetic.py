@@ -62,3 +62,16 @@ def test_the_byte_permutation_replicates_a_sign_where_the_selector_asks():
     a, b = np.array([0x8070_6050], dtype=np.uint64), np.array([0x0000_00F0], dtype=np.uint64)
     assert int(arithmetic.prmt(a, b, np.array([0x3210], dtype=np.uint64))[0]) == 0x8070_6050
     assert int(arithmetic.prmt(a, b, np.array([0x4B08], dtype=np.uint64))[0]) == 0xF0FF_5000
+
+
+def test_the_bit_field_extraction_extends_its_sign_from_the_field_or_the_word():
+    """bfe by the PTX ISA: c bits from bit b; signed, the field's top bit (or the word's, past it) fills above."""
+
+    def bfe(kind: str, a: int, start: int, length: int) -> int:
+        operands = [np.array([value], dtype=np.uint64) for value in (a, start, length)]
+        return int(arithmetic.evaluate(f"bfe.{kind}", ["bfe", kind], operands)[0])
+
+    assert bfe("u32", 0xF0F0_1234, 4, 8) == bfe("s32", 0xF0F0_1234, 4, 8) == 0x23
+    assert bfe("s32", 0x0000_0F00, 8, 4) == 0xFFFF_FFFF and bfe("u32", 0x0000_0F00, 8, 4) == 0xF
+    assert bfe("s32", 0x8000_0000, 28, 8) == 0xFFFF_FFF8 and bfe("u32", 0x8000_0000, 28, 8) == 0x8
+    assert bfe("s32", 0xFFFF_FFFF, 3, 0) == 0
