@@ -179,6 +179,7 @@ def kernels_replaced(stand_in):
 
 
 def seeded_params(configuration: Configuration, model: Model) -> list[torch.nn.Parameter]:
+    """Params of `model`'s shapes and `configuration`'s dtype, drawn from a fixed seed."""
     generator = torch.Generator().manual_seed(0)
     values = [torch.randn(shape, generator=generator).to(configuration.dtype) for shape in model.shapes]
     if model.param_views:

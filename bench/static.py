@@ -128,7 +128,9 @@ def compile_launch(launch: Launch, kernel=None, fp_fusion: bool = True):
     signature = dict(launch.signature)
     attrs = {(index,): CUDABackend.parse_attr("D") for index in launch.divisible}
     source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = dict(num_warps=launch.num_warps, enable_fp_fusion=fp_fusion)
+    options = dict(num_warps=launch.num_warps)
+    if not fp_fusion:  # else Triton's default, as the runtime compiles the launch
+        options["enable_fp_fusion"] = False
     if launch.maxnreg is not None:
         options["maxnreg"] = launch.maxnreg
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
