@@ -1,8 +1,8 @@
 """v0adam's optimizer steps with every Triton kernel compiled for sm_90, as a GPU would launch it (the runtime's
 specialization, the launch shapes of a GPU), and its PTX run on `tests/ptx_machine` over the CPU tensors' own
-memory. `python tests/compiled_kernels.py OUT CONFIGURATION MODEL STEPS` saves the params and every state after
-the steps (tests/test_compiled_kernels.py compares them with the interpreter's). Run in a process of its own: the
-kernels must be compiled, not interpreted."""
+memory. `python tests/compiled_kernels.py OUT STEPS` saves, for every configuration and model (`CASES`), the
+params and every state after the steps, or the error that stopped them (tests/test_compiled_kernels.py compares
+them with the interpreter's). Run in a process of its own: the kernels must be compiled, not interpreted."""
 
 import functools
 import sys
